@@ -1,0 +1,421 @@
+"""WCS construction, correction and geometry on ``gwcs`` objects.
+
+Every function here takes and returns WCS objects or plain arrays; none reads
+or writes files.  A "WCS" is a :class:`gwcs.WCS` mapping zero-based pixel
+``(x, y)`` to ICRS ``(RA, Dec)`` in degrees, with a ``bounding_box`` in
+``((xmin, xmax), (ymin, ymax))`` order.
+"""
+
+import warnings
+
+import numpy as np
+import astropy.units as u
+from astropy.coordinates import ICRS
+from astropy.modeling import fitting, models
+from astropy.utils.exceptions import AstropyUserWarning
+from gwcs import WCS
+from gwcs import coordinate_frames as cf
+
+__all__ = [
+    "imaging_wcs",
+    "distortion_model",
+    "tangent_plane_correction",
+    "to_tangent_plane",
+    "from_tangent_plane",
+    "footprint",
+    "polygon_overlap_area",
+    "local_pixel_scale",
+    "output_wcs",
+    "pixel_map",
+    "sip_header",
+]
+
+_DETECTOR = cf.Frame2D(name="detector", axes_names=("x", "y"), unit=(u.pix, u.pix))
+
+
+def _world_frame():
+    return cf.CelestialFrame(
+        reference_frame=ICRS(), name="world", unit=(u.deg, u.deg), axes_names=("lon", "lat")
+    )
+
+
+def distortion_model(coeffs_x, coeffs_y, shape, degree=3, inverse_degree=5):
+    """Polynomial optical distortion in pixel offsets, with a fitted inverse.
+
+    Parameters
+    ----------
+    coeffs_x, coeffs_y : dict
+        Polynomial2D coefficients (``{"c2_0": ..., "c1_1": ...}``) added to
+        the identity, in pixels, for offsets ``(u, v)`` from the reference
+        pixel.
+    shape : tuple of int
+        ``(ny, nx)`` of the detector; the inverse is fitted over it.
+    degree, inverse_degree : int
+        Polynomial degrees of the forward and fitted inverse models.
+
+    Returns
+    -------
+    astropy.modeling.Model
+        Two-input, two-output model ``(u, v) -> (u', v')`` with ``.inverse``
+        accurate to better than 1e-4 pixel over the detector for
+        distortions of a few pixels.
+    """
+    px = models.Polynomial2D(degree, c1_0=1.0, **coeffs_x)
+    py = models.Polynomial2D(degree, c0_1=1.0, **coeffs_y)
+    forward = models.Mapping((0, 1, 0, 1)) | (px & py)
+    ny, nx = shape
+    half = 0.6 * max(nx, ny)
+    uu, vv = np.meshgrid(np.linspace(-half, half, 60), np.linspace(-half, half, 60))
+    up, vp = forward(uu, vv)
+    fitter = fitting.LinearLSQFitter()
+    with warnings.catch_warnings():
+        # High powers of pixel offsets span many decades; the fit is still exact.
+        warnings.simplefilter("ignore", AstropyUserWarning)
+        ix = fitter(models.Polynomial2D(inverse_degree), up, vp, uu)
+        iy = fitter(models.Polynomial2D(inverse_degree), up, vp, vv)
+    forward.inverse = models.Mapping((0, 1, 0, 1)) | (ix & iy)
+    return forward
+
+
+def imaging_wcs(shape, crval, pixel_scale, rotation=0.0, crpix=None, distortion=None):
+    """Tangent-plane imaging WCS, optionally with a pixel-space distortion.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(ny, nx)`` of the image; sets the bounding box.
+    crval : tuple of float
+        ``(RA, Dec)`` of the reference pixel, degrees.
+    pixel_scale : float
+        Pixel scale at the reference pixel, arcsec per pixel.
+    rotation : float
+        Position angle of the image +y axis east of north, degrees.
+    crpix : tuple of float or None
+        Zero-based reference pixel ``(x, y)``; the image centre by default.
+    distortion : astropy.modeling.Model or None
+        ``(u, v) -> (u', v')`` in pixels from `distortion_model`.
+
+    Returns
+    -------
+    gwcs.WCS
+    """
+    ny, nx = shape
+    if crpix is None:
+        crpix = ((nx - 1) / 2.0, (ny - 1) / 2.0)
+    scale = pixel_scale / 3600.0
+    theta = np.deg2rad(rotation)
+    # East is to the left (-x) of a north-up image, as on the sky.
+    cd = scale * np.array([[-np.cos(theta), np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    transform = models.Shift(-crpix[0]) & models.Shift(-crpix[1])
+    if distortion is not None:
+        transform = transform | distortion
+    transform = (
+        transform
+        | models.AffineTransformation2D(matrix=cd, translation=[0.0, 0.0])
+        | models.Pix2Sky_TAN()
+        | models.RotateNative2Celestial(crval[0], crval[1], 180.0)
+    )
+    wcs = WCS([(_DETECTOR, transform), (_world_frame(), None)])
+    wcs.bounding_box = ((-0.5, nx - 0.5), (-0.5, ny - 0.5))
+    wcs.pixel_shape = (nx, ny)
+    return wcs
+
+
+def _tangent_models(ref_ra, ref_dec):
+    to_plane = models.RotateCelestial2Native(ref_ra, ref_dec, 180.0) | models.Sky2Pix_TAN()
+    from_plane = models.Pix2Sky_TAN() | models.RotateNative2Celestial(ref_ra, ref_dec, 180.0)
+    return to_plane, from_plane
+
+
+def to_tangent_plane(ra, dec, ref_ra, ref_dec):
+    """Gnomonic projection of ``(ra, dec)`` about ``(ref_ra, ref_dec)``.
+
+    Returns
+    -------
+    xi, eta : ndarray
+        Standard coordinates in degrees; ``xi`` grows to the east and ``eta``
+        to the north, as FITS intermediate world coordinates do.
+    """
+    to_plane, _ = _tangent_models(ref_ra, ref_dec)
+    return to_plane(ra, dec)
+
+
+def from_tangent_plane(xi, eta, ref_ra, ref_dec):
+    """Inverse of `to_tangent_plane`; returns ``(ra, dec)`` in degrees."""
+    _, from_plane = _tangent_models(ref_ra, ref_dec)
+    return from_plane(xi, eta)
+
+
+def tangent_plane_correction(wcs, ref_ra, ref_dec, matrix, shift):
+    """Apply a linear correction in a tangent plane to a WCS.
+
+    The corrected WCS maps a pixel to the sky position obtained by
+    projecting the original sky position onto the plane tangent at
+    ``(ref_ra, ref_dec)``, applying ``p' = matrix @ p + shift`` there, and
+    projecting back.  This is how JWST ``tweakreg`` corrections act, and it
+    works for any gwcs, including those with instrument distortion.
+
+    Parameters
+    ----------
+    wcs : gwcs.WCS
+        WCS to correct; it is not modified.
+    ref_ra, ref_dec : float
+        Tangent point, degrees.
+    matrix : array-like, shape (2, 2)
+        Rotation/scale/skew in the tangent plane.
+    shift : array-like, shape (2,)
+        Shift in the tangent plane, degrees.
+
+    Returns
+    -------
+    gwcs.WCS
+        A new WCS with the same frames and bounding box.
+    """
+    to_plane, from_plane = _tangent_models(ref_ra, ref_dec)
+    affine = models.AffineTransformation2D(
+        matrix=np.asarray(matrix, dtype=float), translation=np.asarray(shift, dtype=float)
+    )
+    correction = to_plane | affine | from_plane
+    forward = wcs.forward_transform | correction
+    new = WCS([(wcs.input_frame, forward), (wcs.output_frame, None)])
+    if wcs.bounding_box is not None:
+        new.bounding_box = tuple(tuple(iv) for iv in wcs.bounding_box.bounding_box(order="F"))
+    new.pixel_shape = wcs.pixel_shape
+    return new
+
+
+def footprint(wcs, shape):
+    """Sky positions of the four outer pixel corners.
+
+    Returns
+    -------
+    ndarray, shape (4, 2)
+        ``(RA, Dec)`` in degrees, counter-clockwise in pixel space.
+    """
+    ny, nx = shape
+    x = np.array([-0.5, nx - 0.5, nx - 0.5, -0.5])
+    y = np.array([-0.5, -0.5, ny - 0.5, ny - 0.5])
+    ra, dec = wcs.forward_transform(x, y)
+    return np.column_stack([ra, dec])
+
+
+def _clip_polygon(subject, clip):
+    """Sutherland-Hodgman clipping of a polygon by a convex polygon."""
+
+    def inside(p, a, b, sign):
+        return sign * ((b[0] - a[0]) * (p[1] - a[1]) - (b[1] - a[1]) * (p[0] - a[0])) >= 0
+
+    def intersect(p, q, a, b):
+        d1 = p - q
+        d2 = a - b
+        denom = d1[0] * d2[1] - d1[1] * d2[0]
+        if denom == 0:
+            return q
+        t = ((p[0] - a[0]) * d2[1] - (p[1] - a[1]) * d2[0]) / denom
+        return p - t * d1
+
+    sign = 1.0 if _signed_area(clip) >= 0 else -1.0
+    output = [np.asarray(p, float) for p in subject]
+    for i in range(len(clip)):
+        a, b = np.asarray(clip[i - 1], float), np.asarray(clip[i], float)
+        points, output = output, []
+        for j in range(len(points)):
+            cur, prev = points[j], points[j - 1]
+            if inside(cur, a, b, sign):
+                if not inside(prev, a, b, sign):
+                    output.append(intersect(prev, cur, a, b))
+                output.append(cur)
+            elif inside(prev, a, b, sign):
+                output.append(intersect(prev, cur, a, b))
+        if not output:
+            return np.empty((0, 2))
+    return np.array(output)
+
+
+def _signed_area(poly):
+    poly = np.asarray(poly, float)
+    x, y = poly[:, 0], poly[:, 1]
+    return 0.5 * np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y)
+
+
+def polygon_overlap_area(sky_poly_a, sky_poly_b):
+    """Area of the intersection of two convex sky polygons.
+
+    Parameters
+    ----------
+    sky_poly_a, sky_poly_b : ndarray, shape (n, 2)
+        Vertices ``(RA, Dec)`` in degrees (e.g. from `footprint`).
+
+    Returns
+    -------
+    float
+        Overlap area in square degrees (tangent-plane approximation, exact
+        enough for fields of a few arcminutes); 0 when they do not overlap.
+    """
+    ref_ra, ref_dec = sky_poly_a.mean(axis=0)
+    pa = np.column_stack(to_tangent_plane(sky_poly_a[:, 0], sky_poly_a[:, 1], ref_ra, ref_dec))
+    pb = np.column_stack(to_tangent_plane(sky_poly_b[:, 0], sky_poly_b[:, 1], ref_ra, ref_dec))
+    clipped = _clip_polygon(pa, pb)
+    if len(clipped) < 3:
+        return 0.0
+    return abs(_signed_area(clipped))
+
+
+def local_pixel_scale(wcs, x, y):
+    """Pixel scale at pixel ``(x, y)``: square root of the pixel solid angle.
+
+    Returns
+    -------
+    float
+        Degrees per pixel.
+    """
+    ra, dec = wcs.forward_transform(np.array([x, x + 1.0, x]), np.array([y, y, y + 1.0]))
+    xi, eta = to_tangent_plane(ra, dec, ra[0], dec[0])
+    area = abs((xi[1] - xi[0]) * (eta[2] - eta[0]) - (xi[2] - xi[0]) * (eta[1] - eta[0]))
+    return float(np.sqrt(area))
+
+
+def _position_angle(wcs, x, y):
+    """Position angle (east of north) of the pixel +y axis, degrees."""
+    ra, dec = wcs.forward_transform(np.array([x, x]), np.array([y, y + 1.0]))
+    xi, eta = to_tangent_plane(ra, dec, ra[0], dec[0])
+    return float(np.rad2deg(np.arctan2(xi[1] - xi[0], eta[1] - eta[0])))
+
+
+def output_wcs(
+    wcs_list,
+    shapes,
+    *,
+    pixel_scale_ratio=1.0,
+    pixel_scale=None,
+    rotation=None,
+    crval=None,
+    crpix=None,
+    output_shape=None,
+):
+    """Distortion-free tangent-plane WCS that covers all inputs.
+
+    Follows the JWST ``resample`` rules: the pixel scale is that of the
+    first input times ``pixel_scale_ratio`` unless ``pixel_scale`` (arcsec)
+    is given; the orientation is that of the first input unless
+    ``rotation`` (degrees, +y east of north) is given; the tangent point is
+    the centre of the combined footprint unless ``crval`` is given; the
+    shape just covers all footprints unless ``output_shape`` ``(nx, ny)``
+    is given.
+
+    Parameters
+    ----------
+    wcs_list : list of gwcs.WCS
+    shapes : list of tuple
+        ``(ny, nx)`` of each input.
+
+    Returns
+    -------
+    wcs : gwcs.WCS
+    shape : tuple of int
+        ``(ny, nx)`` of the output.
+    """
+    if not wcs_list:
+        raise ValueError("output_wcs: no input WCS given")
+    ny0, nx0 = shapes[0]
+    cx, cy = (nx0 - 1) / 2.0, (ny0 - 1) / 2.0
+    if pixel_scale is None:
+        scale = local_pixel_scale(wcs_list[0], cx, cy) * 3600.0 * pixel_scale_ratio
+    else:
+        scale = float(pixel_scale)
+    if rotation is None:
+        rotation = _position_angle(wcs_list[0], cx, cy)
+    corners = np.vstack([footprint(w, s) for w, s in zip(wcs_list, shapes)])
+    if crval is None:
+        ref_ra, ref_dec = corners[0]
+        xi, eta = to_tangent_plane(corners[:, 0], corners[:, 1], ref_ra, ref_dec)
+        crval = from_tangent_plane(
+            0.5 * (xi.min() + xi.max()), 0.5 * (eta.min() + eta.max()), ref_ra, ref_dec
+        )
+        crval = (float(crval[0]), float(crval[1]))
+    # Provisional WCS with crpix at 0 to find the pixel extent of all inputs.
+    probe = imaging_wcs((1, 1), crval, scale, rotation, crpix=(0.0, 0.0))
+    px, py = probe.backward_transform(corners[:, 0], corners[:, 1])
+    if output_shape is None:
+        # Corners lie on pixel edges, so their span is the width in pixels.
+        nx = int(np.ceil(px.max() - px.min() - 1e-3))
+        ny = int(np.ceil(py.max() - py.min() - 1e-3))
+    else:
+        nx, ny = (int(v) for v in output_shape)
+    if crpix is None:
+        crpix = (-(px.min() + px.max()) / 2.0 + (nx - 1) / 2.0, -(py.min() + py.max()) / 2.0 + (ny - 1) / 2.0)
+    wcs = imaging_wcs((ny, nx), crval, scale, rotation, crpix=tuple(float(c) for c in crpix))
+    return wcs, (ny, nx)
+
+
+def pixel_map(wcs_from, wcs_to, shape, grid_step=None):
+    """Output-pixel coordinates of every input pixel centre.
+
+    Parameters
+    ----------
+    wcs_from, wcs_to : gwcs.WCS
+        Input and output WCS.
+    shape : tuple of int
+        ``(ny, nx)`` of the input.
+    grid_step : int or None
+        When given, evaluate both WCSs only on a grid of this spacing (plus
+        the last row and column) and interpolate bicubically in between;
+        smooth WCSs are reproduced to far better than 0.01 pixel at a
+        fraction of the cost.  None evaluates every pixel.
+
+    Returns
+    -------
+    ndarray of float64, shape (ny, nx, 2)
+        ``pixmap[j, i] = (x_out, y_out)`` for input pixel ``(i, j)``; NaN
+        where a WCS is undefined.  This is the ``pixmap`` drizzle expects.
+    """
+    ny, nx = shape
+    if grid_step is None or grid_step <= 1:
+        y, x = np.indices((ny, nx), dtype=float)
+        ra, dec = wcs_from.forward_transform(x, y)
+        xo, yo = wcs_to.backward_transform(ra, dec)
+        return np.dstack([xo, yo])
+    from scipy.interpolate import RectBivariateSpline
+
+    gx = np.unique(np.append(np.arange(0, nx, grid_step), nx - 1)).astype(float)
+    gy = np.unique(np.append(np.arange(0, ny, grid_step), ny - 1)).astype(float)
+    xx, yy = np.meshgrid(gx, gy)
+    ra, dec = wcs_from.forward_transform(xx, yy)
+    xo, yo = wcs_to.backward_transform(ra, dec)
+    kx = min(3, len(gx) - 1)
+    ky = min(3, len(gy) - 1)
+    fx = RectBivariateSpline(gy, gx, xo, kx=ky, ky=kx)
+    fy = RectBivariateSpline(gy, gx, yo, kx=ky, ky=kx)
+    ax, ay = np.arange(nx, dtype=float), np.arange(ny, dtype=float)
+    return np.dstack([fx(ay, ax), fy(ay, ax)])
+
+
+def sip_header(wcs, shape, max_pix_error=0.01, degree=None):
+    """FITS TAN-SIP approximation of a gwcs for the SCI header.
+
+    Parameters
+    ----------
+    wcs : gwcs.WCS
+    shape : tuple of int
+        ``(ny, nx)``.
+    max_pix_error : float
+        Largest allowed error of the approximation, pixels.
+    degree : int or None
+        SIP degree; None lets gwcs pick the lowest that meets
+        ``max_pix_error`` (up to 9).
+
+    Returns
+    -------
+    astropy.io.fits.Header
+    """
+    ny, nx = shape
+    bbox = ((-0.5, nx - 0.5), (-0.5, ny - 0.5))
+    kwargs = dict(bounding_box=bbox, max_pix_error=max_pix_error, max_inv_pix_error=max_pix_error)
+    if degree is not None:
+        kwargs.update(degree=degree, inv_degree=degree)
+    else:
+        kwargs.update(degree=range(1, 7), inv_degree=range(1, 7))
+    header = wcs.to_fits_sip(**kwargs)
+    for key in ("NAXIS", "NAXIS1", "NAXIS2"):
+        header.remove(key, ignore_missing=True)
+    return header
