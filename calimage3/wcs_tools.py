@@ -17,6 +17,8 @@ from gwcs import WCS
 from gwcs import coordinate_frames as cf
 
 __all__ = [
+    "DETECTOR_FRAME",
+    "world_frame",
     "imaging_wcs",
     "distortion_model",
     "tangent_plane_correction",
@@ -30,10 +32,11 @@ __all__ = [
     "sip_header",
 ]
 
-_DETECTOR = cf.Frame2D(name="detector", axes_names=("x", "y"), unit=(u.pix, u.pix))
+DETECTOR_FRAME = cf.Frame2D(name="detector", axes_names=("x", "y"), unit=(u.pix, u.pix))
 
 
-def _world_frame():
+def world_frame():
+    """ICRS celestial output frame of the imaging WCSs."""
     return cf.CelestialFrame(
         reference_frame=ICRS(), name="world", unit=(u.deg, u.deg), axes_names=("lon", "lat")
     )
@@ -115,7 +118,7 @@ def imaging_wcs(shape, crval, pixel_scale, rotation=0.0, crpix=None, distortion=
         | models.Pix2Sky_TAN()
         | models.RotateNative2Celestial(crval[0], crval[1], 180.0)
     )
-    wcs = WCS([(_DETECTOR, transform), (_world_frame(), None)])
+    wcs = WCS([(DETECTOR_FRAME, transform), (world_frame(), None)])
     wcs.bounding_box = ((-0.5, nx - 0.5), (-0.5, ny - 0.5))
     wcs.pixel_shape = (nx, ny)
     return wcs

@@ -1,0 +1,537 @@
+"""All file reading and writing: FITS data models, ASDF WCS, ECSV tables, ASN JSON.
+
+JWST ``_cal``/``_crf``/``_i2d`` files are FITS with one image extension per
+array (SCI, ERR, DQ, AREA, VAR_POISSON, VAR_RNOISE, VAR_FLAT, ...) and the
+gwcs in an ``ASDF`` extension (a one-row binary table whose
+``ASDF_METADATA`` column holds an ASDF file; older files use a uint8 image).
+The SCI header also carries a FITS TAN-SIP approximation so that tools
+that know nothing of gwcs (ds9) can place the image on the sky.
+
+Writers go through a temporary file that is renamed into place only when
+complete, so a failure never leaves a partial product.
+"""
+
+import io as _io
+import json
+import logging
+import os
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import asdf
+import numpy as np
+from astropy.io import fits
+from astropy.table import QTable, Table
+from astropy.wcs import WCS as FITSWCS
+from astropy.wcs import FITSFixedWarning
+from astropy.modeling import models
+from gwcs import WCS
+
+from .association import parse_association
+from .exposure import Exposure
+from .wcs_tools import DETECTOR_FRAME, distortion_model, sip_header, world_frame
+
+__all__ = [
+    "InputFileError",
+    "read_association",
+    "read_exposure",
+    "read_exposure_wcs",
+    "write_exposure",
+    "write_i2d",
+    "write_segmentation",
+    "read_wcs_file",
+    "write_wcs_file",
+    "read_table",
+    "write_table",
+    "write_json",
+    "read_json",
+    "open_image_sections",
+    "write_image",
+    "atomic_path",
+]
+
+log = logging.getLogger(__name__)
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+ARRAY_EXTENSIONS = {
+    "data": ("SCI", np.float32),
+    "err": ("ERR", np.float32),
+    "dq": ("DQ", np.uint32),
+    "area": ("AREA", np.float32),
+    "var_poisson": ("VAR_POISSON", np.float32),
+    "var_rnoise": ("VAR_RNOISE", np.float32),
+    "var_flat": ("VAR_FLAT", np.float32),
+}
+# SCI-header keywords that describe the data rather than the WCS; read into
+# ``Exposure.meta`` next to the primary header.
+_SCI_KEYWORDS = (
+    "BUNIT", "PHOTMJSR", "PHOTUJA2", "PIXAR_SR", "PIXAR_A2", "BKGLEVEL", "BKGSUB",
+    "MT_RA", "MT_DEC", "MT_AVRA", "MT_AVDEC", "S_REGION", "RA_REF", "DEC_REF",
+)
+_WCS_KEY_PREFIXES = (
+    "CRPIX", "CRVAL", "CTYPE", "CUNIT", "CDELT", "CD1_", "CD2_", "PC1_", "PC2_", "A_", "B_",
+    "AP_", "BP_", "LONPOLE", "LATPOLE", "WCSAXES", "RADESYS", "EQUINOX", "MJDREF", "SIPMXERR",
+    "SIPIVERR", "WCSNAME",
+)
+
+
+class InputFileError(ValueError):
+    """An input file is missing, unreadable or not a usable JWST product."""
+
+    def __init__(self, path, problem):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+# --------------------------------------------------------------------------
+# Generic helpers
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; rename it into place on success.
+
+    A failure inside the block removes the temporary file, so no partial
+    output is ever left under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    os.remove(tmp)  # writers refuse to overwrite an existing file on some paths
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _clean_header_value(value):
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    return value
+
+
+def _header_from_meta(meta, skip=()):
+    header = fits.Header()
+    for key, value in meta.items():
+        if key in skip or key.startswith("_") or len(key) > 8 or key in ("COMMENT", "HISTORY", ""):
+            continue
+        value = _clean_header_value(value)
+        if isinstance(value, (str, int, float, bool)):
+            header[key] = value
+    return header
+
+
+# --------------------------------------------------------------------------
+# Associations
+
+
+def read_association(path):
+    """Read an image3 association (JSON) and resolve its member paths.
+
+    Parameters
+    ----------
+    path : str or Path
+        ASN file.  Member ``expname`` values are taken relative to its folder.
+
+    Returns
+    -------
+    calimage3.association.Association
+
+    Raises
+    ------
+    InputFileError
+        When the file is missing, not JSON, or not an image3 association
+        with science members.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, "association file does not exist")
+    try:
+        content = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputFileError(path, f"not a JSON association ({exc})") from None
+    try:
+        asn = parse_association(content, base_dir=path.parent)
+    except ValueError as exc:
+        raise InputFileError(path, str(exc)) from None
+    asn.path = path
+    return asn
+
+
+# --------------------------------------------------------------------------
+# WCS from files
+
+
+def _gwcs_from_asdf_hdu(hdu):
+    """Deserialize the gwcs in a JWST ASDF extension, or return None."""
+    if isinstance(hdu, fits.BinTableHDU):
+        raw = hdu.data["ASDF_METADATA"][0].tobytes()
+    else:
+        raw = np.asarray(hdu.data).tobytes()
+    with warnings.catch_warnings():
+        # Unknown JWST tags deserialize as plain dicts with a warning; we
+        # detect that below and fall back to the SIP header.
+        warnings.simplefilter("ignore")
+        with asdf.open(_io.BytesIO(raw), lazy_load=True, memmap=False) as af:
+            tree = af.tree
+            candidate = tree.get("meta", {}).get("wcs") if isinstance(tree.get("meta"), dict) else None
+            if candidate is None:
+                candidate = tree.get("wcs")
+            if isinstance(candidate, WCS):
+                return candidate
+    return None
+
+
+def gwcs_from_fits_header(header, shape):
+    """Build a gwcs equivalent to a FITS TAN or TAN-SIP celestial header.
+
+    Parameters
+    ----------
+    header : astropy.io.fits.Header
+    shape : tuple of int
+        ``(ny, nx)``; sets the bounding box and the range over which the
+        inverse distortion is fitted when the header has no AP/BP terms.
+
+    Returns
+    -------
+    gwcs.WCS or None
+        None when the header has no celestial TAN WCS.
+    """
+    ctype1 = str(header.get("CTYPE1", ""))
+    if not ctype1.startswith("RA---TAN"):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        fw = FITSWCS(header, relax=True)
+    cd = fw.pixel_scale_matrix
+    crpix = fw.wcs.crpix - 1.0
+    crval = fw.wcs.crval
+    ny, nx = shape
+    transform = models.Shift(-crpix[0]) & models.Shift(-crpix[1])
+    if fw.sip is not None:
+        a_order = int(header.get("A_ORDER", 0))
+        b_order = int(header.get("B_ORDER", 0))
+        coeffs_x = {
+            f"c{i}_{j}": float(header[f"A_{i}_{j}"])
+            for i in range(a_order + 1)
+            for j in range(a_order + 1 - i)
+            if f"A_{i}_{j}" in header and i + j >= 2
+        }
+        coeffs_y = {
+            f"c{i}_{j}": float(header[f"B_{i}_{j}"])
+            for i in range(b_order + 1)
+            for j in range(b_order + 1 - i)
+            if f"B_{i}_{j}" in header and i + j >= 2
+        }
+        degree = max(a_order, b_order, 2)
+        transform = transform | distortion_model(coeffs_x, coeffs_y, shape, degree=degree, inverse_degree=degree + 2)
+    transform = (
+        transform
+        | models.AffineTransformation2D(matrix=cd, translation=[0.0, 0.0])
+        | models.Pix2Sky_TAN()
+        | models.RotateNative2Celestial(crval[0], crval[1], 180.0)
+    )
+    wcs = WCS([(DETECTOR_FRAME, transform), (world_frame(), None)])
+    wcs.bounding_box = ((-0.5, nx - 0.5), (-0.5, ny - 0.5))
+    wcs.pixel_shape = (nx, ny)
+    return wcs
+
+
+def _read_wcs(hdul, path, shape):
+    if "ASDF" in hdul:
+        try:
+            wcs = _gwcs_from_asdf_hdu(hdul["ASDF"])
+        except Exception as exc:  # a damaged ASDF block should not hide the SIP WCS
+            log.warning("%s: ASDF extension unreadable (%s)", path, exc)
+            wcs = None
+        if wcs is not None:
+            if wcs.bounding_box is None:
+                ny, nx = shape
+                wcs.bounding_box = ((-0.5, nx - 0.5), (-0.5, ny - 0.5))
+            log.info("%s: WCS taken from the ASDF extension (gwcs)", Path(path).name)
+            return wcs, "asdf"
+        log.info("%s: ASDF extension has no gwcs this environment can deserialize", Path(path).name)
+    wcs = gwcs_from_fits_header(hdul["SCI"].header, shape)
+    if wcs is None:
+        raise InputFileError(path, "no WCS: neither a gwcs in an ASDF extension nor a TAN/SIP WCS in the SCI header")
+    log.info("%s: WCS taken from the FITS SIP approximation in the SCI header", Path(path).name)
+    return wcs, "sip"
+
+
+def _open_fits(path, check_data=True):
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, "file does not exist")
+    try:
+        hdul = fits.open(path, memmap=False)
+        hdul.verify("exception")
+    except Exception as exc:
+        raise InputFileError(path, f"not a readable FITS file ({exc})") from None
+    if "SCI" not in hdul or (hdul["SCI"].header.get("NAXIS", 0) != 2 if not check_data else hdul["SCI"].data is None):
+        hdul.close()
+        raise InputFileError(path, "no 2-D SCI image extension")
+    return hdul
+
+
+def read_exposure_wcs(path):
+    """Read only the WCS, shape and metadata of a JWST image file.
+
+    Returns
+    -------
+    wcs : gwcs.WCS
+    shape : tuple of int
+    meta : dict
+    """
+    with _open_fits(path, check_data=False) as hdul:
+        sci = hdul["SCI"].header
+        shape = (int(sci.get("NAXIS2", 0)), int(sci.get("NAXIS1", 0)))
+        wcs, _ = _read_wcs(hdul, path, shape)
+        meta = _read_meta(hdul)
+    return wcs, shape, meta
+
+
+def _read_meta(hdul):
+    meta = {k: v for k, v in hdul[0].header.items() if k not in ("COMMENT", "HISTORY", "")}
+    sci = hdul["SCI"].header
+    for key in _SCI_KEYWORDS:
+        if key in sci:
+            meta[key] = sci[key]
+    return meta
+
+
+def read_exposure(path):
+    """Read a JWST ``_cal`` (or ``_crf``) image file into an `Exposure`.
+
+    Raises
+    ------
+    InputFileError
+        Missing file, corrupt FITS, no SCI, shape mismatch or no WCS.
+    """
+    with _open_fits(path) as hdul:
+        sci = hdul["SCI"].data
+        if sci.ndim != 2:
+            raise InputFileError(path, f"SCI must be a 2-D image, found {sci.ndim} dimensions")
+        shape = sci.shape
+        arrays = {}
+        for attr, (extname, dtype) in ARRAY_EXTENSIONS.items():
+            if extname in hdul and hdul[extname].data is not None:
+                array = np.asarray(hdul[extname].data, dtype=dtype)
+                if array.shape != shape:
+                    raise InputFileError(path, f"{extname} shape {array.shape} differs from SCI {shape}")
+                arrays[attr] = array
+        if "err" not in arrays:
+            raise InputFileError(path, "no ERR extension")
+        if "dq" not in arrays:
+            arrays["dq"] = np.zeros(shape, np.uint32)
+        wcs, source = _read_wcs(hdul, path, shape)
+        meta = _read_meta(hdul)
+    return Exposure(wcs=wcs, meta=meta, name=Path(path).name, wcs_source=source, **arrays)
+
+
+# --------------------------------------------------------------------------
+# Writing data models
+
+
+def _asdf_hdu(tree):
+    buffer = _io.BytesIO()
+    asdf.AsdfFile(tree).write_to(buffer)
+    data = np.frombuffer(buffer.getvalue(), dtype=np.uint8)[None, :]
+    column = fits.Column(name="ASDF_METADATA", format=f"{data.shape[1]}B", array=data)
+    return fits.BinTableHDU.from_columns([column], name="ASDF")
+
+
+def _sci_header(wcs, shape, meta, sip_max_pix_error):
+    header = fits.Header()
+    for key in _SCI_KEYWORDS:
+        if key in meta:
+            header[key] = _clean_header_value(meta[key])
+    header.setdefault("BUNIT", "MJy/sr")
+    try:
+        header.update(sip_header(wcs, shape, max_pix_error=sip_max_pix_error))
+    except Exception as exc:  # the gwcs stays authoritative in the ASDF extension
+        log.warning("could not fit a SIP approximation: %s", exc)
+    return header
+
+
+def write_exposure(path, exposure, *, sip_max_pix_error=0.01):
+    """Write an `Exposure` as a JWST-layout image FITS file (``_cal``/``_crf``).
+
+    Parameters
+    ----------
+    path : str or Path
+    exposure : Exposure
+    sip_max_pix_error : float
+        Accuracy of the SIP approximation written in the SCI header, pixels.
+    """
+    primary = fits.PrimaryHDU(header=_header_from_meta(exposure.meta, skip=_SCI_KEYWORDS))
+    primary.header["FILENAME"] = Path(path).name
+    hdus = [primary]
+    for attr, (extname, dtype) in ARRAY_EXTENSIONS.items():
+        array = getattr(exposure, attr)
+        if array is None:
+            continue
+        header = _sci_header(exposure.wcs, exposure.shape, exposure.meta, sip_max_pix_error) if extname == "SCI" else None
+        hdus.append(fits.ImageHDU(np.asarray(array, dtype=dtype), header=header, name=extname))
+    hdus.append(_asdf_hdu({"meta": {"wcs": exposure.wcs}}))
+    with atomic_path(path) as tmp:
+        fits.HDUList(hdus).writeto(tmp, overwrite=True)
+
+
+def write_i2d(path, arrays, wcs, meta, *, hdrtab=None, sip_max_pix_error=0.01):
+    """Write a resampled mosaic in the JWST ``_i2d`` layout.
+
+    Parameters
+    ----------
+    path : str or Path
+    arrays : dict
+        ``data`` (SCI), ``err``, ``con`` (int32, (nplanes, ny, nx)), ``wht``,
+        ``var_poisson``, ``var_rnoise``, ``var_flat``.
+    wcs : gwcs.WCS
+        Output WCS.
+    meta : dict
+        Primary header keywords (and SCI keywords such as PIXAR_SR).
+    hdrtab : astropy.table.Table or None
+        Key header values of the input exposures (the JWST HDRTAB).
+    """
+    shape = arrays["data"].shape
+    primary = fits.PrimaryHDU(header=_header_from_meta(meta, skip=_SCI_KEYWORDS))
+    primary.header["FILENAME"] = Path(path).name
+    hdus = [primary, fits.ImageHDU(arrays["data"].astype(np.float32), header=_sci_header(wcs, shape, meta, sip_max_pix_error), name="SCI")]
+    for key, extname, dtype in (
+        ("err", "ERR", np.float32),
+        ("con", "CON", np.int32),
+        ("wht", "WHT", np.float32),
+        ("var_poisson", "VAR_POISSON", np.float32),
+        ("var_rnoise", "VAR_RNOISE", np.float32),
+        ("var_flat", "VAR_FLAT", np.float32),
+    ):
+        if arrays.get(key) is not None:
+            hdus.append(fits.ImageHDU(np.asarray(arrays[key], dtype=dtype), name=extname))
+    if hdrtab is not None and len(hdrtab):
+        hdus.append(fits.BinTableHDU(Table(hdrtab), name="HDRTAB"))
+    hdus.append(_asdf_hdu({"meta": {"wcs": wcs}}))
+    with atomic_path(path) as tmp:
+        fits.HDUList(hdus).writeto(tmp, overwrite=True)
+
+
+def write_segmentation(path, segm, wcs, meta):
+    """Write a segmentation map (int32 labels, 0 = background) with its WCS."""
+    primary = fits.PrimaryHDU(header=_header_from_meta(meta, skip=_SCI_KEYWORDS))
+    primary.header["FILENAME"] = Path(path).name
+    header = _sci_header(wcs, segm.shape, {}, 0.01)
+    header.remove("BUNIT", ignore_missing=True)
+    hdus = [primary, fits.ImageHDU(np.asarray(segm, dtype=np.int32), header=header, name="SCI"), _asdf_hdu({"meta": {"wcs": wcs}})]
+    with atomic_path(path) as tmp:
+        fits.HDUList(hdus).writeto(tmp, overwrite=True)
+
+
+def write_image(path, arrays, *, header=None):
+    """Write named float arrays as image extensions of a plain FITS file.
+
+    Used for intermediates (single-exposure drizzles, the median); read
+    them back section by section with `open_image_sections`.
+    """
+    hdus = [fits.PrimaryHDU(header=header)]
+    for name, array in arrays.items():
+        hdus.append(fits.ImageHDU(np.asarray(array), name=name.upper()))
+    with atomic_path(path) as tmp:
+        fits.HDUList(hdus).writeto(tmp, overwrite=True)
+
+
+@contextmanager
+def open_image_sections(path, names):
+    """Memory-mapped, read-only views of image extensions of a FITS file.
+
+    Slicing a view (``view[r0:r1]``) reads only those rows from disk, so a
+    caller can stream large images section by section.
+
+    Yields
+    ------
+    dict
+        Extension name -> array-like (numpy memmap).
+    """
+    with fits.open(path, memmap=True, mode="readonly", do_not_scale_image_data=True) as hdul:
+        yield {name: hdul[name.upper()].data for name in names}
+
+
+# --------------------------------------------------------------------------
+# Small intermediate files
+
+
+def write_wcs_file(path, wcs, shape=None, info=None):
+    """Store a gwcs (and optional shape and JSON-able info) in an ASDF file."""
+    tree = {"wcs": wcs}
+    if shape is not None:
+        tree["shape"] = [int(s) for s in shape]
+    if info is not None:
+        tree["info"] = info
+    with atomic_path(path) as tmp:
+        asdf.AsdfFile(tree).write_to(tmp)
+
+
+def read_wcs_file(path):
+    """Read a file written by `write_wcs_file`.
+
+    Returns
+    -------
+    wcs : gwcs.WCS
+    shape : tuple of int or None
+    info : dict
+    """
+    with asdf.open(path, lazy_load=False, memmap=False) as af:
+        wcs = af.tree["wcs"]
+        shape = tuple(af.tree["shape"]) if "shape" in af.tree else None
+        info = dict(af.tree.get("info", {}))
+    return wcs, shape, _plain(info)
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def write_table(path, table):
+    """Write an astropy table as ECSV (atomically)."""
+    with atomic_path(path) as tmp:
+        table.write(tmp, format="ascii.ecsv", overwrite=True)
+
+
+def read_table(path):
+    """Read an ECSV table written by `write_table`."""
+    return QTable.read(path, format="ascii.ecsv")
+
+
+def write_json(path, content):
+    """Write a JSON document (atomically)."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(content, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def read_json(path):
+    """Read a JSON document."""
+    return json.loads(Path(path).read_text())
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")

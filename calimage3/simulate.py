@@ -1,0 +1,505 @@
+"""Simulate a JWST-like dithered set of ``_cal`` images with known truth.
+
+The simulated set is what ``calwebb_image2`` would hand to image3 for a
+NIRCam short-wavelength dither: N exposures of one detector, each with
+
+* a tangent-plane WCS with a polynomial optical distortion (a few pixels
+  at the corners), moved by the dither;
+* an injected pointing error (shift and small rotation) in the header WCS
+  of every exposure but the first, which plays the astrometric reference;
+* a field of stars (Gaussian PSF) and Sersic galaxies with known sky
+  positions and total fluxes, rendered in MJy/sr on each pixel's true
+  solid angle;
+* a sky level with a known per-exposure offset;
+* Poisson and read noise with matching VAR_POISSON, VAR_RNOISE, VAR_FLAT
+  and ERR arrays;
+* cosmic rays and hot pixels at known pixels, left unflagged in DQ (the
+  residuals that image3's outlier detection must find), and a flagged
+  reference-pixel border and bad pixels set to NaN as in real ``_cal`` files.
+
+`simulate_dither` returns the paths it wrote; the truth is written beside
+the data under ``truth/`` (sources, outliers, per-exposure errors and the
+true WCS of each exposure).
+"""
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from astropy.modeling.models import Sersic2D
+from astropy.table import Table
+from scipy.ndimage import gaussian_filter
+from scipy.special import erf
+
+from . import io
+from .dqflags import PIXEL
+from .exposure import Exposure
+from .wcs_tools import (
+    distortion_model,
+    from_tangent_plane,
+    imaging_wcs,
+    tangent_plane_correction,
+    to_tangent_plane,
+)
+
+__all__ = ["SimulationSettings", "simulate_dither", "main"]
+
+log = logging.getLogger(__name__)
+
+# Photometric and detector constants of a NIRCam SW-like detector.
+PHOTMJSR = 0.45  # MJy/sr per DN/s
+GAIN = 2.0  # e-/DN
+READ_NOISE_E = 12.0  # effective read noise of a ramp fit, e-
+FLAT_ERROR = 0.002  # relative flat-field uncertainty
+REF_BORDER = 4  # reference-pixel border width, pixels
+
+
+class SimulationSettings:
+    """Parameters of a simulated dither set.
+
+    Parameters
+    ----------
+    n_exposures : int
+        Number of dithered exposures.
+    shape : tuple of int
+        ``(ny, nx)`` of each exposure (2048x2048 is NIRCam's size).
+    pixel_scale : float
+        Arcsec per pixel at the reference pixel.
+    psf_fwhm : float
+        Gaussian PSF FWHM, pixels.
+    n_stars, n_galaxies : int or None
+        Number of sources; None scales them with the detector area.
+    exptime : float
+        Effective exposure time, seconds.
+    sky : float
+        Mean sky level, MJy/sr.
+    sky_offset_rms : float
+        Spread of the per-exposure sky offsets, MJy/sr.
+    shift_error : float
+        Largest injected pointing shift per axis, arcsec.
+    rotation_error : float
+        Largest injected rotation, degrees.
+    dither_fraction : float
+        Largest dither offset as a fraction of the detector size.
+    cr_density : float
+        Cosmic-ray events per pixel per exposure (left unflagged).
+    n_hot : int
+        Unflagged hot pixels per exposure.
+    crval : tuple of float
+        Field centre (RA, Dec), degrees.
+    position_angle : float
+        Position angle of the detector +y axis, degrees east of north.
+    offsets : list of tuple or None
+        Explicit dither offsets ``(dx, dy)`` in pixels; overrides the pattern.
+    moving_target : bool
+        Mark the exposures as a moving-target observation (TARGTYPE
+        ``MOVING``, with MT_RA/MT_DEC per exposure).
+    seed : int
+        Random seed; the same settings and seed give identical files.
+    """
+
+    def __init__(
+        self,
+        *,
+        n_exposures=4,
+        shape=(512, 512),
+        pixel_scale=0.031,
+        psf_fwhm=2.1,
+        n_stars=None,
+        n_galaxies=None,
+        exptime=1000.0,
+        sky=0.2,
+        sky_offset_rms=0.02,
+        shift_error=0.15,
+        rotation_error=0.01,
+        dither_fraction=0.06,
+        cr_density=4e-4,
+        n_hot=20,
+        crval=(53.16, -27.79),
+        position_angle=30.0,
+        offsets=None,
+        moving_target=False,
+        seed=1,
+    ):
+        if int(n_exposures) < 1:
+            raise ValueError(f"n_exposures must be at least 1, got {n_exposures}")
+        if len(shape) != 2 or min(shape) < 64:
+            raise ValueError(f"shape must be (ny, nx) with both at least 64, got {shape}")
+        self.n_exposures = int(n_exposures)
+        self.shape = tuple(int(s) for s in shape)
+        area_scale = self.shape[0] * self.shape[1] / 512.0**2
+        self.n_stars = int(n_stars if n_stars is not None else round(150 * area_scale))
+        self.n_galaxies = int(n_galaxies if n_galaxies is not None else round(30 * area_scale))
+        self.pixel_scale = float(pixel_scale)
+        self.psf_fwhm = float(psf_fwhm)
+        self.exptime = float(exptime)
+        self.sky = float(sky)
+        self.sky_offset_rms = float(sky_offset_rms)
+        self.shift_error = float(shift_error)
+        self.rotation_error = float(rotation_error)
+        self.dither_fraction = float(dither_fraction)
+        self.cr_density = float(cr_density)
+        self.n_hot = int(n_hot)
+        self.crval = tuple(float(c) for c in crval)
+        self.position_angle = float(position_angle)
+        self.offsets = offsets
+        self.moving_target = bool(moving_target)
+        self.seed = int(seed)
+
+
+def _distortion(shape):
+    """NIRCam-like smooth distortion: about 1-2 pixels at the detector corners."""
+    half = max(shape) / 2.0
+    return distortion_model(
+        {"c2_0": 1.2 / half**2, "c1_1": -0.6 / half**2, "c3_0": 0.4 / half**3, "c1_2": 0.3 / half**3},
+        {"c0_2": 0.9 / half**2, "c1_1": 0.5 / half**2, "c2_1": -0.4 / half**3, "c0_3": 0.3 / half**3},
+        shape,
+    )
+
+
+def _dither_offsets(settings, rng):
+    if settings.offsets is not None:
+        offsets = [tuple(map(float, o)) for o in settings.offsets]
+        if len(offsets) != settings.n_exposures:
+            raise ValueError(f"offsets has {len(offsets)} entries for {settings.n_exposures} exposures")
+        return offsets
+    ny, nx = settings.shape
+    pattern = [(0.0, 0.0), (1.0, 0.6), (-0.7, 1.0), (0.5, -1.0), (-1.0, -0.5), (0.2, 0.9), (0.9, -0.2), (-0.4, -0.9)]
+    offsets = []
+    for i in range(settings.n_exposures):
+        if i < len(pattern):
+            px, py = pattern[i]
+        else:
+            px, py = rng.uniform(-1, 1, 2)
+        # Sub-pixel fractions make the dither sample the PSF, as real patterns do.
+        offsets.append((px * settings.dither_fraction * nx + 0.37 * i, py * settings.dither_fraction * ny + 0.61 * i))
+    return offsets
+
+
+def _pixel_area_ratio(wcs, shape, nominal_scale_deg):
+    """Relative pixel solid angle (the AREA array) from the WCS Jacobian on a grid."""
+    ny, nx = shape
+    step = max(8, min(nx, ny) // 32)
+    gx = np.append(np.arange(0, nx, step), nx - 1).astype(float)
+    gy = np.append(np.arange(0, ny, step), ny - 1).astype(float)
+    xx, yy = np.meshgrid(gx, gy)
+    ra0, dec0 = wcs.forward_transform(xx, yy)
+    ra1, dec1 = wcs.forward_transform(xx + 0.5, yy)
+    ra2, dec2 = wcs.forward_transform(xx, yy + 0.5)
+    ref_ra, ref_dec = wcs.forward_transform((nx - 1) / 2.0, (ny - 1) / 2.0)
+    x0, y0 = to_tangent_plane(ra0, dec0, ref_ra, ref_dec)
+    x1, y1 = to_tangent_plane(ra1, dec1, ref_ra, ref_dec)
+    x2, y2 = to_tangent_plane(ra2, dec2, ref_ra, ref_dec)
+    area = 4.0 * np.abs((x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)) / nominal_scale_deg**2
+    from scipy.interpolate import RectBivariateSpline
+
+    spline = RectBivariateSpline(gy, gx, area, kx=3, ky=3)
+    return spline(np.arange(ny, dtype=float), np.arange(nx, dtype=float)).astype(np.float32)
+
+
+def _make_sources(settings, rng, field_half_deg):
+    """Star and galaxy truth on the sky around the field centre."""
+    ra0, dec0 = settings.crval
+    n_s, n_g = settings.n_stars, settings.n_galaxies
+    # Sources fall within the union of the dithered footprints.
+    xi = rng.uniform(-field_half_deg, field_half_deg, n_s + n_g)
+    eta = rng.uniform(-field_half_deg, field_half_deg, n_s + n_g)
+    ra, dec = from_tangent_plane(xi, eta, ra0, dec0)
+    # Point-source fluxes: log-uniform from ~5 to ~2000 sigma of the PSF-weighted noise.
+    sigma_jy = _point_source_sigma_jy(settings)
+    star_flux = sigma_jy * 10 ** rng.uniform(np.log10(5.0), np.log10(2000.0), n_s)
+    gal_flux = sigma_jy * 10 ** rng.uniform(np.log10(20.0), np.log10(2000.0), n_g)
+    table = Table()
+    table["id"] = np.arange(1, n_s + n_g + 1)
+    table["type"] = np.array(["star"] * n_s + ["galaxy"] * n_g)
+    table["ra"] = ra
+    table["dec"] = dec
+    table["flux"] = np.concatenate([star_flux, gal_flux])
+    table["flux"].unit = "Jy"
+    table["r_eff"] = np.concatenate([np.zeros(n_s), rng.uniform(2.5, 8.0, n_g)]) * settings.pixel_scale
+    table["r_eff"].unit = "arcsec"
+    table["sersic_n"] = np.concatenate([np.zeros(n_s), rng.uniform(0.8, 3.0, n_g)])
+    table["axis_ratio"] = np.concatenate([np.ones(n_s), rng.uniform(0.4, 1.0, n_g)])
+    table["theta"] = np.concatenate([np.zeros(n_s), rng.uniform(0, 180, n_g)])
+    table["theta"].unit = "deg"
+    table["snr"] = table["flux"] / sigma_jy
+    return table
+
+
+def _sky_noise_sb(settings):
+    """1-sigma noise per pixel of the sky, MJy/sr."""
+    conv = PHOTMJSR / (GAIN * settings.exptime)  # MJy/sr per electron
+    sky_e = settings.sky / conv
+    return np.sqrt(sky_e + READ_NOISE_E**2) * conv
+
+
+def _point_source_sigma_jy(settings):
+    """Noise of an optimally weighted point-source measurement, Jy."""
+    sigma_px = settings.psf_fwhm / 2.3548
+    n_eff = 4.0 * np.pi * sigma_px**2
+    pix_sr = (settings.pixel_scale / 206264.806) ** 2
+    return _sky_noise_sb(settings) * np.sqrt(n_eff) * pix_sr * 1e6
+
+
+def _render_stars(image, x, y, flux_sb_pix, sigma):
+    """Add pixel-integrated Gaussian stars; ``flux_sb_pix`` is flux in MJy/sr * pixel."""
+    ny, nx = image.shape
+    half = int(np.ceil(6 * sigma)) + 1
+    norm = 1.0 / (np.sqrt(2.0) * sigma)
+    for xc, yc, f in zip(x, y, flux_sb_pix):
+        ix, iy = int(round(xc)), int(round(yc))
+        x0, x1 = max(ix - half, 0), min(ix + half + 1, nx)
+        y0, y1 = max(iy - half, 0), min(iy + half + 1, ny)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        xs = np.arange(x0, x1 + 1) - 0.5 - xc
+        ys = np.arange(y0, y1 + 1) - 0.5 - yc
+        px = np.diff(0.5 * erf(xs * norm))
+        py = np.diff(0.5 * erf(ys * norm))
+        image[y0:y1, x0:x1] += f * np.outer(py, px)
+
+
+def _galaxy_stamp(r_eff_pix, n, q, theta_pix_deg, psf_sigma, oversample=5):
+    """Unit-flux Sersic galaxy convolved with the PSF, centred on an odd stamp."""
+    half = int(np.ceil(5 * r_eff_pix + 4 * psf_sigma)) + 1
+    size = 2 * half + 1
+    fine = np.arange(size * oversample) / oversample - half + (0.5 / oversample - 0.5)
+    fx, fy = np.meshgrid(fine, fine)
+    model = Sersic2D(amplitude=1.0, r_eff=r_eff_pix, n=n, x_0=0.0, y_0=0.0, ellip=1 - q, theta=np.deg2rad(theta_pix_deg))
+    image = model(fx, fy)
+    image = image.reshape(size, oversample, size, oversample).mean(axis=(1, 3))
+    image = gaussian_filter(image, psf_sigma, mode="constant")
+    return image / image.sum(), half
+
+
+def _render_galaxies(image, x, y, flux_sb_pix, stamps):
+    ny, nx = image.shape
+    for xc, yc, f, (stamp, half) in zip(x, y, flux_sb_pix, stamps):
+        ix, iy = int(round(xc)), int(round(yc))
+        # Sub-pixel placement by shifting the stamp with linear interpolation weights.
+        from scipy.ndimage import shift as nd_shift
+
+        shifted = nd_shift(stamp, (yc - iy, xc - ix), order=1, mode="constant")
+        x0, x1 = ix - half, ix + half + 1
+        y0, y1 = iy - half, iy + half + 1
+        sx0, sy0 = max(0, -x0), max(0, -y0)
+        sx1 = stamp.shape[1] - max(0, x1 - nx)
+        sy1 = stamp.shape[0] - max(0, y1 - ny)
+        if sx0 >= sx1 or sy0 >= sy1:
+            continue
+        image[max(y0, 0) : min(y1, ny), max(x0, 0) : min(x1, nx)] += f * shifted[sy0:sy1, sx0:sx1]
+
+
+def _cosmic_rays(rng, shape, density, noise_e):
+    """Pixel lists and amplitudes (e-) of residual cosmic-ray hits."""
+    ny, nx = shape
+    n_events = rng.poisson(density * nx * ny)
+    ys, xs, amps = [], [], []
+    for _ in range(n_events):
+        x, y = rng.integers(REF_BORDER, nx - REF_BORDER), rng.integers(REF_BORDER, ny - REF_BORDER)
+        peak = noise_e * 10 ** rng.uniform(np.log10(15.0), np.log10(1000.0))
+        length = rng.integers(1, 4)
+        dx, dy = (1, 0) if rng.random() < 0.5 else (0, 1)
+        for k in range(length):
+            xx, yy = x + k * dx, y + k * dy
+            if xx < nx - REF_BORDER and yy < ny - REF_BORDER:
+                xs.append(xx)
+                ys.append(yy)
+                amps.append(peak * (0.5 if k else 1.0))
+    return np.array(xs, int), np.array(ys, int), np.array(amps)
+
+
+def simulate_dither(output_dir, settings=None, **kwargs):
+    """Write a simulated image3 dither set: ``_cal`` files, ASN and truth.
+
+    Parameters
+    ----------
+    output_dir : str or Path
+        Folder to write into (created).
+    settings : SimulationSettings or None
+        All parameters; keyword arguments build one when None.
+
+    Returns
+    -------
+    dict
+        ``asn`` (path of the association), ``cal`` (list of paths),
+        ``truth`` (folder of truth files), ``product``, ``asn_id``.
+
+    Notes
+    -----
+    Stages: (1) dithered true WCSs with distortion; (2) per-exposure header
+    WCSs with pointing errors; (3) source truth on the sky; (4) for each
+    exposure, render sources in MJy/sr on the true pixel solid angle, add
+    sky, draw Poisson and read noise, compute variance arrays, inject
+    cosmic rays and hot pixels, flag the reference border and bad pixels;
+    (5) write ``_cal`` files, the ASN and the truth.
+    """
+    settings = settings or SimulationSettings(**kwargs)
+    out = Path(output_dir)
+    truth_dir = out / "truth"
+    truth_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(settings.seed)
+    ny, nx = settings.shape
+    scale_deg = settings.pixel_scale / 3600.0
+    distortion = _distortion(settings.shape)
+    offsets = _dither_offsets(settings, rng)
+    ra0, dec0 = settings.crval
+    pa = np.deg2rad(settings.position_angle)
+
+    program, product = "01234", "jw01234-o001_t001_nircam_clear-f200w"
+    asn_id = "a3001"
+    conv = PHOTMJSR / (GAIN * settings.exptime)  # MJy/sr per electron
+    noise_e = np.sqrt(settings.sky / conv + READ_NOISE_E**2)
+    psf_sigma = settings.psf_fwhm / 2.3548
+
+    # Stage 1-2: WCSs.  A detector offset (dx, dy) moves the pointing the
+    # other way on the sky; rotate it by the position angle.
+    true_wcs, header_wcs, errors = [], [], []
+    for i, (dx, dy) in enumerate(offsets):
+        exi = (-dx * np.cos(pa) + dy * np.sin(pa)) * scale_deg
+        eeta = (dx * np.sin(pa) + dy * np.cos(pa)) * scale_deg
+        crval = tuple(float(c) for c in from_tangent_plane(-exi, -eeta, ra0, dec0))
+        wcs = imaging_wcs(settings.shape, crval, settings.pixel_scale, settings.position_angle, distortion=distortion)
+        true_wcs.append(wcs)
+        if i == 0:
+            shift, rot = np.zeros(2), 0.0
+        else:
+            shift = rng.uniform(-settings.shift_error, settings.shift_error, 2)
+            rot = float(rng.uniform(-settings.rotation_error, settings.rotation_error))
+        c, s = np.cos(np.deg2rad(rot)), np.sin(np.deg2rad(rot))
+        header_wcs.append(tangent_plane_correction(wcs, crval[0], crval[1], [[c, -s], [s, c]], shift / 3600.0))
+        errors.append({"crval": crval, "shift_arcsec": shift.tolist(), "rotation_deg": rot})
+
+    # Stage 3: sources over the union of footprints.
+    extent = 0.5 * max(nx, ny) * scale_deg * np.sqrt(2) + max(np.hypot(*o) for o in offsets) * scale_deg
+    sources = _make_sources(settings, rng, extent)
+    sky_offsets = np.concatenate([[0.0], rng.normal(0.0, settings.sky_offset_rms, settings.n_exposures - 1)])
+    stamps = [
+        _galaxy_stamp(row["r_eff"] / settings.pixel_scale, row["sersic_n"], row["axis_ratio"],
+                      row["theta"] - settings.position_angle, psf_sigma)
+        for row in sources[sources["type"] == "galaxy"]
+    ]
+    pix_sr = scale_deg**2 * (np.pi / 180.0) ** 2
+
+    cal_paths, outlier_rows, exposures_truth = [], [], []
+    for i, wcs in enumerate(true_wcs):
+        root = f"jw{program}001001_01101_{i + 1:05d}_nrcb1"
+        area = _pixel_area_ratio(wcs, settings.shape, scale_deg)
+        image = np.zeros(settings.shape, dtype=np.float64)
+        x, y = wcs.backward_transform(sources["ra"], sources["dec"])
+        flux_sb_pix = np.asarray(sources["flux"]) * 1e-6 / pix_sr  # MJy/sr * pixel
+        is_star = np.asarray(sources["type"] == "star")
+        _render_stars(image, x[is_star], y[is_star], flux_sb_pix[is_star], psf_sigma)
+        _render_galaxies(image, x[~is_star], y[~is_star], flux_sb_pix[~is_star], stamps)
+        # Flux per pixel -> surface brightness on the true pixel solid angle.
+        image /= area
+        level = settings.sky + sky_offsets[i]
+        model_e = (image + level) / conv
+        observed_e = rng.poisson(np.clip(model_e, 0, None)).astype(np.float64)
+        observed_e += rng.normal(0.0, READ_NOISE_E, settings.shape)
+        sci = observed_e * conv
+        var_poisson = np.clip(sci, 0, None) * conv
+        var_rnoise = np.full(settings.shape, (READ_NOISE_E * conv) ** 2)
+        var_flat = (FLAT_ERROR * np.clip(sci, 0, None)) ** 2
+
+        cx, cy, camp = _cosmic_rays(rng, settings.shape, settings.cr_density, noise_e)
+        np.add.at(sci, (cy, cx), camp * conv)
+        hx = rng.integers(REF_BORDER, nx - REF_BORDER, settings.n_hot)
+        hy = rng.integers(REF_BORDER, ny - REF_BORDER, settings.n_hot)
+        hamp = noise_e * 10 ** rng.uniform(np.log10(30.0), np.log10(500.0), settings.n_hot)
+        sci[hy, hx] += hamp * conv
+        for kind, xs, ys in (("cosmic_ray", cx, cy), ("hot_pixel", hx, hy)):
+            for xx, yy in zip(xs, ys):
+                outlier_rows.append((root, kind, int(xx), int(yy)))
+
+        dq = np.zeros(settings.shape, np.uint32)
+        border = np.ones(settings.shape, bool)
+        border[REF_BORDER:-REF_BORDER, REF_BORDER:-REF_BORDER] = False
+        dq[border] |= PIXEL["REFERENCE_PIXEL"] | PIXEL["DO_NOT_USE"]
+        n_bad = int(2e-4 * nx * ny)
+        bx = rng.integers(REF_BORDER, nx - REF_BORDER, n_bad)
+        by = rng.integers(REF_BORDER, ny - REF_BORDER, n_bad)
+        dq[by, bx] |= PIXEL["DEAD"] | PIXEL["DO_NOT_USE"]
+        err = np.sqrt(var_poisson + var_rnoise + var_flat)
+        bad = (dq & PIXEL["DO_NOT_USE"]) > 0
+        # Real _cal files carry NaN wherever DO_NOT_USE is set.
+        for array in (sci, err, var_poisson, var_rnoise, var_flat):
+            array[bad] = np.nan
+
+        exp_start = 60300.0 + i * (settings.exptime + 60.0) / 86400.0
+        meta = {
+            "TELESCOP": "JWST", "INSTRUME": "NIRCAM", "DETECTOR": "NRCB1", "MODULE": "B",
+            "CHANNEL": "SHORT", "FILTER": "F200W", "PUPIL": "CLEAR", "EXP_TYPE": "NRC_IMAGE",
+            "DATAMODL": "ImageModel", "PROGRAM": program, "OBSERVTN": "001", "VISIT": "001",
+            "VISITGRP": "01", "SEQ_ID": "1", "ACT_ID": "01", "EXPOSURE": f"{i + 1:05d}",
+            "OBS_ID": f"V{program}001001P0000000001101",
+            "TARGNAME": "SIMULATED-FIELD", "TARGTYPE": "MOVING" if settings.moving_target else "FIXED",
+            "TARG_RA": ra0, "TARG_DEC": dec0,
+            "EXPTIME": settings.exptime, "EFFEXPTM": settings.exptime, "DURATION": settings.exptime,
+            "EXPSTART": exp_start, "EXPMID": exp_start + 0.5 * settings.exptime / 86400.0,
+            "EXPEND": exp_start + settings.exptime / 86400.0,
+            "DATE-OBS": "2023-12-18", "TIME-OBS": f"00:{i:02d}:00.000",
+            "PATT_NUM": i + 1, "NUMDTHPT": settings.n_exposures,
+            "BUNIT": "MJy/sr", "PHOTMJSR": PHOTMJSR, "PHOTUJA2": PHOTMJSR * 1e12 / 4.25452e10,
+            "PIXAR_SR": pix_sr, "PIXAR_A2": settings.pixel_scale**2,
+            "SIMULATD": True,
+        }
+        if settings.moving_target:
+            # The target drifts 0.05 arcsec per exposure in RA and Dec.
+            drift = i * 0.05 / 3600.0
+            meta["MT_RA"] = ra0 + drift / np.cos(np.deg2rad(dec0))
+            meta["MT_DEC"] = dec0 + drift
+        exposure = Exposure(
+            data=sci.astype(np.float32), err=err.astype(np.float32), dq=dq, wcs=header_wcs[i], meta=meta,
+            var_poisson=var_poisson.astype(np.float32), var_rnoise=var_rnoise.astype(np.float32),
+            var_flat=var_flat.astype(np.float32), area=area,
+        )
+        path = out / f"{root}_cal.fits"
+        io.write_exposure(path, exposure)
+        io.write_wcs_file(truth_dir / f"{root}_true_wcs.asdf", wcs, settings.shape)
+        cal_paths.append(path)
+        exposures_truth.append({
+            "root": root, "offset_pix": list(offsets[i]), "sky_level": float(level),
+            "sky_offset": float(sky_offsets[i]), **errors[i],
+        })
+
+    asn = {
+        "asn_type": "image3", "asn_rule": "candidate_Asn_Lv3Image", "asn_id": asn_id,
+        "program": program, "target": "t001", "asn_pool": "simulated_pool",
+        "products": [{"name": product, "members": [
+            {"expname": p.name, "exptype": "science", "exposerr": None} for p in cal_paths
+        ]}],
+    }
+    asn_path = out / f"jw{program}-o001_20231218t000000_image3_00001_asn.json"
+    asn_path.write_text(json.dumps(asn, indent=2) + "\n")
+    io.write_table(truth_dir / "sources.ecsv", sources)
+    io.write_table(truth_dir / "outliers.ecsv", Table(rows=outlier_rows, names=("exposure", "kind", "x", "y")) if outlier_rows
+                   else Table(names=("exposure", "kind", "x", "y"), dtype=(str, str, int, int)))
+    io.write_json(truth_dir / "truth.json", {
+        "product": product, "asn_id": asn_id, "pixel_scale": settings.pixel_scale,
+        "psf_fwhm": settings.psf_fwhm, "sky": settings.sky, "noise_sigma": float(_sky_noise_sb(settings)),
+        "point_source_sigma_jy": float(_point_source_sigma_jy(settings)), "shape": list(settings.shape),
+        "seed": settings.seed, "exposures": exposures_truth,
+    })
+    return {"asn": asn_path, "cal": cal_paths, "truth": truth_dir, "product": product, "asn_id": asn_id}
+
+
+def main(argv=None):
+    """Command-line entry point: ``calimage3-simulate OUTDIR [options]``."""
+    parser = argparse.ArgumentParser(description="Simulate a JWST-like image3 dither set with known truth.")
+    parser.add_argument("output_dir", help="folder to write the _cal files, ASN and truth/ into")
+    parser.add_argument("-n", "--n-exposures", type=int, default=4)
+    parser.add_argument("--size", type=int, default=512, help="detector size in pixels (2048 for NIRCam)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--moving-target", action="store_true")
+    args = parser.parse_args(argv)
+    result = simulate_dither(args.output_dir, n_exposures=args.n_exposures, shape=(args.size, args.size),
+                             seed=args.seed, moving_target=args.moving_target)
+    print(f"wrote {len(result['cal'])} exposures and {result['asn']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
