@@ -130,8 +130,8 @@ class SimulationSettings:
         self.n_exposures = int(n_exposures)
         self.shape = tuple(int(s) for s in shape)
         area_scale = self.shape[0] * self.shape[1] / 512.0**2
-        self.n_stars = int(n_stars if n_stars is not None else round(150 * area_scale))
-        self.n_galaxies = int(n_galaxies if n_galaxies is not None else round(30 * area_scale))
+        self.n_stars = int(n_stars if n_stars is not None else round(300 * area_scale))
+        self.n_galaxies = int(n_galaxies if n_galaxies is not None else round(50 * area_scale))
         self.pixel_scale = float(pixel_scale)
         self.psf_fwhm = float(psf_fwhm)
         self.exptime = float(exptime)
@@ -224,7 +224,7 @@ def _make_sources(settings, rng, field_half_deg):
     table["axis_ratio"] = np.concatenate([np.ones(n_s), rng.uniform(0.4, 1.0, n_g)])
     table["theta"] = np.concatenate([np.zeros(n_s), rng.uniform(0, 180, n_g)])
     table["theta"].unit = "deg"
-    table["snr"] = table["flux"] / sigma_jy
+    table["snr"] = np.concatenate([star_flux, gal_flux]) / sigma_jy
     return table
 
 

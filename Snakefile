@@ -1,0 +1,29 @@
+# calwebb_image3 as a Snakemake workflow.
+#
+#   snakemake --cores N --config asn=PATH output_dir=DIR
+#
+# PATH is an image3 association (JSON) or one _cal.fits; every product is
+# written in DIR with its JWST name.  Steps, in order: assign_mtwcs,
+# tweakreg, skymatch, outlier_detection, resample, source_catalog.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/assign_mtwcs.smk"
+include: "rules/tweakreg.smk"
+include: "rules/skymatch.smk"
+include: "rules/outlier_detection.smk"
+include: "rules/resample.smk"
+include: "rules/source_catalog.smk"
+
+
+rule all:
+    input:
+        final_products(),
+    default_target: True

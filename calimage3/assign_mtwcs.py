@@ -1,0 +1,71 @@
+"""assign_mtwcs: a common WCS frame for moving-target exposures.
+
+For a moving target (TARGTYPE ``MOVING``) each exposure records the
+target's position at that exposure (``MT_RA``, ``MT_DEC``).  The step
+shifts every exposure's WCS so the target lands at the mean of those
+positions (``MT_AVRA``, ``MT_AVDEC``); the exposures then stack on the
+target instead of the stars.  For fixed targets it does nothing.
+"""
+
+import numpy as np
+
+from .wcs_tools import from_tangent_plane, tangent_plane_correction, to_tangent_plane
+
+__all__ = ["is_moving_target", "assign_moving_target_wcs"]
+
+
+def is_moving_target(meta_list):
+    """True when every exposure is a moving-target exposure with MT_RA/MT_DEC.
+
+    Raises
+    ------
+    ValueError
+        When only some exposures are marked moving, or a moving exposure
+        lacks its target position.
+    """
+    moving = [str(m.get("TARGTYPE", "")).strip().upper() == "MOVING" for m in meta_list]
+    if not any(moving):
+        return False
+    if not all(moving):
+        raise ValueError("association mixes moving-target and fixed-target exposures")
+    for m in meta_list:
+        if m.get("MT_RA") is None or m.get("MT_DEC") is None:
+            raise ValueError(f"{m.get('FILENAME', 'exposure')}: TARGTYPE is MOVING but MT_RA/MT_DEC are missing")
+    return True
+
+
+def assign_moving_target_wcs(wcs_list, mt_ra, mt_dec):
+    """Shift each WCS so the moving target sits at its mean position.
+
+    Parameters
+    ----------
+    wcs_list : list of gwcs.WCS
+        One WCS per exposure.
+    mt_ra, mt_dec : array-like
+        Target position at each exposure, degrees.
+
+    Returns
+    -------
+    wcs_list : list of gwcs.WCS
+        Corrected WCSs (new objects).
+    mt_avra, mt_avdec : float
+        Mean target position, degrees.
+
+    Notes
+    -----
+    The mean is taken in the tangent plane at the first target position, and
+    each exposure is shifted in the plane tangent at the mean, so the result
+    is exact for any separation that fits in an image.
+    """
+    mt_ra = np.atleast_1d(np.asarray(mt_ra, dtype=float))
+    mt_dec = np.atleast_1d(np.asarray(mt_dec, dtype=float))
+    if not (len(wcs_list) == len(mt_ra) == len(mt_dec)):
+        raise ValueError("assign_moving_target_wcs: one MT_RA/MT_DEC per WCS is required")
+    xi, eta = to_tangent_plane(mt_ra, mt_dec, mt_ra[0], mt_dec[0])
+    avra, avdec = (float(v) for v in from_tangent_plane(np.mean(xi), np.mean(eta), mt_ra[0], mt_dec[0]))
+    txi, teta = to_tangent_plane(mt_ra, mt_dec, avra, avdec)
+    corrected = [
+        tangent_plane_correction(wcs, avra, avdec, np.eye(2), [-dxi, -deta])
+        for wcs, dxi, deta in zip(wcs_list, txi, teta)
+    ]
+    return corrected, avra, avdec

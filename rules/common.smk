@@ -1,0 +1,95 @@
+# Configuration check, input check, and the path helpers every rule uses.
+
+import os
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+validate(config, "../config/schema.yaml")
+
+# Scripts import the package from this checkout, also inside --use-conda envs.
+sys.path.insert(0, workflow.basedir)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (workflow.basedir, os.environ.get("PYTHONPATH", "")) if p
+)
+# One job per core: keep numeric libraries from starting threads of their own.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+from calimage3.preflight import check_inputs
+
+ASN = check_inputs(config["asn"])
+OUT = str(Path(config["output_dir"]))
+WORK = f"{OUT}/work"
+LOGS = f"{OUT}/logs"
+BENCH = f"{OUT}/benchmarks"
+ROOTS = ASN.roots
+
+
+wildcard_constraints:
+    root="|".join(ROOTS),
+
+
+def step_params(step):
+    """The step's parameters from the config (what triggers its rerun)."""
+    return dict(config.get(step, {}))
+
+
+def cal_path(wildcards):
+    """The _cal file of exposure ``wildcards.root``."""
+    return str(ASN.member(wildcards.root).path)
+
+
+def all_cal():
+    return [str(m.path) for m in ASN.members]
+
+
+def crf_path(root):
+    return f"{OUT}/{root}_{ASN.asn_id}_crf.fits"
+
+
+def all_crf():
+    return [crf_path(r) for r in ROOTS]
+
+
+def mtwcs_path(root):
+    return f"{WORK}/assign_mtwcs/{root}_wcs.asdf"
+
+
+def tweakreg_wcs_path(root):
+    return f"{WORK}/tweakreg/{root}_tweakreg.asdf"
+
+
+def i2d_path():
+    return f"{OUT}/{ASN.product}_i2d.fits"
+
+
+def resample_inputs():
+    """Exposures that go into the mosaic: _crf files, or the lone _cal."""
+    return all_cal() if ASN.single else all_crf()
+
+
+def resample_wcs_inputs():
+    """Where the exposures' final WCSs are: tweakreg output, or the lone _cal."""
+    return all_cal() if ASN.single else [tweakreg_wcs_path(r) for r in ROOTS]
+
+
+def final_products():
+    """Every product of the stage, as JWST names them."""
+    products = [i2d_path(), f"{OUT}/{ASN.product}_cat.ecsv", f"{OUT}/{ASN.product}_segm.fits"]
+    if not ASN.single:
+        products += all_crf()
+    return products
+
+
+def mem_mb_group(wildcards, input, attempt):
+    """Memory for a group job: a few copies of one input plus the output."""
+    largest = max((os.path.getsize(f) for f in input if os.path.exists(f)), default=0)
+    return int(1000 + 6 * largest / 1e6) * attempt
+
+
+def mem_mb_exposure(wildcards, input, attempt):
+    """Memory for a per-exposure job: a few copies of its inputs."""
+    total = sum(os.path.getsize(f) for f in input if os.path.exists(f))
+    return int(500 + 4 * total / 1e6) * attempt

@@ -1,0 +1,122 @@
+"""Tests of file reading and writing in the JWST layout."""
+
+import json
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from calimage3 import io
+from calimage3.association import exposure_root, parse_association, single_exposure_association
+from calimage3.exposure import Exposure
+from calimage3.wcs_tools import imaging_wcs
+
+
+def _exposure(shape=(64, 80)):
+    rng = np.random.default_rng(0)
+    data = rng.normal(0.2, 0.01, shape).astype(np.float32)
+    return Exposure(
+        data=data, err=np.full(shape, 0.01, np.float32), dq=np.zeros(shape, np.uint32),
+        wcs=imaging_wcs(shape, (30.0, -5.0), 0.031, 10.0),
+        meta={"EXPTIME": 100.0, "PHOTMJSR": 0.4, "PIXAR_SR": 2.26e-14, "TARGTYPE": "FIXED"},
+        var_rnoise=np.full(shape, 1e-4, np.float32),
+    )
+
+
+def test_exposure_round_trip(tmp_path):
+    """Arrays, metadata and the gwcs survive a write and read."""
+    exp = _exposure()
+    path = tmp_path / "jw00001001001_01101_00001_nrca1_cal.fits"
+    io.write_exposure(path, exp)
+    back = io.read_exposure(path)
+    assert back.wcs_source == "asdf"
+    np.testing.assert_array_equal(back.data, exp.data)
+    np.testing.assert_array_equal(back.var_rnoise, exp.var_rnoise)
+    assert back.meta["PHOTMJSR"] == 0.4 and back.meta["EXPTIME"] == 100.0
+    ra, dec = back.wcs(10.0, 20.0)
+    assert (ra, dec) == pytest.approx(exp.wcs(10.0, 20.0), abs=1e-12)
+
+
+def test_sip_fallback_when_asdf_missing(tmp_path, caplog):
+    """Without an ASDF extension the SIP header WCS is used, and the log says so."""
+    exp = _exposure()
+    path = tmp_path / "a_cal.fits"
+    io.write_exposure(path, exp)
+    with fits.open(path) as hdul:
+        del hdul["ASDF"]
+        hdul.writeto(tmp_path / "b_cal.fits")
+    with caplog.at_level("INFO"):
+        back = io.read_exposure(tmp_path / "b_cal.fits")
+    assert back.wcs_source == "sip"
+    assert "SIP approximation" in caplog.text
+    assert back.wcs(10.0, 20.0) == pytest.approx(exp.wcs(10.0, 20.0), abs=0.003 * 0.031 / 3600)
+
+
+def test_sip_fallback_when_asdf_has_unknown_tags(tmp_path):
+    """An ASDF block whose WCS this environment cannot deserialize falls back to SIP."""
+    exp = _exposure()
+    path = tmp_path / "a_cal.fits"
+    io.write_exposure(path, exp)
+    with fits.open(path) as hdul:
+        hdul["ASDF"] = io._asdf_hdu({"meta": {"wcs": {"not": "a gwcs"}}})
+        hdul.writeto(tmp_path / "c_cal.fits")
+    assert io.read_exposure(tmp_path / "c_cal.fits").wcs_source == "sip"
+
+
+def test_missing_file_is_named(tmp_path):
+    """Reading a missing file names it."""
+    with pytest.raises(io.InputFileError, match="nope_cal.fits: file does not exist"):
+        io.read_exposure(tmp_path / "nope_cal.fits")
+
+
+def test_corrupt_fits_is_named(tmp_path):
+    """A file that is not FITS fails with its name and the reason."""
+    path = tmp_path / "bad_cal.fits"
+    path.write_bytes(b"SIMPLE  = garbage" * 10)
+    with pytest.raises(io.InputFileError, match="bad_cal.fits: not a readable FITS file"):
+        io.read_exposure(path)
+
+
+def test_file_without_wcs_is_rejected(tmp_path):
+    """A _cal with neither gwcs nor FITS WCS is an error naming the file."""
+    path = tmp_path / "nowcs_cal.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.zeros((8, 8), np.float32), name="SCI"),
+                  fits.ImageHDU(np.zeros((8, 8), np.float32), name="ERR")]).writeto(path)
+    with pytest.raises(io.InputFileError, match="nowcs_cal.fits: no WCS"):
+        io.read_exposure(path)
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    """A writer that fails leaves neither the product nor a temporary file."""
+    target = tmp_path / "product.fits"
+    with pytest.raises(RuntimeError):
+        with io.atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_parse_association_keeps_science_members(tmp_path):
+    """Only science members are combined, with paths relative to the ASN folder."""
+    content = {"asn_id": "a3001", "asn_type": "image3", "products": [{"name": "prod", "members": [
+        {"expname": "jw1_nrca1_cal.fits", "exptype": "science"},
+        {"expname": "jw2_nrca1_cal.fits", "exptype": "background"}]}]}
+    asn = parse_association(content, base_dir=tmp_path)
+    assert asn.roots == ["jw1_nrca1"]
+    assert asn.members[0].path == tmp_path / "jw1_nrca1_cal.fits"
+
+
+def test_association_without_science_members(tmp_path):
+    """An ASN with no science members is rejected with the file named."""
+    path = tmp_path / "x_asn.json"
+    path.write_text(json.dumps({"asn_id": "a1", "products": [{"name": "p", "members": [
+        {"expname": "a_cal.fits", "exptype": "background"}]}]}))
+    with pytest.raises(io.InputFileError, match="x_asn.json: association has no science members"):
+        io.read_association(path)
+
+
+def test_single_exposure_product_name():
+    """A lone _cal gives a product named after its exposure root."""
+    asn = single_exposure_association("/data/jw01_nrcb1_cal.fits")
+    assert asn.single and asn.product == "jw01_nrcb1"
+    assert exposure_root("jw01_nrcb1_crf.fits") == "jw01_nrcb1"
