@@ -38,8 +38,10 @@ __all__ = [
     "read_association",
     "read_exposure",
     "read_exposure_wcs",
+    "read_aligned_exposure",
     "write_exposure",
     "write_i2d",
+    "read_i2d",
     "write_segmentation",
     "read_wcs_file",
     "write_wcs_file",
@@ -69,7 +71,7 @@ ARRAY_EXTENSIONS = {
 # SCI-header keywords that describe the data rather than the WCS; read into
 # ``Exposure.meta`` next to the primary header.
 _SCI_KEYWORDS = (
-    "BUNIT", "PHOTMJSR", "PHOTUJA2", "PIXAR_SR", "PIXAR_A2", "BKGLEVEL", "BKGSUB",
+    "BUNIT", "PHOTMJSR", "PHOTUJA2", "PIXAR_SR", "PIXAR_A2", "BKGLEVEL", "BKGSUB", "BKGMETH",
     "MT_RA", "MT_DEC", "MT_AVRA", "MT_AVDEC", "S_REGION", "RA_REF", "DEC_REF",
 )
 _WCS_KEY_PREFIXES = (
@@ -342,6 +344,51 @@ def read_exposure(path):
     return Exposure(wcs=wcs, meta=meta, name=Path(path).name, wcs_source=source, **arrays)
 
 
+def read_aligned_exposure(cal_path, wcs_path, sky_path):
+    """A ``_cal`` exposure with its tweakreg WCS and skymatch level applied to the metadata.
+
+    Parameters
+    ----------
+    cal_path : str or Path
+        The exposure.
+    wcs_path : str or Path
+        Its WCS after assign_mtwcs/tweakreg (`write_wcs_file` format).
+    sky_path : str or Path
+        The skymatch JSON of the association.
+
+    Returns
+    -------
+    exposure : Exposure
+        ``wcs`` replaced; ``meta`` gains the step status keywords
+        (``S_MTWCS``, ``S_TWKREG``, ``S_SKYMAT``) and ``BKGLEVEL``/``BKGSUB``.
+        When skymatch ran with ``subtract=True`` the level is already
+        subtracted from ``data``.
+    sky_level : float
+        Sky still present in ``data`` (MJy/sr): subtract it before
+        comparing or combining exposures.
+    """
+    from .association import exposure_root
+
+    exposure = read_exposure(cal_path)
+    wcs, _, info = read_wcs_file(wcs_path)
+    sky = read_json(sky_path)
+    exposure.wcs = wcs
+    for key, value in info.items():
+        if len(key) <= 8 and isinstance(value, (str, int, float, bool)):
+            exposure.meta[key] = value
+    level = float(sky["levels"][exposure_root(cal_path)])
+    exposure.meta["S_SKYMAT"] = sky["status"]
+    exposure.meta["BKGLEVEL"] = level
+    if sky.get("method"):
+        exposure.meta["BKGMETH"] = sky["method"]
+    if sky.get("subtract"):
+        exposure.data = exposure.data - np.float32(level)
+        exposure.meta["BKGSUB"] = True
+        return exposure, 0.0
+    exposure.meta["BKGSUB"] = False
+    return exposure, level
+
+
 # --------------------------------------------------------------------------
 # Writing data models
 
@@ -426,6 +473,28 @@ def write_i2d(path, arrays, wcs, meta, *, hdrtab=None, sip_max_pix_error=0.01):
     hdus.append(_asdf_hdu({"meta": {"wcs": wcs}}))
     with atomic_path(path) as tmp:
         fits.HDUList(hdus).writeto(tmp, overwrite=True)
+
+
+def read_i2d(path):
+    """Read a resampled mosaic written by `write_i2d`.
+
+    Returns
+    -------
+    arrays : dict
+        Lower-case extension name -> array (``data`` for SCI).
+    wcs : gwcs.WCS
+    meta : dict
+        Primary header and SCI photometric keywords.
+    """
+    with _open_fits(path) as hdul:
+        shape = hdul["SCI"].data.shape
+        arrays = {"data": np.asarray(hdul["SCI"].data, dtype=np.float32)}
+        for extname in ("ERR", "WHT", "CON", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT"):
+            if extname in hdul:
+                arrays[extname.lower()] = np.asarray(hdul[extname].data)
+        wcs, _ = _read_wcs(hdul, path, shape)
+        meta = _read_meta(hdul)
+    return arrays, wcs, meta
 
 
 def write_segmentation(path, segm, wcs, meta):

@@ -1,0 +1,560 @@
+"""Sky matching of overlapping exposures (the JWST ``skymatch`` step).
+
+Computes, for each exposure of an association, the sky level to subtract so
+that the backgrounds of overlapping exposures agree, as the JWST
+``SkyMatchStep`` does with its four methods ``'local'``, ``'global'``,
+``'match'`` and ``'global+match'``.  Arrays and ``gwcs`` objects come in; a
+`SkyMatchResult` with one level per exposure (MJy/sr) comes out.  Nothing
+here reads or writes files, and the caller turns DQ arrays into the boolean
+``masks`` (True = usable pixel).
+
+The sky statistic is that of ``stsci.imagestats`` as the JWST step uses it:
+iterative mean +- sigma clipping of the usable values between optional
+``lower``/``upper`` limits, then the clipped mean, the clipped median, a
+histogram mode (bins ``binwidth`` standard deviations wide, peak refined by
+parabolic interpolation) or the IRAF ``midpt`` (median interpolated in the
+cumulative histogram).
+"""
+
+import logging
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+from astropy.table import Table
+
+from .wcs_tools import to_tangent_plane
+
+__all__ = [
+    "SKYMETHODS",
+    "SKYSTATS",
+    "SkyStat",
+    "SkyMatchResult",
+    "sky_statistic",
+    "match_sky",
+]
+
+SKYMETHODS = ("local", "global", "match", "global+match")
+SKYSTATS = ("mode", "median", "mean", "midpt")
+
+# Number of border samples per image edge used for the overlap pre-filter.
+_BORDER_SAMPLES = 64
+
+log = logging.getLogger(__name__)
+
+
+class SkyStat(NamedTuple):
+    """Value of a sky statistic and the number of values it used."""
+
+    value: float
+    npix: int
+
+
+@dataclass
+class SkyMatchResult:
+    """Sky levels of a set of exposures and how they were found.
+
+    Attributes
+    ----------
+    levels : ndarray of float64, shape (n_images,)
+        Sky level to subtract from each exposure, MJy/sr (the value JWST
+        stores in ``meta.background.level``).  0 where no level could be
+        computed (see ``valid`` and ``notes``).
+    method : str
+        The ``skymethod`` used.
+    match_down : bool
+        Direction of matching (only meaningful for the ``match`` methods).
+    valid : ndarray of bool, shape (n_images,)
+        True where a level could be computed for the exposure.
+    local_skies : ndarray of float64, shape (n_images,)
+        Sky statistic of all usable pixels of each exposure, minus its
+        ``match`` offset for ``'global+match'``, MJy/sr; NaN where not
+        computed (``'match'``) or where no usable pixels were left.
+    match_offsets : ndarray of float64, shape (n_images,)
+        Relative offsets from the overlap solution after the shift to the
+        lowest (or highest) sky, MJy/sr; NaN for the non-``match`` methods
+        and for exposures that overlap nothing.
+    pairs : astropy.table.Table
+        One row per pair of exposures whose footprints may overlap, with
+        columns ``i``, ``j`` (indices), ``npix_i``, ``npix_j`` (samples of
+        each image inside the overlap that the statistic used), ``sky_i``,
+        ``sky_j`` (MJy/sr), ``weight`` and ``used`` (whether the pair entered
+        the least-squares solution).  Empty for ``'local'``/``'global'``.
+    notes : list of str
+        Human-readable warnings for the log (exposures overlapping nothing,
+        disconnected groups, failed statistics).
+    subtracted : list of ndarray or None
+        With ``subtract=True``: new arrays ``images[k] - levels[k]`` with the
+        dtype of the inputs; None otherwise.  The inputs are never modified.
+    """
+
+    levels: np.ndarray
+    method: str
+    match_down: bool
+    valid: np.ndarray
+    local_skies: np.ndarray
+    match_offsets: np.ndarray
+    pairs: Table
+    notes: list = field(default_factory=list)
+    subtracted: list | None = None
+
+
+def _check_stat_params(skystat, lower, upper, nclip, lsigma, usigma, binwidth):
+    if skystat not in SKYSTATS:
+        raise ValueError(f"skystat must be one of {SKYSTATS}, got {skystat!r}")
+    if isinstance(nclip, bool) or not isinstance(nclip, (int, np.integer)) or nclip < 0:
+        raise ValueError(f"nclip must be a non-negative integer, got {nclip!r}")
+    for name, value in (("lsigma", lsigma), ("usigma", usigma), ("binwidth", binwidth)):
+        if not np.isfinite(value) or value <= 0:
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
+    for name, value in (("lower", lower), ("upper", upper)):
+        if value is not None and not np.isfinite(value):
+            raise ValueError(f"{name} must be a finite number or None, got {value!r}")
+    if lower is not None and upper is not None and lower >= upper:
+        raise ValueError(f"lower ({lower!r}) must be smaller than upper ({upper!r})")
+
+
+def _histogram_stat(values, vmin, vmax, hwidth, which):
+    """Histogram mode or midpt of ``values`` in ``[vmin, vmax]``."""
+    nbins = int((vmax - vmin) / hwidth) + 1
+    idx = np.minimum(((values - vmin) / hwidth).astype(np.int64), nbins - 1)
+    hist = np.bincount(idx, minlength=nbins).astype(float)
+    if which == "mode":
+        peak = int(np.argmax(hist))
+        offset = 0.0
+        if 0 < peak < nbins - 1:
+            dh1 = hist[peak] - hist[peak - 1]
+            dh2 = hist[peak] - hist[peak + 1]
+            if dh1 + dh2 > 0:
+                offset = 0.5 * (dh1 - dh2) / (dh1 + dh2)
+        return vmin + (peak + 0.5 + offset) * hwidth
+    # midpt: value below which half the counts lie, linear within the bin.
+    cum = np.cumsum(hist) / hist.sum()
+    lo = int(np.searchsorted(cum, 0.5))
+    below = cum[lo - 1] if lo > 0 else 0.0
+    return vmin + (lo + (0.5 - below) / (cum[lo] - below)) * hwidth
+
+
+def sky_statistic(
+    values,
+    *,
+    skystat="mode",
+    lower=None,
+    upper=None,
+    nclip=5,
+    lsigma=4.0,
+    usigma=4.0,
+    binwidth=0.1,
+):
+    """Sigma-clipped sky statistic of a set of pixel values.
+
+    Parameters
+    ----------
+    values : array-like of float
+        Pixel values, any shape (flattened), MJy/sr.  Non-finite values are
+        ignored.
+    skystat : {'mode', 'median', 'mean', 'midpt'}
+        Statistic returned.  ``'mean'`` and ``'median'`` are those of the
+        clipped values; ``'mode'`` is the peak of their histogram, refined by
+        a parabola through the peak bin and its two neighbours; ``'midpt'``
+        is the IRAF estimate of the median, interpolated linearly in the
+        cumulative histogram.
+    lower, upper : float or None
+        Only values with ``lower <= v <= upper`` are used, MJy/sr.
+    nclip : int
+        Number of clipping iterations (0: no clipping).
+    lsigma, usigma : float
+        Lower and upper clipping limits in standard deviations about the mean.
+    binwidth : float
+        Histogram bin width for ``'mode'`` and ``'midpt'``, in standard
+        deviations of the clipped values.
+
+    Returns
+    -------
+    SkyStat
+        ``(value, npix)``: the statistic in the units of ``values`` and the
+        number of values left after the limits and clipping.  ``(nan, 0)``
+        when no value is usable.
+
+    Notes
+    -----
+    Stages, as in ``stsci.imagestats.ImageStats`` used by the JWST step:
+
+    1. keep finite values within ``[lower, upper]``;
+    2. ``nclip`` times: compute the mean ``m`` and standard deviation ``s``
+       (``ddof=1``) of the kept values, then keep the values in
+       ``[max(lower, m - lsigma*s), min(upper, m + usigma*s)]`` (stops early
+       once the selection no longer changes);
+    3. compute the statistic on the final selection; the histogram spans
+       its minimum to maximum in bins of ``binwidth * s``.
+
+    When all kept values are (nearly) equal, ``'mode'`` and ``'midpt'``
+    return the mean.  Computations are in float64 (``imagestats`` works in
+    float32).  Cost is O(N) per clipping iteration, plus O(N log N) for
+    ``'median'``.
+    """
+    _check_stat_params(skystat, lower, upper, nclip, lsigma, usigma, binwidth)
+    data = np.asarray(values, dtype=np.float64).ravel()
+    data = data[np.isfinite(data)]
+    lo = -np.inf if lower is None else float(lower)
+    hi = np.inf if upper is None else float(upper)
+    if lower is not None or upper is not None:
+        data = data[(data >= lo) & (data <= hi)]
+    if data.size == 0:
+        return SkyStat(float("nan"), 0)
+
+    sel = data
+    prev = None
+    for _ in range(nclip):
+        mean = sel.mean()
+        std = sel.std(ddof=1) if sel.size > 1 else 0.0
+        keep = (data >= max(lo, mean - lsigma * std)) & (data <= min(hi, mean + usigma * std))
+        if not keep.any():
+            return SkyStat(float("nan"), 0)
+        if prev is not None and np.array_equal(keep, prev):
+            break
+        prev = keep
+        sel = data[keep]
+
+    npix = int(sel.size)
+    mean = float(sel.mean())
+    if skystat == "mean":
+        return SkyStat(mean, npix)
+    if skystat == "median":
+        return SkyStat(float(np.median(sel)), npix)
+    std = float(sel.std(ddof=1)) if npix > 1 else 0.0
+    vmin, vmax = float(sel.min()), float(sel.max())
+    hwidth = binwidth * std
+    tiny = 10.0 * np.finfo(np.float32).eps * max(1.0, abs(mean))
+    if hwidth < tiny or vmax - vmin < tiny or hwidth > vmax - vmin:
+        return SkyStat(mean, npix)
+    return SkyStat(float(_histogram_stat(sel, vmin, vmax, hwidth, skystat)), npix)
+
+
+def _backward(wcs, ra, dec):
+    """Sky to pixel with a gwcs, through its analytic inverse when it has one."""
+    try:
+        return wcs.backward_transform(ra, dec)
+    except NotImplementedError:
+        return wcs.invert(ra, dec, with_bounding_box=False)
+
+
+class _Sampler:
+    """Strided pixel grid of one image with its sky positions."""
+
+    def __init__(self, data, wcs, mask, stride, ref):
+        ny, nx = data.shape
+        self.shape = data.shape
+        self.wcs = wcs
+        self.mask = mask
+        gy, gx = np.mgrid[0:ny:stride, 0:nx:stride]
+        usable = mask[gy, gx]
+        self.gx = gx[usable].astype(float)
+        self.gy = gy[usable].astype(float)
+        self.values = data[gy, gx][usable].astype(np.float64)
+        self.ra, self.dec = wcs.forward_transform(self.gx, self.gy)
+        self.xi, self.eta = to_tangent_plane(self.ra, self.dec, *ref)
+        # Border of the image in the common tangent plane, for a cheap
+        # bounding-box pre-filter before any backward transform.
+        t = np.linspace(0.0, 1.0, _BORDER_SAMPLES)
+        bx = np.concatenate([t * nx, np.full_like(t, nx), (1 - t) * nx, np.zeros_like(t)]) - 0.5
+        by = np.concatenate([np.zeros_like(t), t * ny, np.full_like(t, ny), (1 - t) * ny]) - 0.5
+        bxi, beta = to_tangent_plane(*wcs.forward_transform(bx, by), *ref)
+        # Pad by a few strides' worth of this image's pixels.
+        step = np.nanmax(np.hypot(np.diff(bxi), np.diff(beta)))
+        pad = step + 2.0 * stride * step * _BORDER_SAMPLES / max(nx, ny)
+        self.box = (np.nanmin(bxi) - pad, np.nanmax(bxi) + pad, np.nanmin(beta) - pad, np.nanmax(beta) + pad)
+
+    def overlaps_box(self, other):
+        a, b = self.box, other.box
+        return a[0] <= b[1] and b[0] <= a[1] and a[2] <= b[3] and b[2] <= a[3]
+
+    def inside(self, other):
+        """Indices of this image's samples that land on usable pixels of ``other``."""
+        x0, x1, y0, y1 = other.box
+        cand = np.flatnonzero((self.xi >= x0) & (self.xi <= x1) & (self.eta >= y0) & (self.eta <= y1))
+        if cand.size == 0:
+            return cand
+        x, y = _backward(other.wcs, self.ra[cand], self.dec[cand])
+        x, y = np.asarray(x, float), np.asarray(y, float)
+        ny, nx = other.shape
+        with np.errstate(invalid="ignore"):
+            ok = (x >= -0.5) & (x < nx - 0.5) & (y >= -0.5) & (y < ny - 0.5)
+        ix = np.clip(np.floor(np.where(ok, x, 0.0) + 0.5).astype(np.int64), 0, nx - 1)
+        iy = np.clip(np.floor(np.where(ok, y, 0.0) + 0.5).astype(np.int64), 0, ny - 1)
+        ok &= other.mask[iy, ix]
+        return cand[ok]
+
+
+def _validate_inputs(images, wcs_list, masks, skymethod, match_down, subtract, stride):
+    if skymethod not in SKYMETHODS:
+        raise ValueError(f"skymethod must be one of {SKYMETHODS}, got {skymethod!r}")
+    for name, value in (("match_down", match_down), ("subtract", subtract)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
+        raise ValueError(f"stride must be a positive integer, got {stride!r}")
+    images = list(images)
+    if not images:
+        raise ValueError("images must contain at least one image")
+    wcs_list = list(wcs_list)
+    if len(wcs_list) != len(images):
+        raise ValueError(f"wcs_list has {len(wcs_list)} entries for {len(images)} images")
+    arrays = []
+    for k, img in enumerate(images):
+        arr = np.asarray(img)
+        if arr.ndim != 2:
+            raise ValueError(f"images[{k}] must be 2-D, got shape {arr.shape}")
+        arrays.append(arr)
+    if masks is None:
+        masks = [None] * len(arrays)
+    masks = list(masks)
+    if len(masks) != len(arrays):
+        raise ValueError(f"masks has {len(masks)} entries for {len(arrays)} images")
+    usable = []
+    for k, (arr, m) in enumerate(zip(arrays, masks)):
+        good = np.isfinite(arr)
+        if m is not None:
+            m = np.asarray(m)
+            if m.shape != arr.shape:
+                raise ValueError(f"masks[{k}] has shape {m.shape}, images[{k}] has {arr.shape}")
+            if m.dtype != bool:
+                raise ValueError(f"masks[{k}] must be boolean (True = usable), got dtype {m.dtype}")
+            good &= m
+        usable.append(good)
+    return arrays, wcs_list, usable
+
+
+def _components(n, edges):
+    """Connected components (list of index arrays) of an undirected graph."""
+    parent = list(range(n))
+
+    def find(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for i, j in edges:
+        parent[find(i)] = find(j)
+    roots = np.array([find(a) for a in range(n)])
+    return [np.flatnonzero(roots == r) for r in np.unique(roots)]
+
+
+def _match_offsets(arrays, wcs_list, usable, stride, stat_kwargs, notes):
+    """Relative sky offsets from the pairwise overlaps (JWST 'match')."""
+    n = len(arrays)
+    first = arrays[0].shape
+    ref = wcs_list[0].forward_transform((first[1] - 1) / 2.0, (first[0] - 1) / 2.0)
+    ref = (float(ref[0]), float(ref[1]))
+    samplers = [_Sampler(a, w, m, stride, ref) for a, w, m in zip(arrays, wcs_list, usable)]
+
+    rows = []
+    for i in range(n):
+        for j in range(i + 1, n):
+            if not samplers[i].overlaps_box(samplers[j]):
+                continue
+            in_ij = samplers[i].inside(samplers[j])
+            in_ji = samplers[j].inside(samplers[i])
+            if in_ij.size == 0 and in_ji.size == 0:
+                continue
+            s_i = sky_statistic(samplers[i].values[in_ij], **stat_kwargs)
+            s_j = sky_statistic(samplers[j].values[in_ji], **stat_kwargs)
+            used = s_i.npix > 0 and s_j.npix > 0 and np.isfinite(s_i.value) and np.isfinite(s_j.value)
+            weight = 0.5 * (s_i.npix + s_j.npix) if used else 0.0
+            rows.append((i, j, s_i.npix, s_j.npix, s_i.value, s_j.value, weight, used))
+
+    pairs = Table(
+        rows=rows or None,
+        names=("i", "j", "npix_i", "npix_j", "sky_i", "sky_j", "weight", "used"),
+        dtype=(int, int, int, int, float, float, float, bool),
+    )
+    good = pairs[pairs["used"]]
+    offsets = np.full(n, np.nan)
+    if len(good) == 0:
+        notes.append("match: no pair of images has usable pixels in common; no offsets computed")
+        return offsets, pairs
+
+    # One equation per pair: w * (d_i - d_j) = w * (sky_i - sky_j), with the
+    # JWST weight w = mean number of samples; minimum-norm least squares.
+    gi, gj = np.asarray(good["i"]), np.asarray(good["j"])
+    w = np.asarray(good["weight"])
+    k = np.zeros((len(good), n))
+    k[np.arange(len(good)), gi] = w
+    k[np.arange(len(good)), gj] = -w
+    f = w * (np.asarray(good["sky_i"]) - np.asarray(good["sky_j"]))
+    offsets = np.linalg.pinv(k, rcond=1e-12) @ f
+
+    linked = np.zeros(n, bool)
+    linked[gi] = True
+    linked[gj] = True
+    offsets[~linked] = np.nan
+    for idx in np.flatnonzero(~linked):
+        notes.append(f"match: image {idx} overlaps no other image; its sky offset is set to 0")
+    groups = [c for c in _components(n, zip(gi, gj)) if linked[c[0]]]
+    if len(groups) > 1:
+        notes.append(
+            f"match: the overlapping images form {len(groups)} disconnected groups "
+            f"({[c.tolist() for c in groups]}); sky is matched within each group only"
+        )
+    return offsets, pairs
+
+
+def match_sky(
+    images,
+    wcs_list,
+    masks=None,
+    *,
+    skymethod="match",
+    match_down=True,
+    subtract=False,
+    skystat="mode",
+    lower=None,
+    upper=None,
+    nclip=5,
+    lsigma=4.0,
+    usigma=4.0,
+    binwidth=0.1,
+    stride=4,
+):
+    """Sky levels that make overlapping exposures agree (JWST ``skymatch``).
+
+    Parameters
+    ----------
+    images : list of ndarray, each shape (ny_k, nx_k)
+        Science arrays, surface brightness in MJy/sr.  Not modified.
+    wcs_list : list of gwcs.WCS
+        WCS of each image: zero-based pixel ``(x, y)`` to ``(RA, Dec)``
+        degrees, with a ``backward_transform`` (or invertible).
+    masks : list of (ndarray of bool or None) or None
+        True where a pixel may be used (the caller builds it from DQ, e.g.
+        with ``dqflags.good_pixel_mask``); non-finite pixels are always
+        excluded.  None: all finite pixels are usable.
+    skymethod : {'match', 'local', 'global', 'global+match'}
+        ``'local'``: each image's own sky statistic over all its usable
+        pixels.  ``'global'``: the minimum of the local skies, the same for
+        every image.  ``'match'``: relative offsets that equalise the sky in
+        the overlaps (see Notes), 0 for the lowest sky.  ``'global+match'``:
+        ``'match'``, then the minimum local sky of the matched images is
+        added to all levels.
+    match_down : bool
+        For the ``match`` methods: shift the offsets so the smallest is 0
+        (match down to the lowest sky; levels >= 0), or with False so the
+        largest is 0 (match up to the highest sky; levels <= 0).
+    subtract : bool
+        Also return sky-subtracted copies of the images in
+        ``result.subtracted``.
+    skystat, lower, upper, nclip, lsigma, usigma, binwidth
+        Sky statistic and its settings; see `sky_statistic`.  ``lower`` and
+        ``upper`` apply to the input pixel values.
+    stride : int
+        Sampling step in pixels, along x and y, of the grid on which the
+        ``match`` overlaps are found and their statistics computed
+        (1: every pixel).
+
+    Returns
+    -------
+    SkyMatchResult
+        ``levels`` (MJy/sr, one per image: the sky to subtract), the
+        per-pair statistics in ``pairs`` and messages in ``notes``.  Images
+        whose level cannot be computed get 0, ``valid`` False and a note.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``skymethod`` or ``skystat``, non-positive ``stride``,
+        ``lsigma``, ``usigma`` or ``binwidth``, negative ``nclip``,
+        ``lower >= upper``, or inconsistent lists/shapes.
+
+    Notes
+    -----
+    The ``match`` algorithm, after JWST ``skymatch.match``:
+
+    1. For every image, take the usable pixels of the strided grid
+       ``(x, y) = (0, stride, 2*stride, ...)`` and compute their sky
+       positions with the forward WCS (once per image).
+    2. For each pair ``(i, j)`` whose padded footprints intersect (a bounding
+       box test in a common tangent plane), map the samples of ``i`` near
+       the footprint of ``j`` into ``j`` with its backward transform and keep
+       those that land within ``j``'s bounds on a usable pixel; likewise
+       ``j`` into ``i``.  These are each image's pixels in the overlap.
+    3. Compute the sky statistic ``s_i`` and ``s_j`` of the two sample sets
+       and write the equation ``w (d_i - d_j) = w (s_i - s_j)`` with
+       ``w = (n_i + n_j) / 2`` (numbers of samples used).
+    4. Solve all equations for the offsets ``d`` by minimum-norm least
+       squares (pseudo-inverse) and subtract the smallest offset
+       (``match_down``) or the largest.  Images in no valid pair get 0.
+
+    Exposures that fall into disconnected groups are matched only within
+    each group (a note says so), as in JWST.  For ``'global+match'`` the
+    local sky of image ``k`` is ``stat(image_k) - d_k``.
+
+    Cost: one forward WCS evaluation of ``(ny/stride)*(nx/stride)`` points
+    per image, and for each ordered overlapping pair one backward
+    evaluation of the samples inside the other footprint's bounding box,
+    plus O(samples) statistics; no loop over pixels.  For 16 exposures of
+    2048x2048 with ``stride=4`` that is 16 x 262 144 forward and at most
+    240 x 262 144 backward evaluations.  The statistical precision of an
+    overlap level is about ``stride * sigma / sqrt(N_overlap)`` for the
+    mean (worse for ``'mode'``), so ``stride=1`` is best for small images.
+    """
+    skymethod = skymethod.lower() if isinstance(skymethod, str) else skymethod
+    _check_stat_params(skystat, lower, upper, nclip, lsigma, usigma, binwidth)
+    arrays, wcs_list, usable = _validate_inputs(images, wcs_list, masks, skymethod, match_down, subtract, stride)
+    stat_kwargs = dict(
+        skystat=skystat, lower=lower, upper=upper, nclip=nclip, lsigma=lsigma, usigma=usigma, binwidth=binwidth
+    )
+    n = len(arrays)
+    notes = []
+    do_match = "match" in skymethod
+    do_global = "global" in skymethod
+
+    offsets = np.full(n, np.nan)
+    pairs = Table(
+        names=("i", "j", "npix_i", "npix_j", "sky_i", "sky_j", "weight", "used"),
+        dtype=(int, int, int, int, float, float, float, bool),
+    )
+    levels = np.zeros(n)
+    valid = np.ones(n, bool)
+    if do_match:
+        offsets, pairs = _match_offsets(arrays, wcs_list, usable, stride, stat_kwargs, notes)
+        valid = np.isfinite(offsets)
+        if valid.any():
+            offsets[valid] -= offsets[valid].min() if match_down else offsets[valid].max()
+        levels = np.where(valid, offsets, 0.0)
+
+    local = np.full(n, np.nan)
+    if do_global or not do_match:
+        for k, (arr, good) in enumerate(zip(arrays, usable)):
+            value = sky_statistic(arr[good], **stat_kwargs).value
+            local[k] = value - levels[k]
+        ok = np.isfinite(local)
+        for k in np.flatnonzero(~ok):
+            notes.append(f"{skymethod}: no usable pixels left for the sky of image {k}")
+        if do_global:
+            if ok.any():
+                levels = levels + local[ok].min()
+                valid = np.ones(n, bool) if not do_match else valid
+            else:
+                notes.append(f"{skymethod}: unable to compute a global sky value; levels left unchanged")
+                valid = np.zeros(n, bool) if not do_match else valid
+        else:
+            valid = ok
+            levels = np.where(ok, local, 0.0)
+
+    subtracted = None
+    if subtract:
+        subtracted = [(a - lev).astype(a.dtype, copy=False) for a, lev in zip(arrays, levels)]
+    for note in notes:
+        log.warning(note)
+    return SkyMatchResult(
+        levels=levels,
+        method=skymethod,
+        match_down=bool(match_down),
+        valid=valid,
+        local_skies=local,
+        match_offsets=offsets if do_match else np.full(n, np.nan),
+        pairs=pairs,
+        notes=notes,
+        subtracted=subtracted,
+    )

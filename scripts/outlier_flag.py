@@ -1,0 +1,48 @@
+"""Snakemake entry point: blot the median back and flag outliers in one exposure."""
+
+import logging
+
+import numpy as np
+
+from calimage3 import io
+from calimage3.dqflags import PIXEL
+from calimage3.logs import configure_logging
+from calimage3.outlier_detection import apply_outlier_flags, flag_outliers, parse_pair
+from calimage3.resample import blot
+
+log = logging.getLogger("outlier_detection")
+
+
+def outlier_flag(cal_path, wcs_path, sky_path, median_path, grid_path, crf_path, *, skip=False, **params):
+    """Write the exposure's _crf: tweaked WCS, sky level, and OUTLIER|DO_NOT_USE flags."""
+    exposure, sky_level = io.read_aligned_exposure(cal_path, wcs_path, sky_path)
+    if skip:
+        exposure.meta["S_OUTLIR"] = "SKIPPED"
+        io.write_exposure(crf_path, exposure)
+        log.info("outlier_detection: skipped by configuration; %s written unflagged", crf_path)
+        return
+    grid_wcs, _, _ = io.read_wcs_file(grid_path)
+    with io.open_image_sections(median_path, ("SCI",)) as views:
+        median = np.asarray(views["SCI"], dtype=np.float32)
+    blotted = blot(median, grid_wcs, exposure.wcs, exposure.shape)
+    del median
+    mask = flag_outliers(
+        exposure.data - np.float32(sky_level), exposure.err, blotted,
+        snr=parse_pair(params.get("snr", "5.0 4.0")), scale=parse_pair(params.get("scale", "1.2 0.7")),
+        backg=params.get("backg", 0.0),
+    )
+    already = (exposure.dq & PIXEL["DO_NOT_USE"]) > 0
+    mask &= ~already
+    exposure.dq = apply_outlier_flags(exposure.dq, mask)
+    exposure.meta["S_OUTLIR"] = "COMPLETE"
+    io.write_exposure(crf_path, exposure)
+    n_good = int(np.count_nonzero(~already))
+    log.info("outlier_detection: %s: %d pixels flagged as outliers (%.3f%% of usable pixels)",
+             exposure.name, int(mask.sum()), 100.0 * mask.sum() / max(n_good, 1))
+
+
+if "snakemake" in globals():
+    configure_logging(snakemake.log[0])
+    params = dict(snakemake.params.step)
+    outlier_flag(snakemake.input.cal, snakemake.input.wcs, snakemake.input.sky, snakemake.input.median,
+                 snakemake.input.grid, snakemake.output.crf, **params)

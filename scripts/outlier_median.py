@@ -1,0 +1,25 @@
+"""Snakemake entry point: median of the single-exposure drizzles, in sections."""
+
+import logging
+from contextlib import ExitStack
+
+from calimage3 import io
+from calimage3.logs import configure_logging
+from calimage3.outlier_detection import median_in_sections
+
+log = logging.getLogger("outlier_detection")
+
+
+def outlier_median(single_paths, median_path, *, maskpt=0.7, rows_per_section=256):
+    """Median-combine the singles, reading them from disk a band of rows at a time."""
+    with ExitStack() as stack:
+        views = [stack.enter_context(io.open_image_sections(p, ("SCI", "WHT"))) for p in single_paths]
+        median = median_in_sections([v["SCI"] for v in views], [v["WHT"] for v in views],
+                                    maskpt=maskpt, rows_per_section=rows_per_section)
+    io.write_image(median_path, {"SCI": median})
+    log.info("outlier_detection: median of %d exposures computed in bands of %d rows", len(single_paths), rows_per_section)
+
+
+if "snakemake" in globals():
+    configure_logging(snakemake.log[0])
+    outlier_median(snakemake.input.singles, snakemake.output.median, maskpt=snakemake.params.maskpt)

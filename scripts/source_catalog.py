@@ -1,0 +1,26 @@
+"""Snakemake entry point: source catalog and segmentation map of the mosaic."""
+
+import logging
+
+from calimage3 import io
+from calimage3.logs import configure_logging
+from calimage3.source_catalog import make_source_catalog
+
+log = logging.getLogger("source_catalog")
+
+
+def source_catalog(i2d_path, cat_path, segm_path, **params):
+    """Detect and measure sources in the _i2d; write _cat.ecsv and _segm.fits."""
+    arrays, wcs, meta = io.read_i2d(i2d_path)
+    table, segm = make_source_catalog(arrays["data"], arrays["err"], wcs, wht=arrays.get("wht"),
+                                      pixar_sr=float(meta["PIXAR_SR"]), **params)
+    table.meta.update({"product": str(i2d_path).rsplit("/", 1)[-1], "filter": meta.get("FILTER", "")})
+    io.write_table(cat_path, table)
+    io.write_segmentation(segm_path, segm, wcs, {k: meta[k] for k in ("TELESCOP", "INSTRUME", "FILTER") if k in meta})
+    n_ext = int(table["is_extended"].sum()) if "is_extended" in table.colnames and len(table) else 0
+    log.info("source_catalog: %d sources (%d extended) in %s", len(table), n_ext, i2d_path)
+
+
+if "snakemake" in globals():
+    configure_logging(snakemake.log[0])
+    source_catalog(snakemake.input.i2d, snakemake.output.cat, snakemake.output.segm, **snakemake.params.step)
