@@ -31,9 +31,16 @@ wildcard_constraints:
     root="|".join(ROOTS),
 
 
-def step_params(step):
-    """The step's parameters from the config (what triggers its rerun)."""
-    return dict(config.get(step, {}))
+def step_params(step, names=None):
+    """Parameters of ``step`` from the config; only ``names`` when given.
+
+    A rule's ``params`` are what make Snakemake rerun it when they change, so
+    each rule takes just the parameters it uses.
+    """
+    params = dict(config.get(step, {}))
+    if names is not None:
+        params = {k: v for k, v in params.items() if k in names}
+    return params
 
 
 def cal_path(wildcards):
@@ -59,6 +66,23 @@ def mtwcs_path(root):
 
 def tweakreg_wcs_path(root):
     return f"{WORK}/tweakreg/{root}_tweakreg.asdf"
+
+
+def tweakreg_catalogs():
+    """Source catalogs tweakreg aligns; none when the step is skipped."""
+    if config["tweakreg"].get("skip"):
+        return []
+    return [f"{WORK}/tweakreg/{r}_sources.ecsv" for r in ROOTS]
+
+
+def outlier_median_inputs(wildcards):
+    """The median and its grid, unless outlier detection is skipped."""
+    if config["outlier_detection"].get("skip"):
+        return {}
+    return {
+        "median": f"{WORK}/outlier_detection/median.fits",
+        "grid": f"{WORK}/outlier_detection/grid_wcs.asdf",
+    }
 
 
 def i2d_path():

@@ -2,6 +2,9 @@
 # each), take the median of those in sections (one job), then blot the median
 # back and flag outliers in each exposure (one job each), writing the _crf.
 
+OUTLIER_DRIZZLE = ("weight_type", "pixfrac", "kernel", "fillval", "good_bits")
+OUTLIER_FLAGGING = ("skip", "snr", "scale", "backg")
+
 
 rule outlier_grid:
     input:
@@ -31,7 +34,7 @@ rule outlier_single:
     output:
         single=temp(f"{WORK}/outlier_detection/{{root}}_single.fits"),
     params:
-        step=step_params("outlier_detection"),
+        step=step_params("outlier_detection", OUTLIER_DRIZZLE),
         grid_step=config["pixmap_grid_step"],
     log:
         f"{LOGS}/outlier_single/{{root}}.log",
@@ -74,12 +77,11 @@ rule outlier_flag:
         cal=cal_path,
         wcs=f"{WORK}/tweakreg/{{root}}_tweakreg.asdf",
         sky=f"{WORK}/skymatch/skymatch.json",
-        median=f"{WORK}/outlier_detection/median.fits",
-        grid=f"{WORK}/outlier_detection/grid_wcs.asdf",
+        unpack(outlier_median_inputs),
     output:
         crf=f"{OUT}/{{root}}_{ASN.asn_id}_crf.fits",
     params:
-        step=step_params("outlier_detection"),
+        step=step_params("outlier_detection", OUTLIER_FLAGGING),
         grid_step=config["pixmap_grid_step"],
     log:
         f"{LOGS}/outlier_flag/{{root}}.log",

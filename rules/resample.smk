@@ -1,5 +1,7 @@
 # resample: drizzle all exposures, one at a time, onto the output grid.
 
+RESAMPLE_GRID = ("pixel_scale_ratio", "pixel_scale", "rotation", "crval", "crpix", "output_shape")
+
 
 rule resample_grid:
     input:
@@ -7,7 +9,7 @@ rule resample_grid:
     output:
         grid=f"{WORK}/resample/output_wcs.asdf",
     params:
-        step=step_params("resample"),
+        step=step_params("resample", RESAMPLE_GRID),
     log:
         f"{LOGS}/resample_grid.log",
     benchmark:

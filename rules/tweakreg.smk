@@ -1,6 +1,15 @@
 # tweakreg: sources are detected per exposure (one job each), then all
 # catalogs are matched and the WCS corrections fitted in one group job.
 
+TWEAKREG_DETECTION = (
+    "snr_threshold", "kernel_fwhm", "bkg_boxsize", "brightest", "peakmax",
+    "starfinder", "sharplo", "sharphi", "roundlo", "roundhi",
+)
+TWEAKREG_ALIGNMENT = (
+    "skip", "searchrad", "separation", "tolerance", "use2dhist", "xoffset", "yoffset",
+    "fitgeometry", "nclip", "sigma", "minobj", "enforce_user_order", "expand_refcat",
+)
+
 
 rule tweakreg_detect:
     input:
@@ -8,7 +17,7 @@ rule tweakreg_detect:
     output:
         sources=f"{WORK}/tweakreg/{{root}}_sources.ecsv",
     params:
-        step=step_params("tweakreg"),
+        step=step_params("tweakreg", TWEAKREG_DETECTION),
     log:
         f"{LOGS}/tweakreg_detect/{{root}}.log",
     benchmark:
@@ -25,12 +34,12 @@ rule tweakreg_detect:
 
 rule tweakreg_align:
     input:
-        sources=expand(f"{WORK}/tweakreg/{{root}}_sources.ecsv", root=ROOTS),
+        sources=tweakreg_catalogs(),
         wcs=[mtwcs_path(r) for r in ROOTS],
     output:
         wcs=[tweakreg_wcs_path(r) for r in ROOTS],
     params:
-        step=step_params("tweakreg"),
+        step=step_params("tweakreg", TWEAKREG_ALIGNMENT),
     log:
         f"{LOGS}/tweakreg_align.log",
     benchmark:

@@ -14,6 +14,7 @@ log = logging.getLogger("outlier_detection")
 
 
 def outlier_flag(cal_path, wcs_path, sky_path, median_path, grid_path, crf_path, *, skip=False, **params):
+    # median_path and grid_path are None when the step is skipped.
     """Write the exposure's _crf: tweaked WCS, sky level, and OUTLIER|DO_NOT_USE flags."""
     exposure, sky_level = io.read_aligned_exposure(cal_path, wcs_path, sky_path)
     if skip:
@@ -44,5 +45,5 @@ def outlier_flag(cal_path, wcs_path, sky_path, median_path, grid_path, crf_path,
 if "snakemake" in globals():
     configure_logging(snakemake.log[0])
     params = dict(snakemake.params.step)
-    outlier_flag(snakemake.input.cal, snakemake.input.wcs, snakemake.input.sky, snakemake.input.median,
-                 snakemake.input.grid, snakemake.output.crf, **params)
+    outlier_flag(snakemake.input.cal, snakemake.input.wcs, snakemake.input.sky,
+                 snakemake.input.get("median"), snakemake.input.get("grid"), snakemake.output.crf, **params)

@@ -1,0 +1,673 @@
+"""Relative astrometric alignment of exposures (JWST ``tweakreg``).
+
+Two stages, as in the JWST ``tweakreg`` step:
+
+1. `detect_sources` finds point-like sources in one exposure (photutils
+   ``Background2D`` for the background and its noise, then
+   ``IRAFStarFinder`` or ``DAOStarFinder``) and returns their pixel
+   centroids and fluxes.
+2. `align_exposures` matches those catalogues across exposures in a
+   common tangent plane and fits a linear correction of each exposure (or
+   rigid group of exposures) relative to a reference, using
+   ``tweakwcs.align_wcs`` unchanged.  Corrections are applied to our
+   ``gwcs`` objects by `TangentPlaneCorrector`, a ``tweakwcs`` WCS corrector
+   built on `calimage3.wcs_tools.tangent_plane_correction`.
+
+Nothing here reads or writes files.
+"""
+
+import logging
+import math
+import numbers
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.stats import sigma_clipped_stats
+from astropy.table import Table
+from astropy.utils.exceptions import AstropyUserWarning
+from photutils.background import Background2D
+from photutils.detection import DAOStarFinder, IRAFStarFinder
+from tweakwcs.correctors import WCSCorrector
+from tweakwcs.imalign import NotEnoughCatalogs, align_wcs
+from tweakwcs.matchutils import MatchSourceConfusionError, XYXYMatch
+
+from calimage3.wcs_tools import (
+    footprint,
+    from_tangent_plane,
+    local_pixel_scale,
+    tangent_plane_correction,
+    to_tangent_plane,
+)
+
+__all__ = [
+    "FITGEOMETRIES",
+    "STARFINDERS",
+    "AlignmentResult",
+    "TangentPlaneCorrector",
+    "detect_sources",
+    "align_exposures",
+]
+
+log = logging.getLogger(__name__)
+
+#: Fit geometries accepted by `align_exposures` and the least number of
+#: matched sources each one needs.
+FITGEOMETRIES = {"shift": 1, "rshift": 2, "rscale": 2, "general": 3}
+
+#: Names accepted for ``starfinder`` (case-insensitive), as in JWST.
+STARFINDERS = {"iraf": "iraf", "irafstarfinder": "iraf", "dao": "dao", "daostarfinder": "dao"}
+
+_CATALOG_COLUMNS = ("x", "y", "flux")
+
+
+# --------------------------------------------------------------------------
+# Source detection
+# --------------------------------------------------------------------------
+
+
+def _empty_catalog():
+    return Table(names=_CATALOG_COLUMNS, dtype=(float, float, float))
+
+
+def _require_positive(name, value, *, integer=False, allow_none=False):
+    if value is None and allow_none:
+        return
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind) or not value > 0:
+        what = "a positive integer" if integer else "a positive number"
+        raise ValueError(f"{name} must be {what}{' or None' if allow_none else ''}, got {value!r}")
+
+
+def _validate_detection(data, err, mask, snr_threshold, kernel_fwhm, bkg_boxsize, brightest,
+                        peakmax, starfinder, sharplo, sharphi, roundlo, roundhi):
+    data = np.asarray(data)
+    if data.ndim != 2 or min(data.shape) < 1:
+        raise ValueError(f"data must be a non-empty 2-D array, got shape {data.shape}")
+    for name, arr in (("err", err), ("mask", mask)):
+        if arr is not None and np.shape(arr) != data.shape:
+            raise ValueError(
+                f"{name} must have the same shape as data {data.shape}, got {np.shape(arr)}"
+            )
+    _require_positive("snr_threshold", snr_threshold)
+    _require_positive("kernel_fwhm", kernel_fwhm)
+    _require_positive("bkg_boxsize", bkg_boxsize, integer=True)
+    _require_positive("brightest", brightest, integer=True, allow_none=True)
+    _require_positive("peakmax", peakmax, allow_none=True)
+    if not isinstance(starfinder, str) or starfinder.lower() not in STARFINDERS:
+        raise ValueError(
+            f"starfinder must be one of {sorted(set(STARFINDERS.values()))}, got {starfinder!r}"
+        )
+    if not sharplo < sharphi:
+        raise ValueError(f"sharplo must be below sharphi, got sharplo={sharplo!r}, sharphi={sharphi!r}")
+    if not roundlo < roundhi:
+        raise ValueError(f"roundlo must be below roundhi, got roundlo={roundlo!r}, roundhi={roundhi!r}")
+    return data
+
+
+def _background(data, bad, bkg_boxsize):
+    """Background map and its median RMS, ignoring ``bad`` pixels."""
+    ny, nx = data.shape
+    box = (min(bkg_boxsize, ny), min(bkg_boxsize, nx))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AstropyUserWarning)
+            bkg = Background2D(data, box, mask=bad)
+        background = np.asarray(bkg.background, dtype=float)
+        rms = float(np.median(np.asarray(bkg.background_rms)[~bad]))
+    except ValueError:
+        # Too many bad pixels for the mesh: use global clipped statistics.
+        _, median, std = sigma_clipped_stats(data[~bad], sigma=3.0, maxiters=10)
+        background = np.full(data.shape, median, dtype=float)
+        rms = float(std)
+    return background, rms
+
+
+def detect_sources(
+    data,
+    err=None,
+    mask=None,
+    *,
+    snr_threshold=10.0,
+    kernel_fwhm=2.5,
+    bkg_boxsize=400,
+    brightest=200,
+    peakmax=None,
+    starfinder="iraf",
+    sharplo=0.2,
+    sharphi=1.0,
+    roundlo=-1.0,
+    roundhi=1.0,
+):
+    """Point-like sources of one exposure, for alignment.
+
+    Parameters
+    ----------
+    data : ndarray, shape (ny, nx)
+        Science array, MJy/sr (any units work; thresholds follow them).
+    err : ndarray or None
+        1-sigma uncertainty, same shape as ``data``.  As in JWST (where only
+        the segmentation finder uses it) it does not set the threshold;
+        pixels where it is not finite are treated as bad.
+    mask : ndarray of bool or None
+        True where a pixel is bad and must be ignored; same shape as
+        ``data``.  Non-finite ``data`` are always ignored.
+    snr_threshold : float
+        Detection threshold in units of the background RMS.
+    kernel_fwhm : float
+        FWHM of the Gaussian detection kernel, pixels.
+    bkg_boxsize : int
+        Background mesh box size, pixels; clipped to the image size.
+    brightest : int or None
+        Keep at most this many sources, brightest first; None keeps all.
+    peakmax : float or None
+        Reject sources whose background-subtracted peak pixel exceeds this
+        (units of ``data``), e.g. to drop saturated stars.
+    starfinder : {'iraf', 'dao'}
+        photutils ``IRAFStarFinder`` (JWST default) or ``DAOStarFinder``.
+    sharplo, sharphi : float
+        Inclusive bounds on the finder's sharpness statistic.
+    roundlo, roundhi : float
+        Inclusive bounds on the finder's roundness statistic.
+
+    Returns
+    -------
+    astropy.table.Table
+        Columns ``x``, ``y`` (zero-based pixel centroids) and ``flux``
+        (finder flux, background-subtracted, units of ``data`` times
+        pixels), sorted by decreasing flux, at most ``brightest`` rows.
+        An empty table with these columns when nothing is found.
+
+    Notes
+    -----
+    Stages:
+
+    1. Bad pixels (``mask``, non-finite ``data`` or ``err``) are excluded.
+    2. ``Background2D`` (box ``bkg_boxsize``, sigma-clipped median and
+       standard deviation) gives the background and its RMS; if the mesh
+       cannot be computed (too many bad pixels), global sigma-clipped
+       statistics are used instead.
+    3. The background is subtracted and the star finder run with
+       ``threshold = snr_threshold * median(background RMS)`` and
+       ``fwhm = kernel_fwhm``; bad pixels are masked.
+    4. Sources are sorted by flux and the ``brightest`` kept.
+
+    JWST compares the threshold to the background-included image, which is
+    equivalent when the background is flat; subtracting it first also
+    handles a sloped background.
+    """
+    data = _validate_detection(data, err, mask, snr_threshold, kernel_fwhm, bkg_boxsize,
+                               brightest, peakmax, starfinder, sharplo, sharphi, roundlo, roundhi)
+    data = np.asarray(data, dtype=float)
+    bad = ~np.isfinite(data)
+    if mask is not None:
+        bad |= np.asarray(mask, dtype=bool)
+    if err is not None:
+        bad |= ~np.isfinite(np.asarray(err, dtype=float))
+    if bad.all():
+        return _empty_catalog()
+
+    background, rms = _background(data, bad, bkg_boxsize)
+    if not np.isfinite(rms) or rms <= 0:
+        return _empty_catalog()
+    work = np.where(bad, 0.0, data - background)
+    threshold = snr_threshold * rms
+
+    finder_class = IRAFStarFinder if STARFINDERS[starfinder.lower()] == "iraf" else DAOStarFinder
+    finder = finder_class(
+        threshold,
+        kernel_fwhm,
+        peak_max=peakmax,
+        sharpness_range=(sharplo, sharphi),
+        roundness_range=(roundlo, roundhi),
+    )
+    with warnings.catch_warnings():
+        # "No sources were found" is an ordinary outcome here.
+        warnings.simplefilter("ignore", AstropyUserWarning)
+        sources = finder(work, mask=bad)
+    if sources is None or len(sources) == 0:
+        return _empty_catalog()
+
+    catalog = Table(
+        [
+            np.asarray(sources["xcentroid"], dtype=float),
+            np.asarray(sources["ycentroid"], dtype=float),
+            np.asarray(sources["flux"], dtype=float),
+        ],
+        names=_CATALOG_COLUMNS,
+    )
+    catalog = catalog[np.isfinite(catalog["x"]) & np.isfinite(catalog["y"])]
+    catalog = catalog[np.argsort(-np.asarray(catalog["flux"]), kind="stable")]
+    if brightest is not None:
+        catalog = catalog[:brightest]
+    return catalog
+
+
+# --------------------------------------------------------------------------
+# tweakwcs corrector for our gwcs objects
+# --------------------------------------------------------------------------
+
+
+class TangentPlaneCorrector(WCSCorrector):
+    """``tweakwcs`` corrector for a `calimage3.wcs_tools` imaging gwcs.
+
+    Its tangent plane is the gnomonic projection about a fixed tangent
+    point ``(ref_ra, ref_dec)`` shared by every exposure of an alignment,
+    with ``xi`` to the east and ``eta`` to the north, in **arcsec** (as for
+    the JWST corrector, so matching tolerances are in arcsec).
+
+    Parameters
+    ----------
+    wcs : gwcs.WCS
+        Pixel ``(x, y)`` to ``(RA, Dec)`` degrees; not modified.
+    ref_ra, ref_dec : float
+        Tangent point, degrees.
+    shape : tuple of int
+        ``(ny, nx)`` of the exposure.
+    meta : dict or None
+        Merged into ``meta`` (``tweakwcs`` reads ``catalog``, ``name``,
+        ``group_id`` from it).
+
+    Notes
+    -----
+    ``set_correction(matrix, shift, ref_tpwcs)`` receives the fit
+    ``p_ref = matrix @ p + shift`` in the tangent plane of ``ref_tpwcs``
+    (another `TangentPlaneCorrector`; this one when None), with ``shift``
+    in arcsec, and replaces ``wcs`` by
+    ``tangent_plane_correction(wcs, tangent point, matrix, shift / 3600)``.
+    Repeated calls compose.  Transformations ignore the bounding box, so
+    points just off the detector still map (``tweakwcs`` evaluates the
+    detector edges).
+    """
+
+    units = "arcsec"
+
+    def __init__(self, wcs, ref_ra, ref_dec, shape, meta=None):
+        super().__init__(wcs=wcs, meta=meta)
+        self.ref_ra = float(ref_ra)
+        self.ref_dec = float(ref_dec)
+        self.shape = (int(shape[0]), int(shape[1]))
+
+    def set_correction(self, matrix=((1, 0), (0, 1)), shift=(0, 0), ref_tpwcs=None, meta=None,
+                       **kwargs):
+        """Apply ``p' = matrix @ p + shift`` (arcsec) in the tangent plane of ``ref_tpwcs``."""
+        plane = self if ref_tpwcs is None else ref_tpwcs
+        if not isinstance(plane, TangentPlaneCorrector):
+            raise TypeError(
+                "ref_tpwcs must be a TangentPlaneCorrector or None, got "
+                f"{type(ref_tpwcs).__name__}"
+            )
+        matrix = np.asarray(matrix, dtype=float)
+        shift = np.asarray(shift, dtype=float)
+        self._wcs = tangent_plane_correction(
+            self._wcs, plane.ref_ra, plane.ref_dec, matrix, shift / 3600.0
+        )
+        super().set_correction(matrix=matrix, shift=shift, meta=meta, **kwargs)
+
+    def det_to_world(self, x, y):
+        """Pixel to ``(RA, Dec)`` degrees."""
+        return self._wcs.forward_transform(np.asarray(x, float), np.asarray(y, float))
+
+    def world_to_det(self, ra, dec):
+        """``(RA, Dec)`` degrees to pixel."""
+        return self._wcs.backward_transform(np.asarray(ra, float), np.asarray(dec, float))
+
+    def world_to_tanp(self, ra, dec):
+        """``(RA, Dec)`` degrees to tangent-plane ``(xi, eta)`` arcsec."""
+        xi, eta = to_tangent_plane(np.asarray(ra, float), np.asarray(dec, float),
+                                   self.ref_ra, self.ref_dec)
+        return 3600.0 * xi, 3600.0 * eta
+
+    def tanp_to_world(self, x, y):
+        """Tangent-plane ``(xi, eta)`` arcsec to ``(RA, Dec)`` degrees."""
+        return from_tangent_plane(np.asarray(x, float) / 3600.0, np.asarray(y, float) / 3600.0,
+                                  self.ref_ra, self.ref_dec)
+
+    def det_to_tanp(self, x, y):
+        """Pixel to tangent-plane arcsec."""
+        return self.world_to_tanp(*self.det_to_world(x, y))
+
+    def tanp_to_det(self, x, y):
+        """Tangent-plane arcsec to pixel."""
+        return self.world_to_det(*self.tanp_to_world(x, y))
+
+    def _get_tanp_center_pixel_scale(self):
+        # Pixel scale (arcsec) at the detector centre, which unlike the
+        # tangent point is always on the detector.
+        ny, nx = self.shape
+        return self.tanp_pixel_scale((nx - 1) / 2.0, (ny - 1) / 2.0)
+
+    @property
+    def bounding_box(self):
+        """``((xmin, xmax), (ymin, ymax))`` of the detector, outer pixel edges."""
+        ny, nx = self.shape
+        return ((-0.5, nx - 0.5), (-0.5, ny - 0.5))
+
+
+# --------------------------------------------------------------------------
+# Alignment
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class AlignmentResult:
+    """Outcome of `align_exposures` for one exposure.
+
+    Attributes
+    ----------
+    wcs : gwcs.WCS
+        Corrected WCS; the input WCS when ``status`` is ``'SKIPPED'`` or the
+        exposure is the reference.
+    status : str
+        ``'COMPLETE'`` (aligned, or the reference) or ``'SKIPPED'``.
+    shift : tuple of float
+        Fitted ``(xi, eta)`` shift in the common tangent plane, arcsec
+        (east, north); ``(0, 0)`` when not fitted.
+    rotation : float
+        Fitted rotation, degrees, counter-clockwise from +xi (east) toward
+        +eta (north): a positive value lowers position angles.  0 when not
+        fitted.
+    scale : float
+        Fitted scale factor (geometric mean of the two axes); 1 when not
+        fitted.
+    rms : float
+        RMS of the fit residuals in pixels of this exposure; 0 for the
+        reference, NaN when skipped.
+    nmatch : int
+        Number of sources matched to the reference catalogue (0 when not
+        fitted).
+    is_reference : bool
+        True for the exposure(s) that defined the reference catalogue.
+    message : str
+        Human-readable summary or reason for skipping.
+    """
+
+    wcs: object
+    status: str
+    shift: tuple = (0.0, 0.0)
+    rotation: float = 0.0
+    scale: float = 1.0
+    rms: float = math.nan
+    nmatch: int = 0
+    is_reference: bool = False
+    message: str = ""
+
+
+def _validate_alignment(catalogs, wcs_list, shapes, group_ids, searchrad, separation, tolerance,
+                        xoffset, yoffset, fitgeometry, nclip, sigma, minobj):
+    n = len(catalogs)
+    if len(wcs_list) != n or len(shapes) != n:
+        raise ValueError(
+            f"catalogs, wcs_list and shapes must have equal lengths, got {n}, "
+            f"{len(wcs_list)} and {len(shapes)}"
+        )
+    if group_ids is not None and len(group_ids) != n:
+        raise ValueError(f"group_ids must have one entry per exposure ({n}), got {len(group_ids)}")
+    for i, cat in enumerate(catalogs):
+        names = getattr(cat, "colnames", None)
+        if names is None or "x" not in names or "y" not in names:
+            raise ValueError(f"catalogs[{i}] must be a Table with 'x' and 'y' columns")
+    for i, shape in enumerate(shapes):
+        if len(shape) != 2:
+            raise ValueError(f"shapes[{i}] must be (ny, nx), got {shape!r}")
+    _require_positive("searchrad", searchrad)
+    _require_positive("separation", separation)
+    _require_positive("tolerance", tolerance)
+    if not separation > math.sqrt(2.0) * tolerance:
+        raise ValueError(
+            "separation must exceed sqrt(2) * tolerance to avoid source confusion, got "
+            f"separation={separation!r}, tolerance={tolerance!r}"
+        )
+    for name, value in (("xoffset", xoffset), ("yoffset", yoffset)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number (arcsec), got {value!r}")
+    if not isinstance(fitgeometry, str) or fitgeometry.lower() not in FITGEOMETRIES:
+        raise ValueError(f"fitgeometry must be one of {list(FITGEOMETRIES)}, got {fitgeometry!r}")
+    if isinstance(nclip, bool) or not isinstance(nclip, numbers.Integral) or nclip < 0:
+        raise ValueError(f"nclip must be a non-negative integer, got {nclip!r}")
+    _require_positive("sigma", sigma)
+    _require_positive("minobj", minobj, integer=True)
+    needed = FITGEOMETRIES[fitgeometry.lower()]
+    if minobj < needed:
+        raise ValueError(
+            f"minobj must be at least {needed} for fitgeometry={fitgeometry!r}, got {minobj!r}"
+        )
+
+
+def _tangent_point(wcs_list, shapes):
+    """Centre of the combined footprint of all exposures, degrees."""
+    corners = np.vstack([footprint(w, s) for w, s in zip(wcs_list, shapes)])
+    ra0, dec0 = corners[0]
+    xi, eta = to_tangent_plane(corners[:, 0], corners[:, 1], ra0, dec0)
+    ra, dec = from_tangent_plane(0.5 * (xi.min() + xi.max()), 0.5 * (eta.min() + eta.max()), ra0,
+                                 dec0)
+    return float(ra), float(dec)
+
+
+def _max_corner_motion(wcs_a, wcs_b, shape):
+    """Largest displacement of the detector corners between two WCSs, arcsec."""
+    a = footprint(wcs_a, shape)
+    b = footprint(wcs_b, shape)
+    xi, eta = to_tangent_plane(b[:, 0], b[:, 1], a[0, 0], a[0, 1])
+    xa, ea = to_tangent_plane(a[:, 0], a[:, 1], a[0, 0], a[0, 1])
+    return 3600.0 * float(np.max(np.hypot(xi - xa, eta - ea)))
+
+
+def align_exposures(
+    catalogs,
+    wcs_list,
+    shapes,
+    *,
+    group_ids=None,
+    searchrad=2.0,
+    separation=1.0,
+    tolerance=0.7,
+    use2dhist=True,
+    xoffset=0.0,
+    yoffset=0.0,
+    fitgeometry="rshift",
+    nclip=3,
+    sigma=3.0,
+    minobj=15,
+    enforce_user_order=False,
+    expand_refcat=False,
+):
+    """Relative alignment of exposures by matching their source catalogues.
+
+    Parameters
+    ----------
+    catalogs : list of astropy.table.Table
+        One per exposure, with zero-based pixel columns ``x`` and ``y``
+        (e.g. from `detect_sources`).
+    wcs_list : list of gwcs.WCS
+        The exposures' WCSs, pixel to ``(RA, Dec)`` degrees; not modified.
+    shapes : list of tuple of int
+        ``(ny, nx)`` of each exposure.
+    group_ids : list of hashable or None
+        Exposures sharing a value are fitted together as one rigid unit
+        (e.g. the detectors of one NIRCam exposure); None fits each
+        exposure on its own.
+    searchrad : float
+        Search radius of the initial-offset 2-D histogram, arcsec.
+    separation : float
+        Sources closer than this (arcsec) within a catalogue are dropped
+        before matching; must exceed ``sqrt(2) * tolerance``.
+    tolerance : float
+        Matching tolerance after the initial offset, arcsec.
+    use2dhist : bool
+        Find the initial offset with a 2-D histogram of position
+        differences; otherwise use ``xoffset``, ``yoffset``.
+    xoffset, yoffset : float
+        Initial offset (image minus reference) along ``xi`` (east) and
+        ``eta`` (north), arcsec; used when ``use2dhist`` is False.
+    fitgeometry : {'shift', 'rshift', 'rscale', 'general'}
+        Allowed correction: shift; shift and rotation; shift, rotation and
+        scale; or a general affine transformation.
+    nclip : int
+        Number of sigma-clipping iterations of the fit.
+    sigma : float
+        Clipping limit in units of the fit RMS.
+    minobj : int
+        Fewest sources a catalogue (or group) must have, and fewest matches
+        a fit must have.
+    enforce_user_order : bool
+        Align in input order with the first exposure (or group) as
+        reference, rather than by largest overlap.  As in ``tweakwcs``, the
+        order is only optimised when ``expand_refcat`` is True.
+    expand_refcat : bool
+        Add unmatched sources of each aligned exposure to the reference
+        catalogue.
+
+    Returns
+    -------
+    list of AlignmentResult
+        Same order as the inputs.  Exposures that could not be aligned keep
+        their original WCS with ``status='SKIPPED'`` and the reason in
+        ``message``; with fewer than two usable exposures (or groups), all
+        are skipped.
+
+    Raises
+    ------
+    ValueError
+        For an invalid parameter or mismatched input lengths.
+
+    Notes
+    -----
+    Stages:
+
+    1. Exposures (or groups) with fewer than ``minobj`` sources are set
+       aside as SKIPPED.
+    2. Each remaining exposure gets a `TangentPlaneCorrector`; all share
+       one tangent plane, about the centre of the combined footprint, in
+       arcsec.
+    3. ``tweakwcs.align_wcs`` picks the reference (first exposure unless
+       ``expand_refcat`` with ``enforce_user_order`` False, then largest
+       overlap), matches each catalogue to the reference catalogue with
+       ``XYXYMatch(searchrad, separation, use2dhist, tolerance, xoffset,
+       yoffset)``, and fits ``fitgeometry`` with ``nclip`` clipping
+       iterations at ``sigma`` times the RMS.
+    4. As in JWST, a correction that moves any detector corner by more than
+       ``2 * (searchrad + tolerance)`` arcsec (``2 * (max(|xoffset|,
+       |yoffset|) + tolerance)`` without ``use2dhist``) is taken as a
+       mismatch: that exposure (or group) is reverted and SKIPPED.
+    """
+    _validate_alignment(catalogs, wcs_list, shapes, group_ids, searchrad, separation, tolerance,
+                        xoffset, yoffset, fitgeometry, nclip, sigma, minobj)
+    fitgeometry = fitgeometry.lower()
+    n = len(catalogs)
+    results = [AlignmentResult(wcs=w, status="SKIPPED") for w in wcs_list]
+    if n < 2:
+        for r in results:
+            r.message = "at least two exposures are needed for alignment"
+        return results
+
+    # 1. Units of alignment (single exposures or groups) with enough sources.
+    keys = list(range(n)) if group_ids is None else [("group", g) for g in group_ids]
+    units = {}
+    for i, key in enumerate(keys):
+        units.setdefault(key, []).append(i)
+    usable = []
+    for key, members in units.items():
+        nsrc = sum(len(catalogs[i]) for i in members)
+        if nsrc < minobj:
+            what = "exposure" if len(members) == 1 else f"group {key[1]!r}"
+            for i in members:
+                results[i].message = f"{what} has {nsrc} sources, fewer than minobj={minobj}"
+        else:
+            usable.extend(members)
+    usable.sort()
+    if len(set(keys[i] for i in usable)) < 2:
+        for i in usable:
+            results[i].message = (
+                "fewer than two exposures (or groups) have at least minobj="
+                f"{minobj} sources; nothing to align to"
+            )
+        return results
+
+    # 2. Correctors in one common tangent plane.
+    ref_ra, ref_dec = _tangent_point([wcs_list[i] for i in usable], [shapes[i] for i in usable])
+    correctors = {}
+    for i in usable:
+        cat = Table(
+            [np.asarray(catalogs[i]["x"], float), np.asarray(catalogs[i]["y"], float)],
+            names=("x", "y"),
+        )
+        gid = None if group_ids is None else group_ids[i]
+        correctors[i] = TangentPlaneCorrector(
+            wcs_list[i], ref_ra, ref_dec, shapes[i],
+            meta={"catalog": cat, "name": f"exposure {i}", "group_id": gid},
+        )
+
+    # 3. tweakwcs matching and fitting.
+    match = XYXYMatch(searchrad=searchrad, separation=separation, use2dhist=use2dhist,
+                      tolerance=tolerance, xoffset=xoffset, yoffset=yoffset)
+    try:
+        align_wcs(
+            [correctors[i] for i in usable],
+            refcat=None,
+            enforce_user_order=enforce_user_order,
+            expand_refcat=expand_refcat,
+            minobj=minobj,
+            match=match,
+            fitgeom=fitgeometry,
+            nclip=nclip,
+            sigma=(sigma, "rmse"),
+        )
+    except NotEnoughCatalogs as exc:
+        for i in usable:
+            results[i].message = f"alignment not possible: {exc}"
+        return results
+    except MatchSourceConfusionError as exc:
+        for i in usable:
+            results[i].message = (
+                f"source confusion in matching ({exc}); adjust tolerance and/or separation"
+            )
+        return results
+
+    if use2dhist:
+        max_corr = 2.0 * (searchrad + tolerance)
+    else:
+        max_corr = 2.0 * (max(abs(xoffset), abs(yoffset)) + tolerance)
+
+    # 4. Collect results; revert implausibly large corrections per unit.
+    too_large = set()
+    for i in usable:
+        info = correctors[i].meta.get("fit_info", {})
+        if info.get("status") == "SUCCESS":
+            motion = _max_corner_motion(wcs_list[i], correctors[i].wcs, shapes[i])
+            if motion > max_corr:
+                too_large.add(keys[i])
+                log.warning("tweakreg: exposure %d moved by %.3g arcsec > %.3g", i, motion,
+                            max_corr)
+    for i in usable:
+        info = correctors[i].meta.get("fit_info", {})
+        status = str(info.get("status", "FAILED: not aligned"))
+        result = results[i]
+        if status == "REFERENCE":
+            result.status = "COMPLETE"
+            result.is_reference = True
+            result.rms = 0.0
+            result.message = "reference exposure (defines the reference catalogue)"
+        elif status != "SUCCESS":
+            result.message = f"alignment failed: {status.removeprefix('FAILED: ')}"
+        elif keys[i] in too_large:
+            result.message = (
+                f"fitted correction moves the footprint by more than {max_corr:.3g} arcsec; "
+                "likely a source mismatch"
+            )
+        else:
+            pscale = local_pixel_scale(wcs_list[i], (shapes[i][1] - 1) / 2.0,
+                                       (shapes[i][0] - 1) / 2.0) * 3600.0
+            result.wcs = correctors[i].wcs
+            result.status = "COMPLETE"
+            result.shift = (float(info["shift"][0]), float(info["shift"][1]))
+            result.rotation = float(info["proper_rot"])
+            result.scale = float(info["<scale>"])
+            result.rms = float(info["rmse"]) / pscale
+            result.nmatch = int(info.get("nmatches", np.count_nonzero(info["fitmask"])))
+            result.message = (
+                f"{fitgeometry} fit of {result.nmatch} matches: shift "
+                f"({result.shift[0]:+.4f}, {result.shift[1]:+.4f}) arcsec, rotation "
+                f"{result.rotation:+.5f} deg, scale {result.scale:.6f}, RMS {result.rms:.4f} pix"
+            )
+    return results
