@@ -364,9 +364,10 @@ class AlignmentResult:
         Fitted ``(xi, eta)`` shift in the common tangent plane, arcsec
         (east, north); ``(0, 0)`` when not fitted.
     rotation : float
-        Fitted rotation, degrees, counter-clockwise from +xi (east) toward
-        +eta (north): a positive value lowers position angles.  0 when not
-        fitted.
+        Fitted rotation of the sky positions, degrees, from north through
+        east (``tweakwcs`` convention: matrix ``[[cos, sin], [-sin, cos]]``
+        acting on ``(xi, eta)``), so a positive value raises position
+        angles by that much.  0 when not fitted.
     scale : float
         Fitted scale factor (geometric mean of the two axes); 1 when not
         fitted.
