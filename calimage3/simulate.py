@@ -130,8 +130,8 @@ class SimulationSettings:
         self.n_exposures = int(n_exposures)
         self.shape = tuple(int(s) for s in shape)
         area_scale = self.shape[0] * self.shape[1] / 512.0**2
-        self.n_stars = int(n_stars if n_stars is not None else round(300 * area_scale))
-        self.n_galaxies = int(n_galaxies if n_galaxies is not None else round(50 * area_scale))
+        self.n_stars = int(n_stars if n_stars is not None else round(60 * area_scale))
+        self.n_galaxies = int(n_galaxies if n_galaxies is not None else round(25 * area_scale))
         self.pixel_scale = float(pixel_scale)
         self.psf_fwhm = float(psf_fwhm)
         self.exptime = float(exptime)

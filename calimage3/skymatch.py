@@ -65,7 +65,9 @@ class SkyMatchResult:
     match_down : bool
         Direction of matching (only meaningful for the ``match`` methods).
     valid : ndarray of bool, shape (n_images,)
-        True where a level could be computed for the exposure.
+        True where a level could be computed for the exposure.  For
+        ``'global+match'`` False marks exposures without a match offset
+        (they overlap nothing); they still receive the global sky.
     local_skies : ndarray of float64, shape (n_images,)
         Sky statistic of all usable pixels of each exposure, minus its
         ``match`` offset for ``'global+match'``, MJy/sr; NaN where not
@@ -494,9 +496,15 @@ def match_sky(
     evaluation of the samples inside the other footprint's bounding box,
     plus O(samples) statistics; no loop over pixels.  For 16 exposures of
     2048x2048 with ``stride=4`` that is 16 x 262 144 forward and at most
-    240 x 262 144 backward evaluations.  The statistical precision of an
+    240 x 262 144 backward evaluations: about 13 s on one CPU core with a
+    distorted WCS, and memory of a few grid-sized float64 arrays per
+    image.  The statistical precision of an
     overlap level is about ``stride * sigma / sqrt(N_overlap)`` for the
-    mean (worse for ``'mode'``), so ``stride=1`` is best for small images.
+    mean or median, so ``stride=1`` is best for small images.  The
+    histogram ``'mode'`` (the JWST default) is far noisier: with bins of
+    0.1 sigma its peak is located only to about 0.1-0.2 sigma even for
+    10**5 samples (its error falls roughly as ``N**-0.25``); prefer
+    ``'median'`` where the overlaps are mostly empty sky.
     """
     skymethod = skymethod.lower() if isinstance(skymethod, str) else skymethod
     _check_stat_params(skystat, lower, upper, nclip, lsigma, usigma, binwidth)

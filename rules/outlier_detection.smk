@@ -74,10 +74,10 @@ rule outlier_median:
 
 rule outlier_flag:
     input:
+        unpack(outlier_median_inputs),
         cal=cal_path,
         wcs=f"{WORK}/tweakreg/{{root}}_tweakreg.asdf",
         sky=f"{WORK}/skymatch/skymatch.json",
-        unpack(outlier_median_inputs),
     output:
         crf=f"{OUT}/{{root}}_{ASN.asn_id}_crf.fits",
     params:

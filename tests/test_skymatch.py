@@ -9,12 +9,15 @@ from calimage3.wcs_tools import distortion_model, from_tangent_plane, imaging_wc
 
 CRVAL = (53.16, -27.78)
 SCALE = 0.031  # arcsec / pixel
-SHAPE = (448, 512)  # (ny, nx): not square, to catch x/y swaps
+SHAPE = (704, 768)  # (ny, nx): not square, to catch x/y swaps
 SKY = 0.2  # MJy/sr
 OFFSETS = np.array([0.0, 0.015, -0.01, 0.03])  # MJy/sr, per exposure
 NOISE = 0.01  # MJy/sr
+# Tolerance of matches on every 2nd pixel: twice the stride-1 statistical
+# error; the worst case over 20 noise realisations was 1.5e-4.
+STRIDE2_ATOL = 2.5e-4
 # Pointing offsets in pixels (about 25% of the image) and position angles.
-DITHERS = [(0.0, 0.0, 0.0), (128.0, 30.0, 0.0), (35.0, 112.0, 0.0), (120.0, 125.0, 15.0)]
+DITHERS = [(0.0, 0.0, 0.0), (192.0, 45.0, 0.0), (52.0, 170.0, 0.0), (180.0, 188.0, 15.0)]
 
 
 def _wcs(dx, dy, rotation=0.0, shape=SHAPE, distortion=None):
@@ -23,11 +26,11 @@ def _wcs(dx, dy, rotation=0.0, shape=SHAPE, distortion=None):
     return imaging_wcs(shape, (float(ra), float(dec)), SCALE, rotation, distortion=distortion)
 
 
-def _sources(n=40, seed=11):
+def _sources(n=90, seed=11):
     """Gaussian stars and galaxies scattered over the mosaic: (ra, dec, peak MJy/sr, sigma pix)."""
     rng = np.random.default_rng(seed)
-    xi = rng.uniform(-6.0, 12.0, n) / 3600.0
-    eta = rng.uniform(-6.0, 12.0, n) / 3600.0
+    xi = rng.uniform(-10.0, 18.0, n) / 3600.0
+    eta = rng.uniform(-10.0, 18.0, n) / 3600.0
     ra, dec = from_tangent_plane(-xi, eta, *CRVAL)
     return ra, dec, 10 ** rng.uniform(-1.5, 0.5, n), rng.uniform(0.8, 4.0, n)
 
@@ -141,7 +144,7 @@ def test_sky_statistic_rejects_bad_parameters(kwargs, message):
 # --- match_sky ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("skystat", ["median", "mean", "midpt"])
+@pytest.mark.parametrize("skystat", ["median", "mean"])
 def test_match_recovers_offsets_to_one_percent_of_noise(dither, skystat):
     """'match' at stride 1 finds the offsets to < 1e-4 MJy/sr (1% of the noise)."""
     images, wcs_list, _ = dither
@@ -173,8 +176,8 @@ def test_match_pair_table(dither):
 def test_match_up_makes_largest_zero(dither):
     """match_down=False shifts the levels so the highest sky gets 0."""
     images, wcs_list, _ = dither
-    result = match_sky(images, wcs_list, skystat="median", stride=1, match_down=False)
-    np.testing.assert_allclose(result.levels, OFFSETS - OFFSETS.max(), rtol=0, atol=1e-4)
+    result = match_sky(images, wcs_list, skystat="midpt", stride=2, match_down=False)
+    np.testing.assert_allclose(result.levels, OFFSETS - OFFSETS.max(), rtol=0, atol=STRIDE2_ATOL)
     assert result.levels.max() == 0.0
 
 
@@ -205,9 +208,9 @@ def test_global_is_minimum_local_sky(dither):
 def test_global_plus_match_gives_absolute_skies(dither):
     """'global+match' = match offsets + the lowest sky: each image's own sky + offset."""
     images, wcs_list, source_free = dither
-    result = match_sky(images, wcs_list, source_free, skymethod="global+match", skystat="median", stride=1)
-    np.testing.assert_allclose(result.levels, SKY + OFFSETS, rtol=0, atol=0.01 * NOISE)
-    matched = match_sky(images, wcs_list, source_free, skymethod="match", skystat="median", stride=1)
+    result = match_sky(images, wcs_list, source_free, skymethod="global+match", skystat="median", stride=2)
+    np.testing.assert_allclose(result.levels, SKY + OFFSETS, rtol=0, atol=STRIDE2_ATOL)
+    matched = match_sky(images, wcs_list, source_free, skymethod="match", skystat="median", stride=2)
     floor = result.levels - matched.levels
     np.testing.assert_allclose(floor, floor[0], rtol=0, atol=1e-12)
 
@@ -218,8 +221,8 @@ def test_isolated_image_gets_zero_and_note(dither):
     far = _wcs(3000.0, 0.0)
     rng = np.random.default_rng(5)
     lonely = (SKY + 0.05 + rng.normal(0.0, NOISE, SHAPE)).astype(np.float32)
-    result = match_sky(images + [lonely], wcs_list + [far], skystat="median", stride=1)
-    np.testing.assert_allclose(result.levels[:4], OFFSETS - OFFSETS.min(), rtol=0, atol=1e-4)
+    result = match_sky(images + [lonely], wcs_list + [far], skystat="median", stride=2)
+    np.testing.assert_allclose(result.levels[:4], OFFSETS - OFFSETS.min(), rtol=0, atol=STRIDE2_ATOL)
     assert result.levels[4] == 0.0
     assert result.valid.tolist() == [True, True, True, True, False]
     assert any("image 4 overlaps no other image" in note for note in result.notes)
@@ -247,8 +250,8 @@ def test_masked_pixels_are_ignored(dither):
     bad[1][100:300, 50:400] = 1e4
     masks = [np.ones(SHAPE, bool) for _ in images]
     masks[1][100:300, 50:400] = False
-    result = match_sky(bad, wcs_list, masks, skystat="median", stride=1)
-    np.testing.assert_allclose(result.levels, OFFSETS - OFFSETS.min(), rtol=0, atol=1.5e-4)
+    result = match_sky(bad, wcs_list, masks, skystat="median", stride=2)
+    np.testing.assert_allclose(result.levels, OFFSETS - OFFSETS.min(), rtol=0, atol=STRIDE2_ATOL)
 
 
 def test_subtract_returns_copies(dither):

@@ -1,0 +1,287 @@
+"""Outlier (cosmic-ray) detection on dithered imaging (JWST ``outlier_detection``).
+
+The JWST imaging mode, as ``stcal.outlier_detection`` implements it:
+
+1. drizzle every exposure on its own onto a common grid ("singles",
+   `calimage3.resample.drizzle_single`);
+2. mask, in each single, pixels whose drizzle weight is below ``maskpt``
+   times the typical weight of that single, and take the median of the
+   singles pixel by pixel (`median_in_sections`, which reads the singles
+   one block of rows at a time so memory does not grow with their number);
+3. blot the median back onto every exposure (`calimage3.resample.blot`);
+4. flag pixels that differ from the blotted median by more than a noise
+   plus blot-derivative threshold (`flag_outliers`), and set OUTLIER and
+   DO_NOT_USE on them (`apply_outlier_flags`).
+
+Arrays come in and arrays go out; nothing here reads or writes files (the
+singles may be numpy memmaps of files the caller wrote).
+"""
+
+import warnings
+
+import numpy as np
+from astropy.stats import sigma_clip
+from scipy import ndimage
+
+from .dqflags import PIXEL
+
+__all__ = [
+    "parse_pair",
+    "compute_weight_threshold",
+    "median_in_sections",
+    "abs_derivative",
+    "flag_outliers",
+    "apply_outlier_flags",
+]
+
+
+def parse_pair(value, name="value"):
+    """Two floats from a JWST pair parameter such as ``snr='5.0 4.0'``.
+
+    Parameters
+    ----------
+    value : str or sequence of float
+        Two numbers separated by blanks or a comma, or a 2-sequence.
+    name : str
+        Parameter name used in error messages.
+
+    Returns
+    -------
+    tuple of float
+        ``(first, second)``.
+    """
+    if isinstance(value, str):
+        parts = value.replace(",", " ").split()
+    else:
+        try:
+            parts = list(value)
+        except TypeError:
+            raise ValueError(f"{name}: expected two numbers, got {value!r}") from None
+    if len(parts) != 2:
+        raise ValueError(f"{name}: expected two numbers, got {value!r}")
+    try:
+        first, second = (float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected two numbers, got {value!r}") from None
+    if not (np.isfinite(first) and np.isfinite(second)):
+        raise ValueError(f"{name}: expected two finite numbers, got {value!r}")
+    return first, second
+
+
+def compute_weight_threshold(weight, maskpt):
+    """Weight below which a single-drizzled pixel is left out of the median.
+
+    Parameters
+    ----------
+    weight : array-like
+        Drizzle weight image of one single.
+    maskpt : float
+        Fraction of the typical weight, in [0, 1].
+
+    Returns
+    -------
+    float
+        ``maskpt`` times the mean of the finite non-zero weights after
+        3-sigma clipping (5 iterations), as ``stcal`` computes it; 0 when
+        the single has no non-zero weight.
+    """
+    weight = np.asarray(weight)
+    good = weight[np.isfinite(weight) & (weight != 0)]
+    if good.size == 0:
+        return 0.0
+    clipped = sigma_clip(good, sigma=3, maxiters=5, masked=False, copy=False)
+    return float(np.mean(clipped, dtype=np.float64)) * maskpt
+
+
+def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256):
+    """Median of single-drizzled images, computed a block of rows at a time.
+
+    Parameters
+    ----------
+    singles : sequence of array-like, each shape (ny, nx)
+        Single-drizzled images (MJy/sr); may be numpy memmaps: only row
+        slices ``a[r0:r1]`` are read, plus nothing else.
+    weights : sequence of array-like, each shape (ny, nx)
+        Their drizzle weight images; each is read once in full (one at a
+        time) for its threshold, then by row slices.
+    maskpt : float
+        A pixel of a single is excluded where its weight is below
+        ``maskpt`` times that single's typical weight
+        (`compute_weight_threshold`); JWST default 0.7.
+    rows_per_section : int
+        Rows read from every single at a time; peak memory is about
+        ``n_singles * rows_per_section * nx * 12`` bytes.
+
+    Returns
+    -------
+    ndarray of float32, shape (ny, nx)
+        Pixel-wise median of the unmasked, finite single values, MJy/sr;
+        NaN where no single contributes.
+
+    Notes
+    -----
+    Identical to ``np.nanmedian`` of the whole masked stack; sectioning
+    only bounds memory, as the on-disk ``MedianComputer`` of stcal does.
+    """
+    singles = list(singles)
+    weights = list(weights)
+    if not singles:
+        raise ValueError("singles: at least one single-drizzled image is needed")
+    if len(weights) != len(singles):
+        raise ValueError(
+            f"weights: {len(weights)} weight images for {len(singles)} singles"
+        )
+    try:
+        maskpt = float(maskpt)
+    except (TypeError, ValueError):
+        raise ValueError(f"maskpt: must be a number in [0, 1], got {maskpt!r}") from None
+    if not 0.0 <= maskpt <= 1.0:
+        raise ValueError(f"maskpt: must be a number in [0, 1], got {maskpt!r}")
+    if int(rows_per_section) != rows_per_section or rows_per_section < 1:
+        raise ValueError(
+            f"rows_per_section: must be a positive integer, got {rows_per_section!r}"
+        )
+    rows_per_section = int(rows_per_section)
+    shape = tuple(np.shape(singles[0]))
+    if len(shape) != 2:
+        raise ValueError(f"singles: images must be 2-D, got shape {shape}")
+    for i, (sci, wht) in enumerate(zip(singles, weights)):
+        if tuple(np.shape(sci)) != shape or tuple(np.shape(wht)) != shape:
+            raise ValueError(
+                f"singles/weights: image {i} has shapes {np.shape(sci)}/{np.shape(wht)}, "
+                f"expected {shape}"
+            )
+    thresholds = [compute_weight_threshold(w, maskpt) for w in weights]
+
+    ny, nx = shape
+    median = np.full(shape, np.nan, dtype=np.float32)
+    n = len(singles)
+    for r0 in range(0, ny, rows_per_section):
+        r1 = min(ny, r0 + rows_per_section)
+        stack = np.empty((n, r1 - r0, nx), dtype=np.float32)
+        for k, (sci, wht, thr) in enumerate(zip(singles, weights, thresholds)):
+            stack[k] = sci[r0:r1]
+            w = np.asarray(wht[r0:r1])
+            stack[k][~(w >= thr) | (w == 0)] = np.nan
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="All-NaN slice encountered")
+            median[r0:r1] = np.nanmedian(stack, axis=0)
+    return median
+
+
+def abs_derivative(array):
+    """Largest absolute difference between each pixel and its 4 neighbours.
+
+    Parameters
+    ----------
+    array : ndarray, shape (ny, nx)
+
+    Returns
+    -------
+    ndarray, same shape and float dtype as ``array``
+        ``max(|a[j, i] - a[j +- 1, i]|, |a[j, i] - a[j, i +- 1]|)`` over
+        the neighbours that exist and are finite; 0 where none is; NaN
+        where ``array`` is NaN (as ``stcal``'s ``_abs_deriv``).
+    """
+    array = np.asarray(array)
+    if not np.issubdtype(array.dtype, np.floating):
+        array = array.astype(np.float64)
+    out = np.zeros_like(array)
+    with np.errstate(invalid="ignore"):
+        dy = np.abs(np.diff(array, axis=0))
+        dx = np.abs(np.diff(array, axis=1))
+    dy = np.where(np.isfinite(dy), dy, 0)
+    dx = np.where(np.isfinite(dx), dx, 0)
+    np.maximum(out[1:], dy, out=out[1:])
+    np.maximum(out[:-1], dy, out=out[:-1])
+    np.maximum(out[:, 1:], dx, out=out[:, 1:])
+    np.maximum(out[:, :-1], dx, out=out[:, :-1])
+    out[np.isnan(array)] = np.nan
+    return out
+
+
+def flag_outliers(sci, err, blot, *, snr="5.0 4.0", scale="1.2 0.7", backg=0.0):
+    """Pixels of an exposure that disagree with the blotted median.
+
+    Parameters
+    ----------
+    sci : ndarray, shape (ny, nx)
+        Exposure SCI, MJy/sr.
+    err : ndarray, shape (ny, nx)
+        Exposure ERR, MJy/sr (NaN counts as 0).
+    blot : ndarray, shape (ny, nx)
+        Median image blotted onto the exposure, MJy/sr.
+    snr : str or pair of float
+        ``(snr1, snr2)`` noise multipliers; JWST default ``'5.0 4.0'``.
+    scale : str or pair of float
+        ``(scale1, scale2)`` blot-derivative multipliers; JWST default
+        ``'1.2 0.7'``.
+    backg : float
+        Background to subtract from ``sci - blot``, MJy/sr (the sky level
+        when it is still in ``sci`` but not in the median).
+
+    Returns
+    -------
+    ndarray of bool, shape (ny, nx)
+        True on outliers.  False wherever ``sci`` or ``blot`` is NaN.
+
+    Notes
+    -----
+    With ``D = |sci - blot - backg|`` and ``G`` = `abs_derivative` of
+    ``blot``:
+
+    1. ``mask1 = D > scale1 * G + snr1 * err``;
+    2. grow ``mask1`` to its 8 neighbours (3x3 box);
+    3. keep the grown pixels where also ``D > scale2 * G + snr2 * err``.
+
+    The derivative term keeps the sharp cores of stars, where small
+    registration or interpolation errors give large differences, from
+    being flagged.
+    """
+    snr1, snr2 = parse_pair(snr, "snr")
+    scale1, scale2 = parse_pair(scale, "scale")
+    sci = np.asarray(sci, dtype=np.float64)
+    err = np.asarray(err, dtype=np.float64)
+    blot = np.asarray(blot, dtype=np.float64)
+    if sci.ndim != 2:
+        raise ValueError(f"sci: must be 2-D, got shape {sci.shape}")
+    for name, arr in (("err", err), ("blot", blot)):
+        if arr.shape != sci.shape:
+            raise ValueError(f"{name}: shape {arr.shape} differs from sci shape {sci.shape}")
+    try:
+        backg = float(backg)
+    except (TypeError, ValueError):
+        raise ValueError(f"backg: must be a number, got {backg!r}") from None
+    err = np.nan_to_num(err, nan=0.0, posinf=0.0, neginf=0.0)
+    deriv = abs_derivative(blot)
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(sci - blot - backg)
+        mask1 = diff > scale1 * deriv + snr1 * err
+        mask2 = diff > scale2 * deriv + snr2 * err
+    grown = ndimage.binary_dilation(mask1, structure=np.ones((3, 3), bool))
+    return grown & mask2
+
+
+def apply_outlier_flags(dq, mask):
+    """DQ array with OUTLIER and DO_NOT_USE set on flagged pixels.
+
+    Parameters
+    ----------
+    dq : ndarray of uint32, shape (ny, nx)
+        Input data-quality array (not modified).
+    mask : ndarray of bool, shape (ny, nx)
+        Outlier mask from `flag_outliers`.
+
+    Returns
+    -------
+    ndarray of uint32, shape (ny, nx)
+        Copy of ``dq`` with ``OUTLIER | DO_NOT_USE`` or-ed in where
+        ``mask`` is True.
+    """
+    dq = np.asarray(dq)
+    mask = np.asarray(mask, dtype=bool)
+    if dq.shape != mask.shape:
+        raise ValueError(f"mask: shape {mask.shape} differs from dq shape {dq.shape}")
+    out = dq.astype(np.uint32, copy=True)
+    out[mask] |= np.uint32(PIXEL["OUTLIER"] | PIXEL["DO_NOT_USE"])
+    return out

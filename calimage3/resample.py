@@ -1,0 +1,664 @@
+"""Drizzle resampling of calibrated exposures (the JWST ``resample`` step).
+
+Exposures are drizzled one at a time onto a common output grid with the
+``drizzle`` package, as the JWST ``ResampleStep`` (through
+``stcal.resample``) does: a weight map per exposure (`build_driz_weight`),
+sky subtraction, a pixel map from the exposure WCS to the output WCS, and
+co-addition into a running weighted mean with a weight image and a context
+image.  The variance arrays are resampled alongside and combined into the
+output ``var_poisson``, ``var_rnoise``, ``var_flat`` and ``err`` arrays.
+
+`ResampledImage` is the accumulator (``add_exposure`` then ``finalize``);
+`drizzle_single` drizzles one exposure for outlier detection, and `blot`
+interpolates a resampled image back onto an exposure's pixel grid.  Nothing
+here reads or writes files.
+
+Units: data are surface brightness (MJy/sr) in and out.  Because a drizzled
+pixel is a weighted *mean* of the surface brightness of the input pixels
+that overlap it, no pixel-area factor is applied when the input and output
+pixel scales differ (``iscale = 1``); the total flux of a source,
+``sum(data) * output pixel solid angle``, is then the same in the input and
+the output.  JWST does the same: its only intensity factor,
+``iscale = PIXAR_SR / (mean pixel area of the WCS)``, corrects a nominal
+pixel area that differs from the WCS one, not the change of pixel scale; it
+is 1 when the data are surface brightness on the true pixel solid angle (as
+the calimage3 simulator writes them) and can be passed to
+`ResampledImage.add_exposure` when it is not.
+"""
+
+import math
+import warnings
+
+import numpy as np
+from drizzle.resample import Drizzle, blot_image
+
+from .dqflags import good_pixel_mask
+from .wcs_tools import pixel_map
+
+__all__ = [
+    "KERNELS",
+    "WEIGHT_TYPES",
+    "VARIANCE_METHODS",
+    "build_driz_weight",
+    "exposure_time_weight",
+    "ResampledImage",
+    "drizzle_single",
+    "blot",
+]
+
+KERNELS = ("square", "gaussian", "point", "turbo", "lanczos2", "lanczos3")
+WEIGHT_TYPES = ("ivm", "exptime")
+VARIANCE_METHODS = ("jwst", "squared_weights")
+_VAR_NAMES = ("var_rnoise", "var_poisson", "var_flat")
+_BLOT_INTERP = ("nearest", "linear", "poly3", "poly5", "lanczos3", "lanczos5")
+
+
+# --------------------------------------------------------------------------
+# validation helpers
+# --------------------------------------------------------------------------
+def _check_kernel(kernel):
+    if not isinstance(kernel, str) or kernel.lower() not in KERNELS:
+        raise ValueError(f"kernel: must be one of {KERNELS}, got {kernel!r}")
+    return kernel.lower()
+
+
+def _check_pixfrac(pixfrac):
+    try:
+        value = float(pixfrac)
+    except (TypeError, ValueError):
+        raise ValueError(f"pixfrac: must be a number in (0, 1], got {pixfrac!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"pixfrac: must be in (0, 1], got {pixfrac!r}")
+    return value
+
+
+def _check_weight_type(weight_type):
+    if weight_type not in WEIGHT_TYPES:
+        raise ValueError(f"weight_type: must be one of {WEIGHT_TYPES}, got {weight_type!r}")
+    return weight_type
+
+
+def _check_fillval(fillval):
+    """Return the string form drizzle expects and the float used for NaN tests."""
+    if fillval is None:
+        return "INDEF", math.nan
+    if isinstance(fillval, str):
+        text = fillval.strip()
+        if text.upper() in ("INDEF", "NAN", ""):
+            return "INDEF" if text.upper() == "INDEF" else "NAN", math.nan
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(
+                f"fillval: must be a number, 'NAN' or 'INDEF', got {fillval!r}"
+            ) from None
+        return text, value
+    if isinstance(fillval, (bool, np.bool_)):
+        raise ValueError(f"fillval: must be a number, 'NAN' or 'INDEF', got {fillval!r}")
+    try:
+        value = float(fillval)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"fillval: must be a number, 'NAN' or 'INDEF', got {fillval!r}"
+        ) from None
+    return repr(value), value
+
+
+def _check_shape(shape, name):
+    try:
+        ny, nx = (int(v) for v in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: must be a (ny, nx) pair of integers, got {shape!r}") from None
+    if ny <= 0 or nx <= 0:
+        raise ValueError(f"{name}: both dimensions must be positive, got {shape!r}")
+    return ny, nx
+
+
+# --------------------------------------------------------------------------
+# weights
+# --------------------------------------------------------------------------
+def exposure_time_weight(meta):
+    """Exposure time used for ``weight_type='exptime'``, seconds.
+
+    Parameters
+    ----------
+    meta : dict
+        Exposure metadata.
+
+    Returns
+    -------
+    float
+        ``TMEASURE`` (measurement time) when present, else ``EFFEXPTM``,
+        else ``EXPTIME``, else 1.0 -- the JWST order of preference.
+    """
+    for key in ("TMEASURE", "EFFEXPTM", "EXPTIME"):
+        value = meta.get(key) if meta else None
+        if value is not None:
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                continue
+            if np.isfinite(value) and value > 0:
+                return value
+    return 1.0
+
+
+def build_driz_weight(
+    err,
+    dq,
+    *,
+    weight_type="ivm",
+    good_bits="~DO_NOT_USE+NON_SCIENCE",
+    exptime=1.0,
+    var_rnoise=None,
+):
+    """Per-pixel drizzle weight map of one exposure.
+
+    Parameters
+    ----------
+    err : ndarray, shape (ny, nx)
+        Total 1-sigma uncertainty (ERR), MJy/sr; used for ``'ivm'`` only
+        where ``var_rnoise`` is None.
+    dq : ndarray of uint32, shape (ny, nx)
+        Data-quality flags.
+    weight_type : {'ivm', 'exptime'}
+        ``'ivm'``: inverse read-noise variance, ``1 / var_rnoise``
+        ((MJy/sr)**-2).  ``'exptime'``: ``exptime`` on every usable pixel.
+    good_bits : int or str
+        DQ bits allowed on a usable pixel (see
+        `calimage3.dqflags.interpret_bit_flags`); the JWST ``resample``
+        default accepts everything except DO_NOT_USE and NON_SCIENCE.
+    exptime : float
+        Exposure (measurement) time for ``'exptime'`` weighting, seconds.
+    var_rnoise : ndarray or None, shape (ny, nx)
+        Read-noise variance (VAR_RNOISE), (MJy/sr)**2.
+
+    Returns
+    -------
+    ndarray of float32, shape (ny, nx)
+        Weights; 0 on pixels with bad DQ and where the inverse variance is
+        not finite and positive.
+
+    Notes
+    -----
+    JWST weights by ``1 / VAR_RNOISE`` so that the Poisson noise of the
+    sources does not bias the combination.  Where ``var_rnoise`` is absent
+    this function falls back to ``1 / err**2`` (the JWST code falls back to
+    a uniform weight of 1 with a warning), and where the inverse variance of
+    a pixel is not finite it gives that pixel zero weight (JWST gives 1 but
+    such pixels are always DO_NOT_USE in JWST products anyway).
+    """
+    weight_type = _check_weight_type(weight_type)
+    dq = np.asarray(dq)
+    err = np.asarray(err)
+    if err.shape != dq.shape:
+        raise ValueError(f"err: shape {err.shape} differs from dq shape {dq.shape}")
+    good = good_pixel_mask(dq, good_bits)
+    if weight_type == "ivm":
+        if var_rnoise is not None:
+            var = np.asarray(var_rnoise, dtype=np.float64)
+            if var.shape != dq.shape:
+                raise ValueError(
+                    f"var_rnoise: shape {var.shape} differs from dq shape {dq.shape}"
+                )
+        else:
+            var = np.asarray(err, dtype=np.float64) ** 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            weight = 1.0 / var
+        weight[~(np.isfinite(weight) & (weight > 0))] = 0.0
+    else:
+        try:
+            exptime = float(exptime)
+        except (TypeError, ValueError):
+            raise ValueError(f"exptime: must be a positive number, got {exptime!r}") from None
+        if not (np.isfinite(exptime) and exptime > 0):
+            raise ValueError(f"exptime: must be a positive number, got {exptime!r}")
+        weight = np.full(dq.shape, exptime)
+    weight[~good] = 0.0
+    return weight.astype(np.float32)
+
+
+# --------------------------------------------------------------------------
+# geometry helpers
+# --------------------------------------------------------------------------
+def _pixel_scale_ratio(pixmap):
+    """Output-to-input linear pixel size ratio from the pixmap Jacobian."""
+    xo, yo = pixmap[..., 0], pixmap[..., 1]
+    if xo.shape[0] < 2 or xo.shape[1] < 2:
+        return 1.0
+    dxdi = np.diff(xo, axis=1)[:-1]
+    dydi = np.diff(yo, axis=1)[:-1]
+    dxdj = np.diff(xo, axis=0)[:, :-1]
+    dydj = np.diff(yo, axis=0)[:, :-1]
+    det = np.abs(dxdi * dydj - dxdj * dydi)
+    det = det[np.isfinite(det) & (det > 0)]
+    if det.size == 0:
+        return 1.0
+    return float(1.0 / np.sqrt(np.median(det)))
+
+
+def _input_range(shape, wcs):
+    """Input pixel range (xmin, xmax, ymin, ymax) inside the WCS bounding box."""
+    ny, nx = shape
+    xmin, xmax, ymin, ymax = 0, nx - 1, 0, ny - 1
+    bbox = getattr(wcs, "bounding_box", None)
+    if bbox is not None:
+        try:
+            (x1, x2), (y1, y2) = bbox.bounding_box(order="F")
+        except AttributeError:
+            (x1, x2), (y1, y2) = bbox
+        xmin = max(0, int(x1 + 0.5))
+        ymin = max(0, int(y1 + 0.5))
+        xmax = max(xmin, min(nx - 1, int(x2 + 0.5)))
+        ymax = max(ymin, min(ny - 1, int(y2 + 0.5)))
+    return xmin, xmax, ymin, ymax
+
+
+def _drizzle_inputs(exposure, output_wcs, *, sky_level, pixmap, grid_step, weight_type,
+                    good_bits, pixfrac, iscale=1.0):
+    """Sky-subtracted data, weight map and ``add_image`` keywords of one exposure.
+
+    Returns
+    -------
+    sci : ndarray of float32
+        ``data - sky_level`` with 0 wherever the weight is 0.
+    weight : ndarray of float32
+        Drizzle weight map, 0 also where the data are not finite.
+    kwargs : dict
+        Keywords for ``Drizzle.add_image`` other than the data.
+    """
+    data = np.asarray(exposure.data)
+    if data.ndim != 2:
+        raise ValueError(f"exposure.data: must be 2-D, got shape {data.shape}")
+    try:
+        sky_level = float(sky_level)
+    except (TypeError, ValueError):
+        raise ValueError(f"sky_level: must be a finite number, got {sky_level!r}") from None
+    if not np.isfinite(sky_level):
+        raise ValueError(f"sky_level: must be a finite number, got {sky_level!r}")
+    if not (np.isfinite(iscale) and iscale > 0):
+        raise ValueError(f"iscale: must be a positive number, got {iscale!r}")
+    if pixmap is None:
+        pixmap = pixel_map(exposure.wcs, output_wcs, data.shape, grid_step=grid_step)
+    pixmap = np.asarray(pixmap, dtype=np.float64)
+    if pixmap.shape != data.shape + (2,):
+        raise ValueError(
+            f"pixmap: shape {pixmap.shape} does not match data shape {data.shape} + (2,)"
+        )
+    exptime = exposure_time_weight(exposure.meta)
+    weight = build_driz_weight(
+        exposure.err,
+        exposure.dq,
+        weight_type=weight_type,
+        good_bits=good_bits,
+        exptime=exptime,
+        var_rnoise=exposure.var_rnoise,
+    )
+    sci = data.astype(np.float32) - np.float32(sky_level)
+    unusable = (weight == 0) | ~np.isfinite(sci)
+    weight[unusable] = 0.0
+    sci[unusable] = 0.0
+    xmin, xmax, ymin, ymax = _input_range(data.shape, exposure.wcs)
+    kwargs = dict(
+        exptime=exptime,
+        pixmap=pixmap,
+        iscale=float(iscale),
+        pixel_scale_ratio=_pixel_scale_ratio(pixmap),
+        weight_map=weight,
+        pixfrac=pixfrac,
+        in_units="cps",
+        xmin=xmin,
+        xmax=xmax,
+        ymin=ymin,
+        ymax=ymax,
+    )
+    return sci, weight, kwargs
+
+
+# --------------------------------------------------------------------------
+# accumulator
+# --------------------------------------------------------------------------
+class ResampledImage:
+    """Running drizzle co-add of exposures onto one output grid.
+
+    Parameters
+    ----------
+    output_wcs : gwcs.WCS
+        WCS of the output grid (e.g. from `calimage3.wcs_tools.output_wcs`).
+    output_shape : tuple of int
+        ``(ny, nx)`` of the output.
+    pixfrac : float
+        Linear size of the drop relative to the input pixel, in (0, 1].
+    kernel : {'square', 'gaussian', 'point', 'turbo', 'lanczos2', 'lanczos3'}
+        Drizzle kernel.  'gaussian' and 'lanczos*' do not conserve flux.
+    fillval : str, float or None
+        Value of output pixels that no input pixel reaches: 'NAN' (JWST
+        default), 'INDEF'/None (also NaN for a new output) or a number.
+    weight_type : {'ivm', 'exptime'}
+        Weighting of the inputs (see `build_driz_weight`).
+    good_bits : int or str
+        DQ bits allowed on a usable input pixel.
+    n_exposures : int or None
+        Expected number of exposures; sizes the context image up front
+        (it grows by one plane per 32 exposures otherwise).
+    grid_step : int or None
+        Passed to `calimage3.wcs_tools.pixel_map` when ``add_exposure``
+        computes the pixel map; None evaluates the WCS at every pixel.
+    variance_method : {'jwst', 'squared_weights'}
+        How the variance arrays are propagated; see Notes.
+
+    Notes
+    -----
+    Stages of ``add_exposure``:
+
+    1. weight map from DQ and VAR_RNOISE (or exposure time);
+    2. subtraction of the sky level;
+    3. pixel map from the exposure WCS to the output WCS and the ratio of
+       output to input pixel size (sets the size of the non-square kernels);
+    4. ``drizzle.resample.Drizzle.add_image`` into the running SCI, WHT
+       and CON arrays;
+    5. resampling of the three variance arrays.
+
+    Variance, ``variance_method='jwst'`` (default; what the JWST pipeline
+    does through ``stcal.resample``): each exposure's ``sqrt(var)`` is
+    drizzled on its own with the same weights and kernel and squared,
+    giving a per-exposure variance ``v_i`` that keeps the per-pixel level of
+    the input; the exposures are then combined as
+    ``sum(w_i**2 v_i) / (sum w_i)**2`` with ``w_i = 1 / v_rnoise_i`` for
+    ``'ivm'`` (or the exposure time for ``'exptime'``), counting only
+    exposures with a finite, non-negative ``v_i`` at that pixel.
+    ``variance_method='squared_weights'`` uses the ``data2`` / ``out_img2``
+    option of drizzle >= 2.1 instead: the variances are drizzled with the
+    squares of the drizzle weights ``w * overlap``, i.e.
+    ``sum((w a)**2 v) / (sum w a)**2`` over all input pixels, the formally
+    correct variance of each output pixel if covariances are ignored.  It is
+    lower than the JWST value by up to 4x for pixfrac=1 on a same-scale
+    grid and varies with the sub-pixel phase, which is why JWST (issues
+    #8813, #9028, #9496) keeps it out of the pipeline.  ``err`` is
+    ``sqrt(var_rnoise + var_poisson + var_flat)`` in both cases, NaN where
+    no variance was resampled.
+    """
+
+    def __init__(
+        self,
+        output_wcs,
+        output_shape,
+        *,
+        pixfrac=1.0,
+        kernel="square",
+        fillval="NAN",
+        weight_type="ivm",
+        good_bits="~DO_NOT_USE+NON_SCIENCE",
+        n_exposures=None,
+        grid_step=None,
+        variance_method="jwst",
+    ):
+        self.output_wcs = output_wcs
+        self.output_shape = _check_shape(output_shape, "output_shape")
+        self.pixfrac = _check_pixfrac(pixfrac)
+        self.kernel = _check_kernel(kernel)
+        self.fillval, _ = _check_fillval(fillval)
+        self.weight_type = _check_weight_type(weight_type)
+        self.good_bits = good_bits
+        if variance_method not in VARIANCE_METHODS:
+            raise ValueError(
+                f"variance_method: must be one of {VARIANCE_METHODS}, got {variance_method!r}"
+            )
+        self.variance_method = variance_method
+        if n_exposures is not None and int(n_exposures) < 1:
+            raise ValueError(f"n_exposures: must be a positive integer, got {n_exposures!r}")
+        self.grid_step = grid_step
+        max_ctx_id = None if n_exposures is None else int(n_exposures) - 1
+        self._driz = Drizzle(
+            kernel=self.kernel,
+            fillval=self.fillval,
+            out_shape=self.output_shape,
+            max_ctx_id=max_ctx_id,
+            out_img2=[None, None, None] if variance_method == "squared_weights" else None,
+            fillval2="NAN",
+        )
+        if variance_method == "jwst":
+            self._var_sum = {n: np.zeros(self.output_shape, np.float64) for n in _VAR_NAMES}
+            self._var_wht = {n: np.zeros(self.output_shape, np.float64) for n in _VAR_NAMES}
+        self.n_exposures = 0
+        self.total_exptime = 0.0
+        self._finalized = False
+
+    def add_exposure(self, exposure, sky_level=0.0, pixmap=None, iscale=1.0):
+        """Drizzle one exposure into the running co-add.
+
+        Parameters
+        ----------
+        exposure : calimage3.exposure.Exposure
+            Calibrated exposure (SCI in MJy/sr, ERR, DQ, variances, WCS).
+        sky_level : float
+            Sky level to subtract, MJy/sr (the skymatch ``BKGLEVEL`` when
+            the sky has not been subtracted yet).
+        pixmap : ndarray or None, shape (ny, nx, 2)
+            Output-pixel coordinates of every input pixel; computed from
+            the two WCSs when None.
+        iscale : float
+            Multiplicative intensity factor applied to the data (its square
+            to the variances); 1 for surface brightness on the true pixel
+            area.
+
+        Returns
+        -------
+        None
+        """
+        if self._finalized:
+            raise RuntimeError("ResampledImage: finalize() was called; no exposure can be added")
+        sci, weight, kwargs = _drizzle_inputs(
+            exposure,
+            self.output_wcs,
+            sky_level=sky_level,
+            pixmap=pixmap,
+            grid_step=self.grid_step,
+            weight_type=self.weight_type,
+            good_bits=self.good_bits,
+            pixfrac=self.pixfrac,
+            iscale=iscale,
+        )
+        variances = [_clean_variance(getattr(exposure, n), sci.shape, weight) for n in _VAR_NAMES]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*not a flux-conserving kernel.*")
+            if self.variance_method == "squared_weights":
+                self._driz.add_image(sci, data2=variances, **kwargs)
+            else:
+                self._driz.add_image(sci, **kwargs)
+                self._add_variances_jwst(variances, kwargs)
+        self.n_exposures += 1
+        self.total_exptime += kwargs["exptime"]
+
+    def _add_variances_jwst(self, variances, kwargs):
+        resampled = {}
+        for name, var in zip(_VAR_NAMES, variances):
+            if var is None:
+                continue
+            single = Drizzle(
+                kernel=self.kernel, fillval="NAN", out_shape=self.output_shape, disable_ctx=True
+            )
+            with np.errstate(invalid="ignore"):
+                single.add_image(np.sqrt(var), **kwargs)
+            resampled[name] = single.out_img.astype(np.float64) ** 2
+        if self.weight_type == "ivm":
+            rn = resampled.get("var_rnoise")
+            weight = np.ones(self.output_shape)
+            if rn is not None:
+                ok = np.isfinite(rn) & (rn > 0)
+                weight[ok] = 1.0 / rn[ok]
+        else:
+            weight = np.full(self.output_shape, kwargs["exptime"])
+        for name, var in resampled.items():
+            ok = np.isfinite(var) & (var >= 0) & (weight > 0)
+            self._var_sum[name][ok] += var[ok] * weight[ok] ** 2
+            self._var_wht[name][ok] += weight[ok]
+
+    def finalize(self):
+        """Return the resampled arrays; no exposure can be added afterwards.
+
+        Returns
+        -------
+        dict
+            ``'data'`` (SCI, float32, MJy/sr), ``'wht'`` (float32 total
+            drizzle weight), ``'con'`` (int32, shape (nplanes, ny, nx):
+            bit ``k`` of plane ``p`` is set where exposure ``32 p + k``
+            (order of ``add_exposure`` calls) contributed), ``'var_rnoise'``,
+            ``'var_poisson'``, ``'var_flat'`` (float32, (MJy/sr)**2, NaN
+            where nothing contributed) and ``'err'`` (float32, MJy/sr).
+        """
+        if self.n_exposures == 0:
+            raise RuntimeError("ResampledImage: no exposure was added")
+        self._finalized = True
+        out = {
+            "data": np.asarray(self._driz.out_img, dtype=np.float32),
+            "wht": np.asarray(self._driz.out_wht, dtype=np.float32),
+            "con": np.asarray(self._driz.out_ctx, dtype=np.int32),
+        }
+        if self.variance_method == "squared_weights":
+            for name, arr in zip(_VAR_NAMES, self._driz.out_img2):
+                arr = np.asarray(arr, dtype=np.float32)
+                out[name] = np.where(out["wht"] > 0, arr, np.float32(np.nan))
+        else:
+            for name in _VAR_NAMES:
+                wsum, wt = self._var_sum[name], self._var_wht[name]
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    var = np.where(wt > 0, wsum / (wt * wt), np.nan)
+                out[name] = var.astype(np.float32)
+        stack = np.stack([out[n] for n in _VAR_NAMES])
+        all_nan = np.all(np.isnan(stack), axis=0)
+        err = np.sqrt(np.nansum(stack, axis=0)).astype(np.float32)
+        err[all_nan] = np.nan
+        out["err"] = err
+        return out
+
+
+def _clean_variance(var, shape, weight):
+    """Float32 variance with zeros where the weight is zero; None if absent."""
+    if var is None:
+        return None
+    var = np.asarray(var, dtype=np.float32)
+    if var.shape != shape:
+        raise ValueError(f"variance array: shape {var.shape} differs from data shape {shape}")
+    return np.where(weight > 0, var, np.float32(0))
+
+
+# --------------------------------------------------------------------------
+# single-exposure drizzle and blot
+# --------------------------------------------------------------------------
+def drizzle_single(
+    exposure,
+    output_wcs,
+    output_shape,
+    *,
+    sky_level=0.0,
+    pixfrac=1.0,
+    kernel="square",
+    fillval="NAN",
+    weight_type="ivm",
+    good_bits="~DO_NOT_USE",
+    pixmap=None,
+    grid_step=None,
+):
+    """Drizzle one exposure on its own (the outlier-detection "single").
+
+    Parameters
+    ----------
+    exposure : calimage3.exposure.Exposure
+    output_wcs : gwcs.WCS
+        WCS of the common output grid.
+    output_shape : tuple of int
+        ``(ny, nx)`` of the output.
+    sky_level : float
+        Sky level to subtract, MJy/sr.
+    pixfrac, kernel, fillval, weight_type
+        As for `ResampledImage`; the defaults are those of the JWST
+        ``outlier_detection`` step.
+    good_bits : int or str
+        DQ bits allowed on a usable pixel; JWST ``outlier_detection``
+        default ``'~DO_NOT_USE'``.
+    pixmap : ndarray or None, shape (ny_in, nx_in, 2)
+        Precomputed pixel map; computed from the WCSs when None.
+    grid_step : int or None
+        Grid spacing for `calimage3.wcs_tools.pixel_map`.
+
+    Returns
+    -------
+    data : ndarray of float32, shape ``output_shape``
+        Resampled sky-subtracted surface brightness, MJy/sr; ``fillval``
+        where the exposure does not reach.
+    wht : ndarray of float32, shape ``output_shape``
+        Drizzle weight; 0 where the exposure does not reach.
+    """
+    output_shape = _check_shape(output_shape, "output_shape")
+    driz = Drizzle(
+        kernel=_check_kernel(kernel),
+        fillval=_check_fillval(fillval)[0],
+        out_shape=output_shape,
+        disable_ctx=True,
+    )
+    sci, _, kwargs = _drizzle_inputs(
+        exposure,
+        output_wcs,
+        sky_level=sky_level,
+        pixmap=pixmap,
+        grid_step=grid_step,
+        weight_type=_check_weight_type(weight_type),
+        good_bits=good_bits,
+        pixfrac=_check_pixfrac(pixfrac),
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not a flux-conserving kernel.*")
+        driz.add_image(sci, **kwargs)
+    return (
+        np.asarray(driz.out_img, dtype=np.float32),
+        np.asarray(driz.out_wht, dtype=np.float32),
+    )
+
+
+def blot(median, median_wcs, target_wcs, target_shape, *, fillval=0.0, interp="linear",
+         grid_step=None):
+    """Interpolate a resampled image back onto an exposure's pixel grid.
+
+    Parameters
+    ----------
+    median : ndarray, shape (ny_m, nx_m)
+        Resampled image (e.g. the outlier-detection median), MJy/sr.
+    median_wcs : gwcs.WCS
+        WCS of ``median``.
+    target_wcs : gwcs.WCS
+        WCS of the exposure to blot onto.
+    target_shape : tuple of int
+        ``(ny, nx)`` of that exposure.
+    fillval : float
+        Value of target pixels that map outside ``median`` (JWST: 0).
+    interp : {'nearest', 'linear', 'poly3', 'poly5', 'lanczos3', 'lanczos5'}
+        Interpolation; JWST outlier detection always uses 'linear'.
+    grid_step : int or None
+        Grid spacing for `calimage3.wcs_tools.pixel_map`.
+
+    Returns
+    -------
+    ndarray of float32, shape ``target_shape``
+        Surface brightness of ``median`` at every target pixel, MJy/sr
+        (no pixel-area scaling: surface brightness is preserved).
+
+    Notes
+    -----
+    Uses ``drizzle.resample.blot_image`` with a pixel map from the target
+    pixels to the median frame; target pixels where a WCS is undefined are
+    sent off the median frame (to -1, as JWST does) and get ``fillval``.
+    """
+    target_shape = _check_shape(target_shape, "target_shape")
+    if interp not in _BLOT_INTERP:
+        raise ValueError(f"interp: must be one of {_BLOT_INTERP}, got {interp!r}")
+    try:
+        fillval = float(fillval)
+    except (TypeError, ValueError):
+        raise ValueError(f"fillval: must be a number, got {fillval!r}") from None
+    median = np.asarray(median, dtype=np.float32)
+    if median.ndim != 2:
+        raise ValueError(f"median: must be 2-D, got shape {median.shape}")
+    pixmap = pixel_map(target_wcs, median_wcs, target_shape, grid_step=grid_step)
+    pixmap[~np.isfinite(pixmap)] = -1.0
+    return blot_image(median, pixmap, fillval=fillval, iscale=1.0, interp=interp)

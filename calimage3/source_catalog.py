@@ -1,0 +1,1115 @@
+"""Source detection and photometry on a resampled mosaic (the JWST ``source_catalog`` step).
+
+Arrays and a ``gwcs`` object come in; an `astropy.table.QTable` with one row
+per source and an ``int32`` segmentation image come out.  Nothing here reads
+or writes files.
+
+The stages follow the JWST ``SourceCatalogStep`` on an ``_i2d`` product:
+
+1. Coverage mask: pixels whose ``data`` is not finite or whose ``wht`` is 0
+   (or not finite) take no part in anything.
+2. 2D background and background RMS with `photutils.background.Background2D`
+   (sigma-clipped median in ``bkg_boxsize`` boxes, 3x3 median filter); the
+   background is subtracted.
+3. The background-subtracted image is convolved with a normalised Gaussian
+   of FWHM ``kernel_fwhm`` pixels.
+4. Segmentation: ``detect_sources`` on the convolved image with threshold
+   ``snr_threshold`` times the background RMS, ``npixels`` connected pixels
+   (8-connectivity); optionally deblending with 32 exponential levels and
+   contrast 0.001.
+5. Segment properties with `photutils.segmentation.SourceCatalog` (centroids
+   and shapes from the convolved image; isophotal flux from the data).
+6. Aperture photometry in three circular apertures enclosing
+   ``aperture_ee1/2/3`` percent of a point source's energy, after a local
+   background (sigma-clipped median in an annulus); the aperture-corrected
+   total flux is ``aperture correction x flux`` of the largest aperture.
+7. Concentration indices, ``is_extended``, DAOFind sharpness and roundness,
+   nearest neighbours, AB (and Vega) magnitudes.
+
+Fluxes are in Jy: the MJy/sr surface brightness times ``1e6 * pixar_sr``.
+
+Aperture radii without CRDS
+---------------------------
+JWST takes the aperture radii and corrections from the APCORR reference file
+(a model PSF's encircled-energy curve).  Without it, this module, in order
+of preference, uses: an explicit ``apcorr_table`` with the APCORR columns;
+an explicit Gaussian ``psf_fwhm``; or the encircled-energy curve measured
+on the mosaic itself (`encircled_energy_radii`) from bright, isolated,
+compact sources (`select_psf_stars`), normalised at ``4 x FWHM``; with fewer
+than ``min_psf_stars`` usable stars it falls back to a Gaussian PSF of FWHM
+``kernel_fwhm``.  The measured curve cannot see the PSF energy outside the
+normalisation radius, so for a real JWST PSF (a few per cent of the energy
+in far wings) ``aper_total_flux`` is the flux within that radius, not the
+flux to infinity.  ``meta['aperture_params']`` records what was used.
+"""
+
+import logging
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+import astropy.units as u
+from astropy.convolution import Gaussian2DKernel, convolve
+from astropy.coordinates import SkyCoord
+from astropy.stats import SigmaClip, gaussian_fwhm_to_sigma
+from astropy.table import QTable
+from astropy.utils.exceptions import AstropyUserWarning
+from photutils.aperture import CircularAnnulus, CircularAperture, aperture_photometry
+from photutils.background import Background2D, MedianBackground
+from photutils.segmentation import SegmentationImage, SourceCatalog, detect_sources
+from photutils.utils.exceptions import NoDetectionsWarning
+from scipy import ndimage
+from scipy.spatial import KDTree
+
+__all__ = [
+    "ApertureParams",
+    "EncircledEnergy",
+    "make_source_catalog",
+    "detect_segments",
+    "encircled_energy_radii",
+    "gaussian_ee_radii",
+    "select_psf_stars",
+    "flux_to_abmag",
+]
+
+log = logging.getLogger(__name__)
+
+# Fixed settings of the JWST step (not user parameters there either).
+_CONNECTIVITY = 8
+_DEBLEND_NLEVELS = 32
+_DEBLEND_CONTRAST = 0.001
+_DEBLEND_MODE = "exponential"
+_BKG_FILTER_SIZE = (3, 3)
+_SIGMA_CLIP = 3.0
+
+# Self-calibrated aperture radii: normalisation radius and background annulus
+# in units of the PSF FWHM, radius grid of the curve of growth (pixels).
+_NORM_RADIUS_FWHM = 4.0
+_BKG_OUTER_FWHM = 6.0
+_MIN_ANNULUS_WIDTH = 3.0
+_EE_RADIUS_STEP = 0.05
+# PSF-star selection: minimum detection significance and the half-width of
+# the stellar locus in FWHM (fractional).
+_PSF_STAR_MIN_SNR = 30.0
+_PSF_LOCUS_TOL = 0.12
+
+
+class ApertureParams(NamedTuple):
+    """Aperture radii and corrections used for the aperture photometry.
+
+    Attributes
+    ----------
+    aperture_ee : ndarray of int, shape (3,)
+        Encircled energies (percent) of the three apertures.
+    aperture_radii : ndarray of float, shape (3,)
+        Radii of the apertures, mosaic pixels.
+    aperture_corrections : ndarray of float, shape (3,)
+        Factor turning the flux within each aperture into the total flux of
+        a point source (``100 / aperture_ee`` for a curve normalised to 1).
+    bkg_aperture_inner_radius, bkg_aperture_outer_radius : float
+        Radii of the local-background annulus, mosaic pixels.
+    method : str
+        ``'apcorr_table'``, ``'psf_fwhm'`` (Gaussian of the given FWHM),
+        ``'psf_stars'`` (curve of growth measured on the mosaic) or
+        ``'kernel_fwhm'`` (Gaussian fallback of FWHM ``kernel_fwhm``).
+    psf_fwhm : float
+        FWHM (pixels) of the PSF behind the radii; NaN for ``'apcorr_table'``.
+    n_psf_stars : int
+        Number of stars whose curves of growth were combined (0 unless
+        ``method == 'psf_stars'``).
+    """
+
+    aperture_ee: np.ndarray
+    aperture_radii: np.ndarray
+    aperture_corrections: np.ndarray
+    bkg_aperture_inner_radius: float
+    bkg_aperture_outer_radius: float
+    method: str
+    psf_fwhm: float
+    n_psf_stars: int
+
+    def as_dict(self):
+        """Plain-``dict`` form (lists and floats) for table metadata."""
+        out = {}
+        for key, value in self._asdict().items():
+            out[key] = value.tolist() if isinstance(value, np.ndarray) else value
+        return out
+
+
+class EncircledEnergy(NamedTuple):
+    """Encircled-energy curve measured from stars, and the radii it gives.
+
+    Attributes
+    ----------
+    radii : ndarray of float, shape (n_ee,)
+        Radius (pixels) enclosing each requested encircled energy.
+    radius_grid : ndarray of float, shape (n_r,)
+        Radii (pixels) at which the curve is sampled.
+    curve : ndarray of float, shape (n_r,)
+        Median over stars of the background-subtracted curve of growth
+        normalised to 1 at ``norm_radius``; made non-decreasing.
+    n_stars : int
+        Number of stars whose curves were combined.
+    """
+
+    radii: np.ndarray
+    radius_grid: np.ndarray
+    curve: np.ndarray
+    n_stars: int
+
+
+# --------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------
+
+
+def _check_positive(name, value, integer=False):
+    ok = np.isscalar(value) and np.isfinite(value) and value > 0
+    if integer:
+        ok = ok and float(value) == int(value)
+    if not ok:
+        kind = "a positive integer" if integer else "a positive finite number"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+
+
+def _validate_aperture_ee(aperture_ee):
+    ee = np.asarray(aperture_ee, dtype=float)
+    if ee.shape != (3,) or not np.all(np.isfinite(ee)):
+        raise ValueError(f"aperture_ee1/2/3 must be three finite numbers, got {aperture_ee!r}")
+    if np.any(ee != np.round(ee)):
+        raise ValueError(f"aperture_ee1/2/3 must be integers (percent), got {aperture_ee!r}")
+    if np.any((ee <= 0) | (ee >= 100)):
+        raise ValueError(f"aperture_ee1/2/3 must lie between 0 and 100 percent, got {aperture_ee!r}")
+    if not np.all(np.diff(ee) > 0):
+        raise ValueError(
+            f"aperture_ee1 < aperture_ee2 < aperture_ee3 is required, got {aperture_ee!r}"
+        )
+    return ee.astype(int)
+
+
+def _validate_image(name, array, shape):
+    if array is None:
+        return None
+    arr = np.asarray(array)
+    if arr.shape != shape:
+        raise ValueError(f"{name} must have the shape of data {shape}, got {arr.shape}")
+    return arr.astype(np.float64)
+
+
+# --------------------------------------------------------------------------
+# Magnitudes
+# --------------------------------------------------------------------------
+
+
+def flux_to_abmag(flux, flux_err):
+    """AB magnitude and its error from a flux in Jy.
+
+    Parameters
+    ----------
+    flux, flux_err : Quantity or ndarray
+        Flux and flux error, Jy (plain arrays are taken as Jy).
+
+    Returns
+    -------
+    abmag, abmag_err : ndarray of float
+        ``-2.5 log10(flux / 3631 Jy)`` and ``2.5 log10(1 + flux_err / flux)``
+        as JWST computes them; NaN where ``flux`` is not positive.
+    """
+    f = np.atleast_1d(u.Quantity(flux, u.Jy).value).astype(float)
+    fe = np.atleast_1d(u.Quantity(flux_err, u.Jy).value).astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        abmag = -2.5 * np.log10(f) + 8.9
+        abmag_err = 2.5 * np.log10(1.0 + fe / f)
+    bad = ~(f > 0)
+    abmag[bad] = np.nan
+    abmag_err[bad] = np.nan
+    return abmag, abmag_err
+
+
+# --------------------------------------------------------------------------
+# Background, convolution, detection, deblending
+# --------------------------------------------------------------------------
+
+
+def _background(data, box_size, coverage_mask):
+    """Background2D with the JWST settings; one box over the image if meshes fail."""
+    kwargs = dict(
+        filter_size=_BKG_FILTER_SIZE,
+        coverage_mask=coverage_mask,
+        sigma_clip=SigmaClip(sigma=_SIGMA_CLIP),
+        bkg_estimator=MedianBackground(),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AstropyUserWarning)
+        try:
+            return Background2D(data, box_size, **kwargs)
+        except ValueError:
+            log.info("Background could not be estimated in %s boxes; using one box", box_size)
+            return Background2D(data, data.shape, exclude_percentile=100.0, **kwargs)
+
+
+def _gaussian_kernel(fwhm):
+    kernel = Gaussian2DKernel(fwhm * gaussian_fwhm_to_sigma)
+    kernel.normalize(mode="integral")
+    return kernel
+
+
+def _label_above(data, region, level, n_pixels, footprint):
+    """Connected regions of ``region & (data > level)`` with >= n_pixels; None if < 2."""
+    labels, n = ndimage.label(region & (data > level), structure=footprint)
+    if n < 2:
+        return None
+    sizes = np.bincount(labels.ravel())
+    small = sizes < n_pixels
+    small[0] = False
+    if small.any():
+        labels[small[labels]] = 0
+        keep = np.flatnonzero(~small)
+        if keep.size - 1 < 2:  # background plus fewer than two sources
+            return None
+        relabel = np.zeros(sizes.size, dtype=labels.dtype)
+        relabel[keep] = np.arange(keep.size)
+        labels = relabel[labels]
+    return labels
+
+
+def _split_markers(lower, upper, footprint):
+    """Replace lower-level regions that split into >= 2 upper-level regions."""
+    if lower is None:
+        return upper
+    both = (lower > 0) & (upper > 0)
+    pairs = np.unique(np.stack([lower[both], upper[both]]), axis=1)
+    nchild = np.bincount(pairs[0], minlength=lower.max() + 1)
+    split = nchild >= 2
+    if not split.any():
+        return lower
+    markers = lower > 0
+    in_split = split[lower]
+    markers[in_split] = upper[in_split] > 0
+    return ndimage.label(markers, structure=footprint)[0]
+
+
+def _flood(data, region, markers, footprint, n_steps=128):
+    """Watershed of ``-data`` from ``markers`` inside ``region`` by level flooding.
+
+    The region is flooded from its highest to its lowest value in
+    ``n_steps`` quantile levels; at each level every labelled basin grows
+    (geodesic 8-connected dilation) into the pixels above the level that
+    it touches.  Pixels reached by two basins in the same step go to the
+    higher label.
+    """
+    labels = markers.copy()
+    levels = np.quantile(data[region], np.linspace(1.0, 0.0, n_steps))
+    for level in list(levels) + [-np.inf]:
+        allowed = region & (data >= level)
+        while True:
+            grown = ndimage.grey_dilation(labels, footprint=footprint)
+            new = allowed & (labels == 0) & (grown > 0)
+            if not new.any():
+                break
+            labels[new] = grown[new]
+    return labels
+
+
+def _deblend_one(data, region, n_pixels, footprint):
+    """Deblend one segment; returns labels 1..m (m >= 2) in ``region``, or None."""
+    values = data[region]
+    vmin, vmax, vsum = values.min(), values.max(), values.sum()
+    if not vmin < vmax:
+        return None
+    frac = np.linspace(0.0, 1.0, _DEBLEND_NLEVELS + 2)
+    if _DEBLEND_MODE == "exponential" and vmin > 0:
+        levels = vmin * (vmax / vmin) ** frac
+    else:
+        levels = vmin + (vmax - vmin) * frac
+    markers = None
+    for level in levels[1:-1]:
+        upper = _label_above(data, region, level, n_pixels, footprint)
+        if upper is not None:
+            markers = _split_markers(markers, upper, footprint)
+    if markers is None or markers.max() < 2:
+        return None
+    while True:
+        labels = _flood(data, region, markers, footprint)
+        present = np.unique(labels[labels > 0])
+        if present.size < 2:
+            return None
+        flux = ndimage.sum_labels(data, labels, index=present) / vsum
+        if np.all(flux >= _DEBLEND_CONTRAST):
+            break
+        markers = labels.copy()
+        markers[labels == present[np.argmin(flux)]] = 0
+    relabel = np.zeros(labels.max() + 1, dtype=np.int32)
+    relabel[present] = np.arange(1, present.size + 1)
+    return relabel[labels]
+
+
+def _deblend(convolved, segm, n_pixels):
+    """Multi-threshold + watershed deblending of every segment.
+
+    Uses `photutils.segmentation.deblend_sources` when scikit-image (its
+    watershed) is importable; otherwise the same multi-thresholding with a
+    level-flooding watershed (`_flood`) built on `scipy.ndimage`.
+    """
+    try:
+        import skimage.segmentation  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        from photutils.segmentation import deblend_sources
+
+        return deblend_sources(
+            convolved, segm, n_pixels, n_levels=_DEBLEND_NLEVELS, contrast=_DEBLEND_CONTRAST,
+            mode=_DEBLEND_MODE, connectivity=_CONNECTIVITY, relabel=True, progress_bar=False,
+        )
+    footprint = np.ones((3, 3), dtype=bool)
+    seg = segm.data
+    out = seg.astype(np.int64)
+    next_label = int(seg.max()) + 1
+    for label, slc in enumerate(ndimage.find_objects(seg), start=1):
+        if slc is None:
+            continue
+        region = seg[slc] == label
+        if np.count_nonzero(region) < 2 * n_pixels:
+            continue
+        parts = _deblend_one(convolved[slc], region, n_pixels, footprint)
+        if parts is None:
+            continue
+        sub = out[slc]
+        nparts = int(parts.max())
+        new_ids = np.concatenate([[0, label], np.arange(next_label, next_label + nparts - 1)])
+        sub[region] = new_ids[parts[region]]
+        next_label += nparts - 1
+    result = SegmentationImage(out.astype(np.int32))
+    result.relabel_consecutive()
+    return result
+
+
+def detect_segments(data, threshold, *, kernel_fwhm=2.0, npixels=5, deblend=False, mask=None):
+    """Convolve, threshold and (optionally) deblend a background-subtracted image.
+
+    Parameters
+    ----------
+    data : ndarray, shape (ny, nx)
+        Background-subtracted image (any surface-brightness unit).
+    threshold : float or ndarray, shape (ny, nx)
+        Detection level per pixel in the unit of ``data`` (JWST: the
+        background RMS times ``snr_threshold``), applied to the convolved
+        image.
+    kernel_fwhm : float
+        FWHM (pixels) of the normalised Gaussian smoothing kernel.
+    npixels : int
+        Minimum number of 8-connected pixels above ``threshold``.
+    deblend : bool
+        Deblend overlapping sources (32 exponential levels, contrast 0.001).
+    mask : ndarray of bool or None
+        True where a pixel has no coverage; such pixels join no source.
+
+    Returns
+    -------
+    segm : photutils.segmentation.SegmentationImage or None
+        Labels 1..n consecutive, 0 = background; None when nothing is found.
+    convolved : ndarray, shape (ny, nx)
+        The convolved image (masked pixels interpolated over by
+        `astropy.convolution.convolve`, then set to 0).
+    """
+    _check_positive("kernel_fwhm", kernel_fwhm)
+    _check_positive("npixels", npixels, integer=True)
+    npixels = int(npixels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AstropyUserWarning)
+        convolved = convolve(data, _gaussian_kernel(kernel_fwhm), mask=mask, normalize_kernel=True)
+    if mask is not None:
+        convolved[mask] = 0.0
+    convolved = np.nan_to_num(convolved, nan=0.0)
+    if mask is not None and mask.all():
+        return None, convolved
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoDetectionsWarning)
+        segm = detect_sources(convolved, threshold, npixels, connectivity=_CONNECTIVITY, mask=mask)
+    if segm is None:
+        return None, convolved
+    if deblend:
+        segm = _deblend(convolved, segm, npixels)
+    return segm, convolved
+
+
+# --------------------------------------------------------------------------
+# Encircled energy and aperture parameters
+# --------------------------------------------------------------------------
+
+
+def gaussian_ee_radii(fwhm, aperture_ee):
+    """Radii enclosing given encircled energies of a circular Gaussian PSF.
+
+    Parameters
+    ----------
+    fwhm : float
+        FWHM of the Gaussian, pixels.
+    aperture_ee : array_like of float
+        Encircled energies in percent (0 < ee < 100).
+
+    Returns
+    -------
+    ndarray of float
+        ``sigma * sqrt(-2 ln(1 - ee / 100))``, pixels.
+    """
+    _check_positive("fwhm", fwhm)
+    ee = np.asarray(aperture_ee, dtype=float) / 100.0
+    if np.any((ee <= 0) | (ee >= 1)):
+        raise ValueError(f"aperture_ee must lie between 0 and 100 percent, got {aperture_ee!r}")
+    return fwhm * gaussian_fwhm_to_sigma * np.sqrt(-2.0 * np.log1p(-ee))
+
+
+def _local_background(data, positions, r_in, r_out, mask=None):
+    """Sigma-clipped median and its standard error in annuli; one loop over sources."""
+    n = len(positions)
+    med = np.full(n, np.nan)
+    err = np.full(n, np.nan)
+    if n == 0:
+        return med, err
+    values_src = np.where(mask, np.nan, data) if mask is not None else data
+    clip = SigmaClip(sigma=_SIGMA_CLIP)
+    annuli = CircularAnnulus(positions, r_in, r_out).to_mask(method="center")
+    if not isinstance(annuli, list):
+        annuli = [annuli]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", AstropyUserWarning)
+        for i, amask in enumerate(annuli):
+            vals = amask.get_values(values_src)
+            vals = vals[np.isfinite(vals)]
+            if vals.size == 0:
+                continue
+            vals = clip(vals, masked=False)
+            med[i] = np.median(vals)
+            err[i] = np.sqrt(np.pi / (2.0 * vals.size)) * np.std(vals)
+    return med, err
+
+
+def _aperture_sums(data, positions, radii, error=None, mask=None):
+    """Exact circular-aperture sums (n_src, n_r) and errors; NaN if a masked pixel is inside."""
+    apertures = [CircularAperture(positions, r) for r in radii]
+    clean = np.where(mask, 0.0, data) if mask is not None else data
+    err = None if error is None else (np.where(mask, 0.0, error) if mask is not None else error)
+    phot = aperture_photometry(clean, apertures, error=err, method="exact")
+    nr = len(radii)
+    sums = np.column_stack([np.asarray(phot[f"aperture_sum_{i}"], dtype=float) for i in range(nr)])
+    if err is not None:
+        errs = np.column_stack(
+            [np.asarray(phot[f"aperture_sum_err_{i}"], dtype=float) for i in range(nr)]
+        )
+    else:
+        errs = np.full_like(sums, np.nan)
+    if mask is not None and mask.any():
+        cover = aperture_photometry(mask.astype(float), apertures, method="center")
+        hit = np.column_stack([np.asarray(cover[f"aperture_sum_{i}"]) > 0 for i in range(nr)])
+        sums[hit] = np.nan
+        errs[hit] = np.nan
+    return sums, errs
+
+
+def encircled_energy_radii(
+    data, positions, aperture_ee, *, norm_radius, bkg_inner=None, bkg_outer=None,
+    radius_step=_EE_RADIUS_STEP, mask=None,
+):
+    """Radii enclosing given fractions of a point source's energy, measured on stars.
+
+    The curve of growth of each star (exact circular apertures every
+    ``radius_step`` pixels out to ``norm_radius``, minus the sigma-clipped
+    median of the ``bkg_inner``-``bkg_outer`` annulus times the aperture
+    area) is divided by its value at ``norm_radius``; the median over the
+    stars, made non-decreasing, is interpolated linearly for each energy.
+
+    Parameters
+    ----------
+    data : ndarray, shape (ny, nx)
+        Background-subtracted image.
+    positions : array_like, shape (n_stars, 2)
+        ``(x, y)`` centroids of bright, isolated, unsaturated point sources
+        (zero-based pixels).
+    aperture_ee : array_like of float
+        Encircled energies, percent.
+    norm_radius : float
+        Radius (pixels) at which the curve is taken to hold all the energy.
+    bkg_inner, bkg_outer : float or None
+        Background annulus radii (pixels); by default ``norm_radius`` and
+        ``norm_radius + max(3, norm_radius / 2)``.
+    radius_step : float
+        Sampling of the curve of growth, pixels.
+    mask : ndarray of bool or None
+        True at pixels without coverage; stars whose normalisation aperture
+        touches one are dropped.
+
+    Returns
+    -------
+    EncircledEnergy
+        Radii (pixels) for each energy, the sampled median curve and the
+        number of stars used.  Radii are NaN when no star is usable.
+
+    Notes
+    -----
+    The energy outside ``norm_radius`` is invisible to this measurement:
+    the radii enclose the given fractions of the flux *within*
+    ``norm_radius``.  Saturated stars cannot be recognised from an image
+    alone; the caller must not pass them.
+    """
+    _check_positive("norm_radius", norm_radius)
+    _check_positive("radius_step", radius_step)
+    ee = np.asarray(aperture_ee, dtype=float) / 100.0
+    if bkg_inner is None:
+        bkg_inner = norm_radius
+    if bkg_outer is None:
+        bkg_outer = bkg_inner + max(_MIN_ANNULUS_WIDTH, 0.5 * norm_radius)
+    if not 0 < bkg_inner < bkg_outer:
+        raise ValueError(f"need 0 < bkg_inner < bkg_outer, got {bkg_inner!r}, {bkg_outer!r}")
+    positions = np.atleast_2d(np.asarray(positions, dtype=float))
+    grid = np.arange(radius_step, norm_radius + 0.5 * radius_step, radius_step)
+    grid[-1] = norm_radius
+    if positions.size == 0:
+        return EncircledEnergy(np.full(ee.shape, np.nan), grid, np.full(grid.shape, np.nan), 0)
+    sums, _ = _aperture_sums(data, positions, grid, mask=mask)
+    bkg, _ = _local_background(data, positions, bkg_inner, bkg_outer, mask=mask)
+    curves = sums - bkg[:, None] * (np.pi * grid**2)[None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        curves = curves / curves[:, -1:]
+    good = np.all(np.isfinite(curves), axis=1) & (sums[:, -1] - bkg * np.pi * norm_radius**2 > 0)
+    if not good.any():
+        return EncircledEnergy(np.full(ee.shape, np.nan), grid, np.full(grid.shape, np.nan), 0)
+    curve = np.maximum.accumulate(np.median(curves[good], axis=0))
+    # np.interp needs increasing abscissae: take the first radius reaching each level.
+    radii = np.array([grid[min(np.searchsorted(curve, f), grid.size - 1)] for f in ee])
+    for k, f in enumerate(ee):
+        j = np.searchsorted(curve, f)
+        if 0 < j < grid.size and curve[j] > curve[j - 1]:
+            radii[k] = grid[j - 1] + (f - curve[j - 1]) / (curve[j] - curve[j - 1]) * radius_step
+    return EncircledEnergy(radii, grid, curve, int(good.sum()))
+
+
+def select_psf_stars(fwhm, snr, nn_dist, *, min_snr=_PSF_STAR_MIN_SNR, tol=_PSF_LOCUS_TOL):
+    """Pick the bright, compact sources of the stellar locus.
+
+    Parameters
+    ----------
+    fwhm : ndarray of float, shape (n,)
+        Moment-based size of each source (any consistent unit).
+    snr : ndarray of float, shape (n,)
+        Detection significance of each source.
+    nn_dist : ndarray of float, shape (n,)
+        Distance to the nearest detected neighbour (returned unchanged in
+        the selection; isolation is the caller's cut).
+    min_snr : float
+        Minimum significance of a candidate.
+    tol : float
+        Fractional half-width of the stellar locus in ``fwhm``.
+
+    Returns
+    -------
+    stars : ndarray of bool, shape (n,)
+        True for sources in the locus.
+    locus_fwhm : float
+        Median ``fwhm`` of the locus (NaN when no candidate).
+
+    Notes
+    -----
+    Point sources are the smallest objects and all have the same size, so
+    among candidates with ``snr >= min_snr`` and ``fwhm`` at most the
+    candidates' median, the ``fwhm`` with the most candidates within
+    ``+-tol`` of it (in log) is the stellar locus.
+    """
+    fwhm = np.asarray(fwhm, dtype=float)
+    cand = np.isfinite(fwhm) & (fwhm > 0) & (np.asarray(snr) >= min_snr) & np.isfinite(nn_dist)
+    stars = np.zeros(fwhm.shape, dtype=bool)
+    if not cand.any():
+        return stars, np.nan
+    logf = np.log(fwhm[cand])
+    width = np.log1p(tol)
+    counts = (np.abs(logf[:, None] - logf[None, :]) <= width).sum(axis=1)
+    counts[logf > np.median(logf)] = -1  # the locus is at the compact end
+    centre = np.median(logf[np.abs(logf - logf[np.argmax(counts)]) <= width])
+    stars[cand] = np.abs(logf - centre) <= width
+    return stars, float(np.exp(centre))
+
+
+def _apcorr_from_table(table, aperture_ee):
+    """Rows of an APCORR-like table (eefraction, radius, apcorr[, skyin, skyout])."""
+    for col in ("eefraction", "radius", "apcorr"):
+        if col not in table.colnames:
+            raise ValueError(f"apcorr_table lacks the column {col!r}")
+    pct = np.round(np.asarray(table["eefraction"], dtype=float) * 100).astype(int)
+    rows = []
+    for ee in aperture_ee:
+        idx = np.flatnonzero(pct == ee)
+        if idx.size != 1:
+            raise ValueError(f"apcorr_table must hold exactly one row for eefraction {ee / 100}")
+        rows.append(idx[0])
+    radii = np.asarray(table["radius"], dtype=float)[rows]
+    apcorr = np.asarray(table["apcorr"], dtype=float)[rows]
+    if "skyin" in table.colnames and "skyout" in table.colnames:
+        r_in = float(np.asarray(table["skyin"], dtype=float)[rows[0]])
+        r_out = float(np.asarray(table["skyout"], dtype=float)[rows[0]])
+    else:
+        r_in = 2.0 * radii[-1]
+        r_out = r_in + max(_MIN_ANNULUS_WIDTH, radii[-1])
+    return ApertureParams(aperture_ee, radii, apcorr, r_in, r_out, "apcorr_table", np.nan, 0)
+
+
+def _gaussian_params(fwhm, aperture_ee, method):
+    radii = gaussian_ee_radii(fwhm, aperture_ee)
+    r_in = _NORM_RADIUS_FWHM * fwhm
+    r_out = max(_BKG_OUTER_FWHM * fwhm, r_in + _MIN_ANNULUS_WIDTH)
+    return ApertureParams(
+        aperture_ee, radii, 100.0 / aperture_ee, r_in, r_out, method, float(fwhm), 0
+    )
+
+
+def _self_calibrated_params(data, mask, cat_fwhm, snr, xy, nn_dist, aperture_ee, kernel_fwhm,
+                            min_psf_stars):
+    """Aperture parameters from the curve of growth of the mosaic's own stars."""
+    ny, nx = data.shape
+    locus, locus_fwhm = select_psf_stars(cat_fwhm, snr, nn_dist)
+    if locus.sum() >= min_psf_stars:
+        # Moments come from the convolved image: remove the kernel in quadrature.
+        psf_fwhm = float(np.sqrt(max(locus_fwhm**2 - kernel_fwhm**2, 1.0)))
+        norm_radius = _NORM_RADIUS_FWHM * psf_fwhm
+        r_out = max(_BKG_OUTER_FWHM * psf_fwhm, norm_radius + _MIN_ANNULUS_WIDTH)
+        x, y = xy[:, 0], xy[:, 1]
+        inside = (x - norm_radius >= 0) & (x + norm_radius <= nx - 1)
+        inside &= (y - norm_radius >= 0) & (y + norm_radius <= ny - 1)
+        stars = locus & inside & (nn_dist >= r_out)
+        if stars.sum() >= min_psf_stars:
+            eec = encircled_energy_radii(
+                data, xy[stars], aperture_ee, norm_radius=norm_radius, bkg_inner=norm_radius,
+                bkg_outer=r_out, mask=mask,
+            )
+            if eec.n_stars >= min_psf_stars and np.all(np.isfinite(eec.radii)):
+                log.info(
+                    "Aperture radii %s pix from the curve of growth of %d stars (FWHM %.2f pix)",
+                    np.round(eec.radii, 3), eec.n_stars, psf_fwhm,
+                )
+                return ApertureParams(
+                    aperture_ee, eec.radii, 100.0 / aperture_ee, norm_radius, r_out,
+                    "psf_stars", psf_fwhm, eec.n_stars,
+                )
+    log.warning(
+        "Fewer than %d bright isolated point sources: aperture radii from a Gaussian PSF "
+        "of FWHM kernel_fwhm=%s pix", min_psf_stars, kernel_fwhm,
+    )
+    return _gaussian_params(kernel_fwhm, aperture_ee, "kernel_fwhm")
+
+
+# --------------------------------------------------------------------------
+# Per-source extras
+# --------------------------------------------------------------------------
+
+
+def _cutouts(image, xy, size):
+    """(n, size, size) cutouts centred on the nearest pixels of ``xy``; 0 outside."""
+    half = size // 2
+    ny, nx = image.shape
+    ix = np.round(xy[:, 0]).astype(int)
+    iy = np.round(xy[:, 1]).astype(int)
+    off = np.arange(-half, half + 1)
+    yy = iy[:, None, None] + off[None, :, None]
+    xx = ix[:, None, None] + off[None, None, :]
+    valid = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
+    out = image[np.clip(yy, 0, ny - 1), np.clip(xx, 0, nx - 1)]
+    return np.where(valid, out, 0.0)
+
+
+def _daofind_stats(data, xy, kernel_fwhm):
+    """DAOFind sharpness and roundness (the JWST definitions) at each source."""
+    sigma = kernel_fwhm * gaussian_fwhm_to_sigma
+    rmax = max(2.0, 1.5 * sigma)
+    size = 2 * int(rmax) + 1
+    c = (size - 1) // 2
+    yy, xx = np.mgrid[0:size, 0:size]
+    kmask = (np.hypot(xx - c, yy - c) <= rmax).astype(float)
+    gauss = np.exp(-((xx - c) ** 2 + (yy - c) ** 2) / (2.0 * sigma**2)) * kmask
+    npix = kmask.sum()
+    denom = np.sum(gauss**2) - np.sum(gauss) ** 2 / npix
+    kernel = (gauss - gauss.sum() / npix) / denom * kmask
+    conv = ndimage.convolve(data, kernel, mode="constant", cval=0.0)
+    cut = _cutouts(data, xy, size)
+    cut_conv = _cutouts(conv, xy, size)
+    peak = cut[:, c, c]
+    conv_peak = cut_conv[:, c, c]
+    mean = (np.sum(cut * kmask, axis=(1, 2)) - peak) / (npix - 1)
+    cc = cut_conv.copy()
+    cc[:, c, c] = 0.0
+    q1 = cc[:, 0 : c + 1, c + 1 :].sum(axis=(1, 2))
+    q2 = cc[:, 0:c, 0 : c + 1].sum(axis=(1, 2))
+    q3 = cc[:, c:, 0:c].sum(axis=(1, 2))
+    q4 = cc[:, c + 1 :, c:].sum(axis=(1, 2))
+    sum2 = -q1 + q2 - q3 + q4
+    sum4 = np.abs(cc).sum(axis=(1, 2))
+    sum4[sum4 == 0] = np.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sharpness = (peak - mean) / conv_peak
+        roundness = 2.0 * sum2 / sum4
+    return sharpness, roundness
+
+
+def _sky_orientation(wcs, xy, orientation_deg):
+    """Position angle (deg, east of north, [0, 360)) of the major axis at each source."""
+    theta = np.deg2rad(orientation_deg)
+    step = 0.5
+    ra0, dec0 = wcs(xy[:, 0], xy[:, 1])
+    ra1, dec1 = wcs(xy[:, 0] + step * np.cos(theta), xy[:, 1] + step * np.sin(theta))
+    c0 = SkyCoord(ra0, dec0, unit="deg")
+    c1 = SkyCoord(ra1, dec1, unit="deg")
+    return c0.position_angle(c1).to(u.deg) % (360 * u.deg)
+
+
+# --------------------------------------------------------------------------
+# Catalog assembly
+# --------------------------------------------------------------------------
+
+
+def _column_spec(aperture_ee):
+    """Ordered (name, unit, kind, description) of the JWST catalog columns."""
+    ee = [int(e) for e in aperture_ee]
+    big = ee[-1]
+    spec = [
+        ("label", None, "int", "Unique source identification label number"),
+        ("xcentroid", None, "float", "X pixel value of the source centroid (0 indexed)"),
+        ("ycentroid", None, "float", "Y pixel value of the source centroid (0 indexed)"),
+        ("sky_centroid", None, "sky", "ICRS Sky coordinate of the source centroid"),
+        ("aper_bkg_flux", u.Jy, "float",
+         "The local background value calculated as the sigma-clipped median value in the "
+         "background annulus aperture"),
+        ("aper_bkg_flux_err", u.Jy, "float",
+         "The standard error of the sigma-clipped median background value"),
+    ]
+    for kind, unit, label in (("flux", u.Jy, "Flux"), ("abmag", None, "AB magnitude"),
+                              ("vegamag", None, "Vega magnitude")):
+        for e in ee:
+            spec.append((f"aper{e}_{kind}", unit, "float",
+                         f"{label} within the {e}% encircled energy circular aperture"))
+            spec.append((f"aper{e}_{kind}_err", unit, "float",
+                         f"{label} error within the {e}% encircled energy circular aperture"))
+        spec.append((f"aper_total_{kind}", unit, "float",
+                     f"Total aperture-corrected {label.lower()} based on the {big}% encircled "
+                     "energy circular aperture; should be used only for unresolved sources."))
+        spec.append((f"aper_total_{kind}_err", unit, "float",
+                     f"Total aperture-corrected {label.lower()} error based on the {big}% "
+                     "encircled energy circular aperture; should be used only for unresolved "
+                     "sources."))
+    for i, j in ((0, 1), (1, 2), (0, 2)):
+        spec.append((f"CI_{ee[j]}_{ee[i]}", None, "float",
+                     f"Concentration index calculated as (aper{ee[j]}_flux / aper{ee[i]}_flux)"))
+    spec += [
+        ("is_extended", None, "bool", "Flag indicating whether the source is extended"),
+        ("sharpness", None, "float", "The DAOFind source sharpness statistic"),
+        ("roundness", None, "float", "The DAOFind source roundness statistic"),
+        ("nn_label", None, "int", "The label number of the nearest neighbor"),
+        ("nn_dist", u.pix, "float", "The distance in pixels to the nearest neighbor"),
+        ("isophotal_flux", u.Jy, "float", "Isophotal flux"),
+        ("isophotal_flux_err", u.Jy, "float", "Isophotal flux error"),
+        ("isophotal_abmag", None, "float", "Isophotal AB magnitude"),
+        ("isophotal_abmag_err", None, "float", "Isophotal AB magnitude error"),
+        ("isophotal_vegamag", None, "float", "Isophotal Vega magnitude"),
+        ("isophotal_vegamag_err", None, "float", "Isophotal Vega magnitude error"),
+        ("isophotal_area", u.pix**2, "float", "Isophotal area"),
+        ("semimajor_sigma", u.pix, "float",
+         "1-sigma standard deviation along the semimajor axis of the 2D Gaussian function "
+         "that has the same second-order central moments as the source"),
+        ("semiminor_sigma", u.pix, "float",
+         "1-sigma standard deviation along the semiminor axis of the 2D Gaussian function "
+         "that has the same second-order central moments as the source"),
+        ("ellipticity", None, "float",
+         "1 minus the ratio of the 1-sigma lengths of the semimajor and semiminor axes"),
+        ("orientation", u.deg, "float",
+         "The angle (degrees) between the positive X axis and the major axis (increases "
+         "counter-clockwise)"),
+        ("sky_orientation", u.deg, "float",
+         "The position angle (degrees) from North of the major axis"),
+        ("sky_bbox_ll", None, "sky",
+         "Sky coordinate of the lower-left vertex of the minimal bounding box of the source"),
+        ("sky_bbox_ul", None, "sky",
+         "Sky coordinate of the upper-left vertex of the minimal bounding box of the source"),
+        ("sky_bbox_lr", None, "sky",
+         "Sky coordinate of the lower-right vertex of the minimal bounding box of the source"),
+        ("sky_bbox_ur", None, "sky",
+         "Sky coordinate of the upper-right vertex of the minimal bounding box of the source"),
+    ]
+    return spec
+
+
+def _empty_value(unit, kind):
+    if kind == "sky":
+        return SkyCoord([], [], unit="deg")
+    dtype = {"int": np.int64, "bool": bool, "float": np.float64}[kind]
+    value = np.zeros(0, dtype=dtype)
+    return value << unit if unit is not None else value
+
+
+def _assemble(values, aperture_ee, meta):
+    table = QTable(meta=meta)
+    for name, unit, kind, desc in _column_spec(aperture_ee):
+        value = values[name] if values is not None else _empty_value(unit, kind)
+        if unit is not None and not isinstance(value, u.Quantity):
+            value = value << unit
+        elif unit is not None:
+            value = value.to(unit)
+        table[name] = value
+        table[name].info.description = desc
+    for name in table.colnames:
+        if name in ("xcentroid", "ycentroid") or name.startswith("CI_"):
+            table[name].info.format = ".4f"
+        elif "flux" in name:
+            table[name].info.format = ".6e"
+        elif ("mag" in name or name in ("nn_dist", "sharpness", "roundness", "semimajor_sigma",
+                                        "semiminor_sigma", "ellipticity", "orientation",
+                                        "sky_orientation")):
+            table[name].info.format = ".6f"
+    return table
+
+
+def make_source_catalog(
+    data, err, wcs, *, wht=None, pixar_sr, bkg_boxsize=1000, kernel_fwhm=2.0,
+    snr_threshold=3.0, npixels=5, deblend=False, aperture_ee1=30, aperture_ee2=50,
+    aperture_ee3=70, ci1_star_threshold=2.0, ci2_star_threshold=1.8, abvega_offset=None,
+    psf_fwhm=None, apcorr_table=None, min_psf_stars=3,
+):
+    """Detect sources on a mosaic and measure the JWST source-catalog columns.
+
+    Parameters
+    ----------
+    data : ndarray, shape (ny, nx)
+        Mosaic surface brightness, MJy/sr (the ``_i2d`` SCI array).  Not
+        modified.
+    err : ndarray, shape (ny, nx), or None
+        Total 1-sigma error of ``data``, MJy/sr.  None gives NaN in every
+        ``*_err`` column except ``aper_bkg_flux_err``.
+    wcs : gwcs.WCS
+        Maps zero-based pixel ``(x, y)`` to ICRS ``(RA, Dec)`` degrees.
+    wht : ndarray, shape (ny, nx), or None
+        Drizzle weight; pixels with ``wht == 0`` have no coverage.
+    pixar_sr : float
+        Solid angle of one mosaic pixel, steradians (JWST
+        ``meta.photometry.pixelarea_steradians``).
+    bkg_boxsize : int
+        Background mesh box size, pixels; clipped to the image size.
+    kernel_fwhm : float
+        FWHM (pixels) of the Gaussian smoothing kernel; also the DAOFind
+        kernel of ``sharpness``/``roundness`` and the fallback PSF FWHM.
+    snr_threshold : float
+        Detection threshold in units of the background RMS.
+    npixels : int
+        Minimum number of connected pixels of a source.
+    deblend : bool
+        Deblend overlapping sources.
+    aperture_ee1, aperture_ee2, aperture_ee3 : int
+        Encircled energies (percent, strictly increasing) of the apertures.
+    ci1_star_threshold, ci2_star_threshold : float
+        A source is extended when ``CI_ee2_ee1 > ci1_star_threshold`` and
+        ``CI_ee3_ee2 > ci2_star_threshold``.
+    abvega_offset : float or None
+        ``m_AB - m_Vega``; None (no ABVEGAOFFSET reference) leaves the Vega
+        magnitudes NaN.
+    psf_fwhm : float or None
+        If given, the aperture radii come from a Gaussian PSF of this FWHM
+        (pixels) instead of being measured on the mosaic.
+    apcorr_table : astropy.table.Table or None
+        APCORR-like table with columns ``eefraction`` (0-1), ``radius``
+        (mosaic pixels), ``apcorr`` and optionally ``skyin``/``skyout``
+        (pixels); takes precedence over ``psf_fwhm``.
+    min_psf_stars : int
+        Minimum number of stars for the measured encircled-energy curve.
+
+    Returns
+    -------
+    catalog : astropy.table.QTable
+        One row per source with the JWST columns (see `_column_spec`):
+        fluxes in Jy, magnitudes as plain floats, sizes in pix, angles in
+        deg, ``sky_*`` as `~astropy.coordinates.SkyCoord`.  ``meta`` holds
+        ``aperture_params``, ``abvega_offset``, ``pixar_sr`` and the
+        detection settings.  A table with no rows (same columns) when
+        nothing is found.
+    segmentation : ndarray of int32, shape (ny, nx)
+        Source labels (equal to the ``label`` column), 0 = background.
+
+    Notes
+    -----
+    ``aper_total_flux`` is meaningful for point sources only.  The default
+    ``ci1/ci2_star_threshold`` (2.0, 1.8) suit JWST PSFs with extended
+    wings; for a nearly Gaussian PSF a resolved source cannot exceed
+    ``(r_ee2 / r_ee1)**2 = 1.94`` in ``CI_50_30``, so lower thresholds are
+    needed there.
+    """
+    data = np.asarray(data)
+    if data.ndim != 2:
+        raise ValueError(f"data must be a 2D array, got {data.ndim} dimensions")
+    shape = data.shape
+    data = data.astype(np.float64)
+    err = _validate_image("err", err, shape)
+    wht = _validate_image("wht", wht, shape)
+    _check_positive("pixar_sr", pixar_sr)
+    _check_positive("bkg_boxsize", bkg_boxsize, integer=True)
+    _check_positive("kernel_fwhm", kernel_fwhm)
+    _check_positive("snr_threshold", snr_threshold)
+    _check_positive("npixels", npixels, integer=True)
+    _check_positive("min_psf_stars", min_psf_stars, integer=True)
+    aperture_ee = _validate_aperture_ee((aperture_ee1, aperture_ee2, aperture_ee3))
+    for name, value in (("ci1_star_threshold", ci1_star_threshold),
+                        ("ci2_star_threshold", ci2_star_threshold)):
+        if not (np.isscalar(value) and np.isfinite(value)):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if abvega_offset is not None and not (np.isscalar(abvega_offset) and np.isfinite(abvega_offset)):
+        raise ValueError(f"abvega_offset must be a finite number or None, got {abvega_offset!r}")
+    if psf_fwhm is not None:
+        _check_positive("psf_fwhm", psf_fwhm)
+    npixels = int(npixels)
+
+    coverage = ~np.isfinite(data)
+    if wht is not None:
+        coverage |= ~(np.isfinite(wht) & (wht > 0))
+    box = (min(int(bkg_boxsize), shape[0]), min(int(bkg_boxsize), shape[1]))
+    meta = {
+        "pixar_sr": float(pixar_sr),
+        "bkg_boxsize": box,
+        "kernel_fwhm": float(kernel_fwhm),
+        "snr_threshold": float(snr_threshold),
+        "npixels": npixels,
+        "deblend": bool(deblend),
+        "ci_star_thresholds": (float(ci1_star_threshold), float(ci2_star_threshold)),
+        "abvega_offset": abvega_offset,
+    }
+    empty_segm = np.zeros(shape, dtype=np.int32)
+    if coverage.all():
+        log.warning("No pixel has coverage; the source catalog is empty")
+        return _assemble(None, aperture_ee, meta), empty_segm
+
+    # 1-3: background, subtraction, convolution, detection.
+    filled = np.where(coverage, 0.0, data)
+    bkg = _background(filled, box, coverage)
+    sub = np.where(coverage, 0.0, filled - bkg.background)
+    threshold = snr_threshold * bkg.background_rms
+    segm, convolved = detect_segments(
+        sub, threshold, kernel_fwhm=kernel_fwhm, npixels=npixels, deblend=deblend,
+        mask=coverage,
+    )
+    if segm is None:
+        log.warning("No sources were found; the source catalog is empty")
+        return _assemble(None, aperture_ee, meta), empty_segm
+    log.info("Detected %d sources", segm.n_labels)
+
+    # 4: segment properties, in Jy.
+    to_jy = 1.0e6 * pixar_sr
+    data_jy = sub * to_jy
+    err_jy = None if err is None else np.where(coverage | ~np.isfinite(err), 0.0, err) * to_jy
+    scat = SourceCatalog(
+        data_jy << u.Jy, segm, convolved_data=(convolved * to_jy) << u.Jy,
+        error=None if err_jy is None else err_jy << u.Jy, mask=coverage, wcs=wcs,
+    )
+    labels = np.asarray(scat.label, dtype=np.int64)
+    n = labels.size
+    xy = np.column_stack([np.asarray(scat.x_centroid, float), np.asarray(scat.y_centroid, float)])
+    finite_xy = np.all(np.isfinite(xy), axis=1)
+    xy_phot = np.where(finite_xy[:, None], xy, -1000.0)  # off the image: NaN photometry
+
+    # Nearest neighbours.
+    if n > 1:
+        dist, idx = KDTree(xy_phot).query(xy_phot, k=[2])
+        nn_dist = dist[:, 0].astype(float)
+        nn_label = labels[idx[:, 0]]
+        nn_dist[~finite_xy] = np.nan
+        nn_label[~finite_xy] = -1
+    else:
+        nn_dist = np.full(n, np.nan)
+        nn_label = np.full(n, -1, dtype=np.int64)
+
+    # 5: aperture radii and corrections.
+    if apcorr_table is not None:
+        params = _apcorr_from_table(apcorr_table, aperture_ee)
+    elif psf_fwhm is not None:
+        params = _gaussian_params(float(psf_fwhm), aperture_ee, "psf_fwhm")
+    else:
+        rms_jy = bkg.background_rms * to_jy
+        area = np.asarray(scat.area.value, dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            noise = np.sqrt(np.asarray(
+                ndimage.sum_labels(rms_jy**2, segm.data, index=labels), dtype=float))
+            snr = np.asarray(scat.segment_flux.value, float) / noise
+        snr[~(area > 0)] = np.nan
+        params = _self_calibrated_params(
+            sub, coverage, np.asarray(scat.fwhm.value, float), snr, xy_phot, nn_dist,
+            aperture_ee, float(kernel_fwhm), int(min_psf_stars),
+        )
+    meta["aperture_params"] = params.as_dict()
+
+    # 6: local background and aperture photometry (Jy).
+    bkg_loc, bkg_loc_err = _local_background(
+        data_jy, xy_phot, params.bkg_aperture_inner_radius, params.bkg_aperture_outer_radius,
+        mask=coverage,
+    )
+    sums, sum_errs = _aperture_sums(data_jy, xy_phot, params.aperture_radii, err_jy, coverage)
+    areas = np.pi * np.asarray(params.aperture_radii) ** 2
+    fluxes = sums - bkg_loc[:, None] * areas[None, :]
+
+    values = {
+        "label": labels,
+        "xcentroid": xy[:, 0],
+        "ycentroid": xy[:, 1],
+        "sky_centroid": scat.sky_centroid,
+        "aper_bkg_flux": bkg_loc,
+        "aper_bkg_flux_err": bkg_loc_err,
+    }
+    vega = np.nan if abvega_offset is None else float(abvega_offset)
+    total = params.aperture_corrections[-1] * fluxes[:, -1]
+    total_err = params.aperture_corrections[-1] * sum_errs[:, -1]
+    flux_cols = [(f"aper{e}", fluxes[:, k], sum_errs[:, k]) for k, e in enumerate(aperture_ee)]
+    flux_cols.append(("aper_total", total, total_err))
+    for stem, f, fe in flux_cols:
+        mag, mag_err = flux_to_abmag(f, fe)
+        values[f"{stem}_flux"] = f
+        values[f"{stem}_flux_err"] = fe
+        values[f"{stem}_abmag"] = mag
+        values[f"{stem}_abmag_err"] = mag_err
+        values[f"{stem}_vegamag"] = mag - vega
+        values[f"{stem}_vegamag_err"] = mag_err if abvega_offset is not None else mag_err * np.nan
+
+    # 7: concentration, morphology, neighbours.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ci = {(i, j): fluxes[:, j] / fluxes[:, i] for i, j in ((0, 1), (1, 2), (0, 2))}
+    for (i, j), value in ci.items():
+        values[f"CI_{aperture_ee[j]}_{aperture_ee[i]}"] = value
+    values["is_extended"] = (ci[(0, 1)] > ci1_star_threshold) & (ci[(1, 2)] > ci2_star_threshold)
+    sharp, rnd = _daofind_stats(data_jy, xy_phot, float(kernel_fwhm))
+    sharp[~finite_xy] = np.nan
+    rnd[~finite_xy] = np.nan
+    values["sharpness"] = sharp
+    values["roundness"] = rnd
+    values["nn_label"] = nn_label
+    values["nn_dist"] = nn_dist
+
+    iso = np.asarray(scat.segment_flux.to_value(u.Jy), float)
+    iso_err = (np.full(n, np.nan) if err_jy is None
+               else np.asarray(scat.segment_flux_err.to_value(u.Jy), float))
+    iso_mag, iso_mag_err = flux_to_abmag(iso, iso_err)
+    values.update({
+        "isophotal_flux": iso,
+        "isophotal_flux_err": iso_err,
+        "isophotal_abmag": iso_mag,
+        "isophotal_abmag_err": iso_mag_err,
+        "isophotal_vegamag": iso_mag - vega,
+        "isophotal_vegamag_err": iso_mag_err if abvega_offset is not None else iso_mag_err * np.nan,
+        "isophotal_area": scat.area,
+        "semimajor_sigma": scat.semimajor_axis,
+        "semiminor_sigma": scat.semiminor_axis,
+        "ellipticity": np.asarray(scat.ellipticity, float),
+        "orientation": scat.orientation,
+        "sky_orientation": _sky_orientation(wcs, xy_phot, np.asarray(scat.orientation.value)),
+        "sky_bbox_ll": scat.sky_bbox_ll,
+        "sky_bbox_ul": scat.sky_bbox_ul,
+        "sky_bbox_lr": scat.sky_bbox_lr,
+        "sky_bbox_ur": scat.sky_bbox_ur,
+    })
+    for key in ("sky_centroid", "sky_bbox_ll", "sky_bbox_ul", "sky_bbox_lr", "sky_bbox_ur"):
+        if not isinstance(values[key], SkyCoord) or values[key].isscalar:
+            values[key] = SkyCoord(np.atleast_1d(values[key].ra), np.atleast_1d(values[key].dec))
+    for key, value in values.items():
+        if not isinstance(value, SkyCoord):
+            values[key] = np.atleast_1d(value)
+    return _assemble(values, aperture_ee, meta), segm.data.astype(np.int32)
