@@ -85,8 +85,8 @@ class SimulationSettings:
         Largest dither offset as a fraction of the detector size.
     cr_density : float
         Cosmic-ray events per pixel per exposure (left unflagged).
-    n_hot : int
-        Unflagged hot pixels per exposure.
+    n_hot : int or None
+        Unflagged hot pixels per exposure; None scales 5 per 512x512.
     crval : tuple of float
         Field centre (RA, Dec), degrees.
     position_angle : float
@@ -115,8 +115,8 @@ class SimulationSettings:
         shift_error=0.15,
         rotation_error=0.01,
         dither_fraction=0.06,
-        cr_density=4e-4,
-        n_hot=20,
+        cr_density=1e-4,
+        n_hot=None,
         crval=(53.16, -27.79),
         position_angle=30.0,
         offsets=None,
@@ -130,7 +130,7 @@ class SimulationSettings:
         self.n_exposures = int(n_exposures)
         self.shape = tuple(int(s) for s in shape)
         area_scale = self.shape[0] * self.shape[1] / 512.0**2
-        self.n_stars = int(n_stars if n_stars is not None else round(60 * area_scale))
+        self.n_stars = int(n_stars if n_stars is not None else round(100 * area_scale))
         self.n_galaxies = int(n_galaxies if n_galaxies is not None else round(25 * area_scale))
         self.pixel_scale = float(pixel_scale)
         self.psf_fwhm = float(psf_fwhm)
@@ -141,7 +141,7 @@ class SimulationSettings:
         self.rotation_error = float(rotation_error)
         self.dither_fraction = float(dither_fraction)
         self.cr_density = float(cr_density)
-        self.n_hot = int(n_hot)
+        self.n_hot = int(n_hot if n_hot is not None else round(5 * area_scale))
         self.crval = tuple(float(c) for c in crval)
         self.position_angle = float(position_angle)
         self.offsets = offsets

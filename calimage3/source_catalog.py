@@ -84,14 +84,16 @@ _SIGMA_CLIP = 3.0
 
 # Self-calibrated aperture radii: normalisation radius and background annulus
 # in units of the PSF FWHM, radius grid of the curve of growth (pixels).
-_NORM_RADIUS_FWHM = 4.0
-_BKG_OUTER_FWHM = 6.0
+_NORM_RADIUS_FWHM = 3.0
+_BKG_OUTER_FWHM = 5.0
 _MIN_ANNULUS_WIDTH = 3.0
 _EE_RADIUS_STEP = 0.05
 # PSF-star selection: minimum detection significance and the half-width of
 # the stellar locus in FWHM (fractional).
 _PSF_STAR_MIN_SNR = 30.0
 _PSF_LOCUS_TOL = 0.12
+# At most this many (the most significant) stars enter the curve of growth.
+_MAX_PSF_STARS = 100
 
 
 class ApertureParams(NamedTuple):
@@ -146,7 +148,7 @@ class EncircledEnergy(NamedTuple):
     radius_grid : ndarray of float, shape (n_r,)
         Radii (pixels) at which the curve is sampled.
     curve : ndarray of float, shape (n_r,)
-        Median over stars of the background-subtracted curve of growth
+        Weighted median over stars of the background-subtracted curve of growth
         normalised to 1 at ``norm_radius``; made non-decreasing.
     n_stars : int
         Number of stars whose curves were combined.
@@ -212,7 +214,7 @@ def flux_to_abmag(flux, flux_err):
     Returns
     -------
     abmag, abmag_err : ndarray of float
-        ``-2.5 log10(flux / 3631 Jy)`` and ``2.5 log10(1 + flux_err / flux)``
+        ``-2.5 log10(flux / Jy) + 8.9`` and ``2.5 log10(1 + flux_err / flux)``
         as JWST computes them; NaN where ``flux`` is not positive.
     """
     f = np.atleast_1d(u.Quantity(flux, u.Jy).value).astype(float)
@@ -462,12 +464,16 @@ def gaussian_ee_radii(fwhm, aperture_ee):
 
 
 def _local_background(data, positions, r_in, r_out, mask=None):
-    """Sigma-clipped median and its standard error in annuli; one loop over sources."""
+    """Sigma-clipped median, its standard error and the clipped std in annuli.
+
+    One Python loop over sources (not pixels), as the annuli differ in size.
+    """
     n = len(positions)
     med = np.full(n, np.nan)
     err = np.full(n, np.nan)
+    std = np.full(n, np.nan)
     if n == 0:
-        return med, err
+        return med, err, std
     values_src = np.where(mask, np.nan, data) if mask is not None else data
     clip = SigmaClip(sigma=_SIGMA_CLIP)
     annuli = CircularAnnulus(positions, r_in, r_out).to_mask(method="center")
@@ -483,8 +489,9 @@ def _local_background(data, positions, r_in, r_out, mask=None):
                 continue
             vals = clip(vals, masked=False)
             med[i] = np.median(vals)
-            err[i] = np.sqrt(np.pi / (2.0 * vals.size)) * np.std(vals)
-    return med, err
+            std[i] = np.std(vals)
+            err[i] = np.sqrt(np.pi / (2.0 * vals.size)) * std[i]
+    return med, err, std
 
 
 def _aperture_sums(data, positions, radii, error=None, mask=None):
@@ -509,6 +516,27 @@ def _aperture_sums(data, positions, radii, error=None, mask=None):
     return sums, errs
 
 
+def _radius_at(curve, grid, fraction):
+    """Radius where a non-decreasing sampled curve first reaches ``fraction`` (linear)."""
+    j = int(np.searchsorted(curve, fraction))
+    if j == 0:
+        return float(grid[0] * fraction / curve[0]) if curve[0] > 0 else float(grid[0])
+    if j >= grid.size:
+        return float(grid[-1])
+    return float(grid[j - 1] + (fraction - curve[j - 1]) / (curve[j] - curve[j - 1])
+                 * (grid[j] - grid[j - 1]))
+
+
+def _weighted_median(values, weights):
+    """Weighted median along axis 0 of ``values`` (n, m) with weights (n,)."""
+    order = np.argsort(values, axis=0)
+    sorted_vals = np.take_along_axis(values, order, axis=0)
+    cum = np.cumsum(weights[order], axis=0)
+    half = 0.5 * cum[-1]
+    idx = np.argmax(cum >= half[None, :], axis=0)
+    return sorted_vals[idx, np.arange(values.shape[1])]
+
+
 def encircled_energy_radii(
     data, positions, aperture_ee, *, norm_radius, bkg_inner=None, bkg_outer=None,
     radius_step=_EE_RADIUS_STEP, mask=None,
@@ -518,8 +546,11 @@ def encircled_energy_radii(
     The curve of growth of each star (exact circular apertures every
     ``radius_step`` pixels out to ``norm_radius``, minus the sigma-clipped
     median of the ``bkg_inner``-``bkg_outer`` annulus times the aperture
-    area) is divided by its value at ``norm_radius``; the median over the
-    stars, made non-decreasing, is interpolated linearly for each energy.
+    area) is divided by its value at ``norm_radius``.  The curves are
+    combined by a weighted median at each radius, weights ``(flux /
+    noise)**2`` of each star's normalising flux (equal weights when the
+    annuli show no noise); the result, made non-decreasing, is interpolated
+    linearly for each energy.
 
     Parameters
     ----------
@@ -569,20 +600,24 @@ def encircled_energy_radii(
     if positions.size == 0:
         return EncircledEnergy(np.full(ee.shape, np.nan), grid, np.full(grid.shape, np.nan), 0)
     sums, _ = _aperture_sums(data, positions, grid, mask=mask)
-    bkg, _ = _local_background(data, positions, bkg_inner, bkg_outer, mask=mask)
+    bkg, bkg_err, bkg_std = _local_background(data, positions, bkg_inner, bkg_outer, mask=mask)
     curves = sums - bkg[:, None] * (np.pi * grid**2)[None, :]
+    total = curves[:, -1]
+    area = np.pi * norm_radius**2
+    # Noise of each star's normalising flux: pixel noise over the aperture
+    # plus the error of the background level times the aperture area.
+    total_err = np.sqrt(bkg_std**2 * area + (bkg_err * area) ** 2)
     with np.errstate(divide="ignore", invalid="ignore"):
-        curves = curves / curves[:, -1:]
-    good = np.all(np.isfinite(curves), axis=1) & (sums[:, -1] - bkg * np.pi * norm_radius**2 > 0)
+        curves = curves / total[:, None]
+        weight = (total / total_err) ** 2
+    good = np.all(np.isfinite(curves), axis=1) & (total > 0)
     if not good.any():
         return EncircledEnergy(np.full(ee.shape, np.nan), grid, np.full(grid.shape, np.nan), 0)
-    curve = np.maximum.accumulate(np.median(curves[good], axis=0))
-    # np.interp needs increasing abscissae: take the first radius reaching each level.
-    radii = np.array([grid[min(np.searchsorted(curve, f), grid.size - 1)] for f in ee])
-    for k, f in enumerate(ee):
-        j = np.searchsorted(curve, f)
-        if 0 < j < grid.size and curve[j] > curve[j - 1]:
-            radii[k] = grid[j - 1] + (f - curve[j - 1]) / (curve[j] - curve[j - 1]) * radius_step
+    weight = weight[good]
+    if not np.all(np.isfinite(weight) & (weight > 0)):  # e.g. noiseless data
+        weight = np.ones_like(weight)
+    curve = np.maximum.accumulate(_weighted_median(curves[good], weight))
+    radii = np.array([_radius_at(curve, grid, f) for f in ee])
     return EncircledEnergy(radii, grid, curve, int(good.sum()))
 
 
@@ -624,7 +659,9 @@ def select_psf_stars(fwhm, snr, nn_dist, *, min_snr=_PSF_STAR_MIN_SNR, tol=_PSF_
         return stars, np.nan
     logf = np.log(fwhm[cand])
     width = np.log1p(tol)
-    counts = (np.abs(logf[:, None] - logf[None, :]) <= width).sum(axis=1)
+    ordered = np.sort(logf)
+    counts = (np.searchsorted(ordered, logf + width, side="right")
+              - np.searchsorted(ordered, logf - width, side="left"))
     counts[logf > np.median(logf)] = -1  # the locus is at the compact end
     centre = np.median(logf[np.abs(logf - logf[np.argmax(counts)]) <= width])
     stars[cand] = np.abs(logf - centre) <= width
@@ -665,32 +702,54 @@ def _gaussian_params(fwhm, aperture_ee, method):
 
 def _self_calibrated_params(data, mask, cat_fwhm, snr, xy, nn_dist, aperture_ee, kernel_fwhm,
                             min_psf_stars):
-    """Aperture parameters from the curve of growth of the mosaic's own stars."""
+    """Aperture parameters from the curve of growth of the mosaic's own stars.
+
+    The stellar locus comes from the moment FWHM on the convolved image
+    (`select_psf_stars`); of the locus stars whose normalisation aperture
+    lies inside the image and that have no detected neighbour within the
+    background annulus, the ``_MAX_PSF_STARS`` most significant are used.
+    The locus FWHM, with the kernel removed in quadrature,
+    sets a first normalisation radius.  Moments inside a thresholded
+    segment underestimate the width, so the curve is measured twice: the
+    second time with ``FWHM = 2 x`` the half-light radius of the first
+    curve (exact for a Gaussian).
+    """
     ny, nx = data.shape
     locus, locus_fwhm = select_psf_stars(cat_fwhm, snr, nn_dist)
+    x, y = xy[:, 0], xy[:, 1]
+    best = None  # (curve result, FWHM, normalisation radius, annulus outer radius)
     if locus.sum() >= min_psf_stars:
-        # Moments come from the convolved image: remove the kernel in quadrature.
         psf_fwhm = float(np.sqrt(max(locus_fwhm**2 - kernel_fwhm**2, 1.0)))
-        norm_radius = _NORM_RADIUS_FWHM * psf_fwhm
-        r_out = max(_BKG_OUTER_FWHM * psf_fwhm, norm_radius + _MIN_ANNULUS_WIDTH)
-        x, y = xy[:, 0], xy[:, 1]
-        inside = (x - norm_radius >= 0) & (x + norm_radius <= nx - 1)
-        inside &= (y - norm_radius >= 0) & (y + norm_radius <= ny - 1)
-        stars = locus & inside & (nn_dist >= r_out)
-        if stars.sum() >= min_psf_stars:
+        for _ in range(2):
+            norm_radius = _NORM_RADIUS_FWHM * psf_fwhm
+            r_out = max(_BKG_OUTER_FWHM * psf_fwhm, norm_radius + _MIN_ANNULUS_WIDTH)
+            inside = (x - norm_radius >= 0) & (x + norm_radius <= nx - 1)
+            inside &= (y - norm_radius >= 0) & (y + norm_radius <= ny - 1)
+            stars = locus & inside & (nn_dist >= r_out)
+            if stars.sum() > _MAX_PSF_STARS:
+                order = np.argsort(np.where(stars, -snr, np.inf))
+                stars = np.zeros_like(stars)
+                stars[order[:_MAX_PSF_STARS]] = True
+            if stars.sum() < min_psf_stars:
+                break
             eec = encircled_energy_radii(
                 data, xy[stars], aperture_ee, norm_radius=norm_radius, bkg_inner=norm_radius,
                 bkg_outer=r_out, mask=mask,
             )
-            if eec.n_stars >= min_psf_stars and np.all(np.isfinite(eec.radii)):
-                log.info(
-                    "Aperture radii %s pix from the curve of growth of %d stars (FWHM %.2f pix)",
-                    np.round(eec.radii, 3), eec.n_stars, psf_fwhm,
-                )
-                return ApertureParams(
-                    aperture_ee, eec.radii, 100.0 / aperture_ee, norm_radius, r_out,
-                    "psf_stars", psf_fwhm, eec.n_stars,
-                )
+            if eec.n_stars < min_psf_stars or not np.all(np.isfinite(eec.radii)):
+                break
+            best = (eec, psf_fwhm, norm_radius, r_out)
+            psf_fwhm = 2.0 * _radius_at(eec.curve, eec.radius_grid, 0.5)
+    if best is not None:
+        eec, psf_fwhm, norm_radius, r_out = best
+        log.info(
+            "Aperture radii %s pix from the curve of growth of %d stars (FWHM %.2f pix)",
+            np.round(eec.radii, 3), eec.n_stars, psf_fwhm,
+        )
+        return ApertureParams(
+            aperture_ee, eec.radii, 100.0 / aperture_ee, norm_radius, r_out,
+            "psf_stars", float(psf_fwhm), eec.n_stars,
+        )
     log.warning(
         "Fewer than %d bright isolated point sources: aperture radii from a Gaussian PSF "
         "of FWHM kernel_fwhm=%s pix", min_psf_stars, kernel_fwhm,
@@ -1040,7 +1099,7 @@ def make_source_catalog(
     meta["aperture_params"] = params.as_dict()
 
     # 6: local background and aperture photometry (Jy).
-    bkg_loc, bkg_loc_err = _local_background(
+    bkg_loc, bkg_loc_err, _ = _local_background(
         data_jy, xy_phot, params.bkg_aperture_inner_radius, params.bkg_aperture_outer_radius,
         mask=coverage,
     )

@@ -23,6 +23,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import erf
 from astropy.stats import sigma_clipped_stats
 from astropy.table import Table
 from astropy.utils.exceptions import AstropyUserWarning
@@ -319,6 +320,7 @@ def detect_sources(
     y = np.asarray(sources[_column(sources, "y_centroid", "ycentroid")], dtype=float)
     flux = np.asarray(sources["flux"], dtype=float)
     keep = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux)
+    keep &= ~_sharper_than_psf(work, x, y, kernel_fwhm)
     order = np.argsort(-flux[keep], kind="stable")
     x, y, flux = x[keep][order], y[keep][order], flux[keep][order]
     if recenter:
@@ -337,6 +339,30 @@ def detect_sources(
         x, y, flux = x[:brightest], y[:brightest], flux[:brightest]
     catalog = Table([x, y, flux], names=_CATALOG_COLUMNS)
     return catalog
+
+
+def _sharper_than_psf(image, x, y, kernel_fwhm):
+    """Detections too sharp to be point sources: residual cosmic rays and hot pixels.
+
+    The brightest pixel of a detection's 3x3 box holds ~20% of the box's
+    light for a PSF of FWHM 2-2.5 pixels, but 50-100% for a one-to-three
+    pixel cosmic-ray hit.  Detections whose peak fraction exceeds twice
+    that of a Gaussian of ``kernel_fwhm`` (and at least one half) are
+    rejected; for FWHM near one pixel nothing is rejected.
+    """
+    ny, nx = image.shape
+    ix = np.clip(np.round(x).astype(int), 1, nx - 2)
+    iy = np.clip(np.round(y).astype(int), 1, ny - 2)
+    offsets = np.arange(-1, 2)
+    boxes = image[iy[:, None, None] + offsets[None, :, None], ix[:, None, None] + offsets[None, None, :]]
+    boxes = np.clip(boxes, 0.0, None)
+    total = boxes.sum(axis=(1, 2))
+    peak_fraction = np.where(total > 0, boxes.max(axis=(1, 2)) / np.where(total > 0, total, 1.0), 1.0)
+    sigma = kernel_fwhm / 2.3548
+    centre = erf(0.5 / (np.sqrt(2.0) * sigma)) ** 2
+    box = erf(1.5 / (np.sqrt(2.0) * sigma)) ** 2
+    limit = max(0.5, 2.0 * centre / box)
+    return peak_fraction > limit
 
 
 # --------------------------------------------------------------------------

@@ -118,7 +118,7 @@ def test_weight_bad_input():
 
 
 def test_weights_set_the_mean():
-    """ivm weighting combines two same-grid exposures as the inverse-variance mean; exptime as the time-weighted mean."""
+    """Two same-grid exposures combine as the inverse-variance (ivm) or time-weighted mean."""
     wcs = _shift_wcs(SHAPE, 0, 0)
     a = _exposure(wcs, np.full(SHAPE, 1.0), var_rnoise=1.0, exptime=100.0)
     b = _exposure(wcs, np.full(SHAPE, 4.0), var_rnoise=0.25, exptime=300.0)
@@ -146,7 +146,7 @@ def test_context_bits():
     assert con[0, 4, 1] == 0b11  # exposures 0 and 1
     assert con[0, 4, 7] == 0xFF  # exposures 0..7
     assert con[1, 4, 39] == 1 and con[0, 4, 39] == 0  # only exposure 32
-    assert np.uint32(con[0, 4, 31].view(np.uint32)) == np.uint32(0xFF000000)  # exposures 24..31
+    assert con[0].view(np.uint32)[4, 31] == 0xFF000000  # exposures 24..31
     assert out["data"][4, 39] == 1.0
 
 
@@ -167,7 +167,7 @@ def _identity(ny, nx, dx=0.0, dy=0.0):
     ],
 )
 def test_variance_propagation(shift, n_exp, method, factor):
-    """Uniform variances on a same-scale grid come out as var/N (jwst) or var*sum(a**2)/N (squared weights)."""
+    """Uniform variance on a same-scale grid gives var/N (jwst) or var*sum(a**2)/N (squared)."""
     shape = (32, 32)
     wcs = _shift_wcs(shape, 0, 0)
     resampler = ResampledImage(wcs, shape, variance_method=method)
@@ -176,14 +176,10 @@ def test_variance_propagation(shift, n_exp, method, factor):
         resampler.add_exposure(exp, pixmap=_identity(*shape, dx=shift, dy=shift))
     out = resampler.finalize()
     inner = np.s_[5:25, 5:25]
-    np.testing.assert_allclose(out["var_rnoise"][inner], 0.01 * factor / n_exp * n_exp ** (method == "jwst" and False), rtol=1e-4) if False else None
     np.testing.assert_allclose(out["var_rnoise"][inner], 0.01 * factor, rtol=1e-4)
     np.testing.assert_allclose(out["var_poisson"][inner], 0.04 * factor, rtol=1e-4)
     np.testing.assert_allclose(out["var_flat"][inner], 0.0009 * factor, rtol=1e-4)
     np.testing.assert_allclose(out["err"][inner], np.sqrt(0.0509 * factor), rtol=1e-4)
-    # Nothing lands on the first row when the grid is shifted up: variances are NaN there.
-    if shift >= 0.5:
-        assert np.all(np.isnan(out["var_rnoise"][0])) and np.all(np.isnan(out["err"][0]))
 
 
 @pytest.mark.parametrize("kernel", KERNELS)

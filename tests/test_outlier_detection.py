@@ -1,0 +1,194 @@
+"""Tests of calimage3.outlier_detection: sectioned median, derivative test, DQ flags."""
+
+import numpy as np
+import pytest
+
+from calimage3.dqflags import PIXEL
+from calimage3.exposure import Exposure
+from calimage3.outlier_detection import (
+    abs_derivative,
+    apply_outlier_flags,
+    compute_weight_threshold,
+    flag_outliers,
+    median_in_sections,
+    parse_pair,
+)
+from calimage3.resample import blot, drizzle_single
+from calimage3.wcs_tools import imaging_wcs, output_wcs, to_tangent_plane
+
+
+def test_parse_pair():
+    """JWST pair strings and 2-sequences become float pairs; anything else is rejected by name."""
+    assert parse_pair("5.0 4.0") == (5.0, 4.0)
+    assert parse_pair("1.2, 0.7") == (1.2, 0.7)
+    assert parse_pair((3, 2)) == (3.0, 2.0)
+    with pytest.raises(ValueError, match="snr: expected two numbers, got '5.0'"):
+        parse_pair("5.0", "snr")
+    with pytest.raises(ValueError, match="scale: expected two numbers"):
+        parse_pair("a b", "scale")
+
+
+def test_weight_threshold_is_clipped_mean():
+    """The threshold is maskpt x the 3-sigma-clipped mean of the non-zero weights."""
+    weight = np.zeros((10, 10))
+    weight[:, :8] = 4.0
+    weight[0, 0] = 1000.0  # clipped
+    weight[1, 1] = np.nan  # ignored
+    assert compute_weight_threshold(weight, 0.7) == pytest.approx(2.8)
+    assert compute_weight_threshold(np.zeros((3, 3)), 0.7) == 0.0
+
+
+def test_median_excludes_low_weight():
+    """A single whose weight is below maskpt x its typical weight is left out of the median."""
+    shape = (4, 6)
+    singles = [np.full(shape, v, np.float32) for v in (1.0, 2.0, 10.0)]
+    weights = [np.ones(shape, np.float32) for _ in range(3)]
+    weights[2][1, 2] = 0.5  # < 0.7 x 1: the 10 is excluded there
+    weights[1][:, 0] = 0.0  # no data from single 1 in column 0
+    singles[0][3, 5] = np.nan
+    median = median_in_sections(singles, weights, maskpt=0.7)
+    assert median.dtype == np.float32 and median.shape == shape
+    assert median[0, 3] == 2.0  # median of 1, 2, 10
+    assert median[1, 2] == 1.5  # median of 1, 2
+    assert median[2, 0] == 5.5  # median of 1, 10
+    assert median[3, 5] == 6.0  # median of 2, 10
+
+
+def test_median_nan_where_nothing_contributes():
+    """Pixels with no usable single are NaN."""
+    singles = [np.ones((3, 3), np.float32), np.full((3, 3), 3.0, np.float32)]
+    weights = [np.ones((3, 3)), np.ones((3, 3))]
+    weights[0][0, 0] = weights[1][0, 0] = 0.0
+    median = median_in_sections(singles, weights)
+    assert np.isnan(median[0, 0])
+    assert np.all(median.ravel()[1:] == 2.0)
+
+
+def test_median_sections_match_full_nanmedian(tmp_path):
+    """Section-by-section median of on-disk memmaps equals np.nanmedian of the whole masked stack."""
+    rng = np.random.default_rng(7)
+    n, shape = 5, (53, 37)
+    singles, weights, full = [], [], []
+    for k in range(n):
+        sci = rng.normal(0, 1, shape).astype(np.float32)
+        sci[rng.random(shape) < 0.05] = np.nan
+        wht = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        wht[rng.random(shape) < 0.1] = 0.0
+        masked = np.where(wht >= compute_weight_threshold(wht, 0.7), sci, np.nan)
+        masked[wht == 0] = np.nan
+        full.append(masked)
+        for name, arr, store in (("sci", sci, singles), ("wht", wht, weights)):
+            path = tmp_path / f"{name}{k}.npy"
+            np.save(path, arr)
+            store.append(np.load(path, mmap_mode="r"))
+    with pytest.warns(RuntimeWarning, match="All-NaN"):
+        expected = np.nanmedian(np.stack(full), axis=0)
+    assert np.isnan(expected).any()
+    for rows in (1, 7, 53, 1000):
+        got = median_in_sections(singles, weights, rows_per_section=rows)
+        np.testing.assert_array_equal(got, expected.astype(np.float32))
+
+
+def test_median_bad_input():
+    """Mismatched lists, shapes and bad settings are rejected by name."""
+    a = [np.ones((3, 3))]
+    with pytest.raises(ValueError, match="weights: 2 weight images for 1 singles"):
+        median_in_sections(a, a * 2)
+    with pytest.raises(ValueError, match="maskpt: .*1.5"):
+        median_in_sections(a, a, maskpt=1.5)
+    with pytest.raises(ValueError, match="rows_per_section: .*0"):
+        median_in_sections(a, a, rows_per_section=0)
+    with pytest.raises(ValueError, match="image 1 has shapes"):
+        median_in_sections(a + [np.ones((3, 4))], a * 2)
+
+
+def test_abs_derivative():
+    """The derivative is the largest absolute difference with the 4 neighbours; NaN neighbours are skipped."""
+    arr = np.array([[0.0, 0.0, 0.0], [0.0, 5.0, 1.0], [0.0, 2.0, np.nan]])
+    expected = np.array([[0.0, 5.0, 1.0], [5.0, 5.0, 4.0], [2.0, 3.0, np.nan]])
+    np.testing.assert_array_equal(abs_derivative(arr), expected)
+
+
+def test_flag_outliers_thresholds():
+    """A pixel is flagged above scale1*deriv + snr1*err; neighbours join above the snr2/scale2 threshold."""
+    blot_img = np.zeros((7, 7))
+    err = np.ones((7, 7))
+    sci = np.zeros((7, 7))
+    sci[3, 3] = 5.5  # > 5 sigma: flagged
+    sci[3, 4] = 4.5  # < 5 but > 4 sigma, next to a flagged pixel: flagged
+    sci[0, 0] = 4.5  # > 4 sigma but isolated: not flagged
+    sci[6, 6] = 4.9  # below snr1
+    mask = flag_outliers(sci, err, blot_img, snr="5.0 4.0", scale="1.2 0.7")
+    assert mask.dtype == bool
+    assert set(zip(*np.nonzero(mask))) == {(3, 3), (3, 4)}
+    # A background offset in sci is removed by backg.
+    assert not flag_outliers(sci + 0.0, err, blot_img + 0.0, backg=1.0)[3, 4]
+    assert flag_outliers(sci + 1.0, err, blot_img, backg=1.0).sum() == 2
+
+
+def test_flag_outliers_derivative_protects_gradients():
+    """A difference on a steep blot gradient is not flagged when scale1 x derivative covers it."""
+    blot_img = np.zeros((5, 5))
+    blot_img[2, 2] = 100.0
+    sci = blot_img.copy()
+    sci[2, 2] = 80.0  # 20-sigma difference at the peak, derivative 100
+    err = np.ones((5, 5))
+    assert not flag_outliers(sci, err, blot_img).any()
+    assert flag_outliers(sci, err, blot_img, scale=(0.0, 0.0))[2, 2]
+
+
+def test_apply_outlier_flags():
+    """Flagged pixels get OUTLIER | DO_NOT_USE; others and the input array are untouched."""
+    dq = np.array([[0, PIXEL["SATURATED"]], [0, 0]], np.uint32)
+    mask = np.array([[False, True], [True, False]])
+    out = apply_outlier_flags(dq, mask)
+    both = PIXEL["OUTLIER"] | PIXEL["DO_NOT_USE"]
+    np.testing.assert_array_equal(out, [[0, PIXEL["SATURATED"] | both], [both, 0]])
+    assert dq[1, 0] == 0 and out.dtype == np.uint32
+    with pytest.raises(ValueError, match="mask: shape"):
+        apply_outlier_flags(dq, np.zeros((3, 3), bool))
+
+
+def test_cosmic_ray_next_to_star_flagged_not_star():
+    """End to end: a CR 7 pix from a bright undersampled star is flagged, the star is not."""
+    ra0, dec0, scale, shape = 150.0, 2.0, 0.031, (96, 96)
+    star = (ra0 + 2.0e-4, dec0 - 1.0e-4)
+    cosd = np.cos(np.deg2rad(dec0))
+    wcss = [
+        imaging_wcs(shape, (ra0 + dx * scale / 3600 / cosd, dec0 + dy * scale / 3600), scale, rot)
+        for dx, dy, rot in [(0.0, 0.0, 0.0), (3.37, -2.61, 0.3), (-4.21, 5.43, -0.2)]
+    ]
+    rng = np.random.default_rng(1)
+    sky, read_var, sigma = 0.5, 1e-4, 0.04  # MJy/sr, (MJy/sr)**2, arcsec
+    exposures = []
+    for wcs in wcss:
+        y, x = np.indices(shape, dtype=float)
+        image = np.zeros(shape)
+        for dy in (np.arange(5) + 0.5) / 5 - 0.5:
+            for dx in (np.arange(5) + 0.5) / 5 - 0.5:
+                xi, eta = to_tangent_plane(*wcs.forward_transform(x + dx, y + dy), *star)
+                image += np.exp(-(xi**2 + eta**2) * 3600**2 / (2 * sigma**2)) / 25
+        image *= 50.0 / (2 * np.pi * sigma**2)  # peak ~4500 MJy/sr
+        var = read_var + 4e-4 * image
+        data = image + sky + rng.normal(0.0, 1.0, shape) * np.sqrt(var)
+        exposures.append(Exposure(
+            data=data.astype(np.float32), err=np.sqrt(var).astype(np.float32),
+            dq=np.zeros(shape, np.uint32), wcs=wcs, var_rnoise=np.full(shape, read_var, np.float32),
+        ))
+    sx, sy = wcss[0].backward_transform(*star)
+    peak = (int(round(sy)), int(round(sx)))
+    cr = (peak[0], peak[1] + 7)
+    exposures[0].data[cr] += 5.0  # 500 sigma of the read noise
+    out_wcs, out_shape = output_wcs(wcss, [shape] * 3)
+    singles = [drizzle_single(e, out_wcs, out_shape, sky_level=sky) for e in exposures]
+    median = median_in_sections([s[0] for s in singles], [s[1] for s in singles])
+    masks = []
+    for exp, wcs in zip(exposures, wcss):
+        blotted = blot(median, out_wcs, wcs, shape)
+        masks.append(flag_outliers(exp.data, exp.err, blotted, backg=sky))
+    assert set(zip(*np.nonzero(masks[0]))) == {cr}
+    assert not masks[1].any() and not masks[2].any()
+    # Without the derivative term the star core itself would be flagged.
+    blotted = blot(median, out_wcs, wcss[0], shape)
+    naive = flag_outliers(exposures[0].data, exposures[0].err, blotted, scale=(0, 0), backg=sky)
+    assert naive[peak]
