@@ -14,9 +14,10 @@ The stages follow the JWST ``SourceCatalogStep`` on an ``_i2d`` product:
 3. The background-subtracted image is convolved with a normalised Gaussian
    of FWHM ``kernel_fwhm`` pixels.
 4. Segmentation: ``detect_sources`` on the convolved image with threshold
-   ``snr_threshold`` times the background RMS, ``npixels`` connected pixels
-   (8-connectivity); optionally deblending with 32 exponential levels and
-   contrast 0.001.
+   ``snr_threshold`` times the background RMS of the *unconvolved* image
+   (as JWST does, so the effective threshold in the smoothed image is
+   higher), ``npixels`` connected pixels (8-connectivity); optionally
+   deblending with 32 exponential levels and contrast 0.001.
 5. Segment properties with `photutils.segmentation.SourceCatalog` (centroids
    and shapes from the convolved image; isophotal flux from the data).
 6. Aperture photometry in three circular apertures enclosing
@@ -35,9 +36,11 @@ JWST takes the aperture radii and corrections from the APCORR reference file
 of preference, uses: an explicit ``apcorr_table`` with the APCORR columns;
 an explicit Gaussian ``psf_fwhm``; or the encircled-energy curve measured
 on the mosaic itself (`encircled_energy_radii`) from bright, isolated,
-compact sources (`select_psf_stars`), normalised at ``4 x FWHM``; with fewer
-than ``min_psf_stars`` usable stars it falls back to a Gaussian PSF of FWHM
-``kernel_fwhm``.  The measured curve cannot see the PSF energy outside the
+compact sources (`select_psf_stars`), normalised at ``3 x FWHM`` with the
+local background taken between 3 and 5 FWHM; with fewer than
+``min_psf_stars`` usable stars it falls back to a Gaussian PSF of FWHM
+``kernel_fwhm``.  The aperture correction of each aperture is then
+``100 / ee``.  The measured curve cannot see the PSF energy outside the
 normalisation radius, so for a real JWST PSF (a few per cent of the energy
 in far wings) ``aper_total_flux`` is the flux within that radius, not the
 flux to infinity.  ``meta['aperture_params']`` records what was used.
@@ -115,7 +118,10 @@ class ApertureParams(NamedTuple):
         ``'psf_stars'`` (curve of growth measured on the mosaic) or
         ``'kernel_fwhm'`` (Gaussian fallback of FWHM ``kernel_fwhm``).
     psf_fwhm : float
-        FWHM (pixels) of the PSF behind the radii; NaN for ``'apcorr_table'``.
+        FWHM (pixels) of the PSF behind the radii: the Gaussian FWHM for
+        ``'psf_fwhm'``/``'kernel_fwhm'``; for ``'psf_stars'`` the FWHM that
+        set the normalisation radius (twice the half-light radius of a
+        first curve); NaN for ``'apcorr_table'``.
     n_psf_stars : int
         Number of stars whose curves of growth were combined (0 unless
         ``method == 'psf_stars'``).
@@ -1027,12 +1033,12 @@ def make_source_catalog(
     box = (min(int(bkg_boxsize), shape[0]), min(int(bkg_boxsize), shape[1]))
     meta = {
         "pixar_sr": float(pixar_sr),
-        "bkg_boxsize": box,
+        "bkg_boxsize": list(box),
         "kernel_fwhm": float(kernel_fwhm),
         "snr_threshold": float(snr_threshold),
         "npixels": npixels,
         "deblend": bool(deblend),
-        "ci_star_thresholds": (float(ci1_star_threshold), float(ci2_star_threshold)),
+        "ci_star_thresholds": [float(ci1_star_threshold), float(ci2_star_threshold)],
         "abvega_offset": abvega_offset,
     }
     empty_segm = np.zeros(shape, dtype=np.int32)
@@ -1040,7 +1046,7 @@ def make_source_catalog(
         log.warning("No pixel has coverage; the source catalog is empty")
         return _assemble(None, aperture_ee, meta), empty_segm
 
-    # 1-3: background, subtraction, convolution, detection.
+    # 2-4: background, subtraction, convolution, detection.
     filled = np.where(coverage, 0.0, data)
     bkg = _background(filled, box, coverage)
     sub = np.where(coverage, 0.0, filled - bkg.background)
@@ -1054,7 +1060,7 @@ def make_source_catalog(
         return _assemble(None, aperture_ee, meta), empty_segm
     log.info("Detected %d sources", segm.n_labels)
 
-    # 4: segment properties, in Jy.
+    # 5: segment properties, in Jy.
     to_jy = 1.0e6 * pixar_sr
     data_jy = sub * to_jy
     err_jy = None if err is None else np.where(coverage | ~np.isfinite(err), 0.0, err) * to_jy
@@ -1079,7 +1085,7 @@ def make_source_catalog(
         nn_dist = np.full(n, np.nan)
         nn_label = np.full(n, -1, dtype=np.int64)
 
-    # 5: aperture radii and corrections.
+    # 6: aperture radii and corrections, local background, aperture photometry.
     if apcorr_table is not None:
         params = _apcorr_from_table(apcorr_table, aperture_ee)
     elif psf_fwhm is not None:
@@ -1098,7 +1104,6 @@ def make_source_catalog(
         )
     meta["aperture_params"] = params.as_dict()
 
-    # 6: local background and aperture photometry (Jy).
     bkg_loc, bkg_loc_err, _ = _local_background(
         data_jy, xy_phot, params.bkg_aperture_inner_radius, params.bkg_aperture_outer_radius,
         mask=coverage,

@@ -6,8 +6,10 @@
 #   ci/slurm_cluster.sh status   # daemons, sinfo, squeue
 #   ci/slurm_cluster.sh stop     # stop the daemons this script started
 #
-# Then, in the shell that submits jobs:
-#   export SLURM_CONF=${CALIMAGE3_SLURM_DIR:-/tmp/calimage3-slurm}/slurm.conf
+# The config is written to $CALIMAGE3_SLURM_DIR/slurm.conf and linked from
+# /etc/slurm/slurm.conf (only when that path is free), so sbatch, squeue and
+# the srun inside jobs find it with no environment variable; exporting
+# SLURM_CONF=$CALIMAGE3_SLURM_DIR/slurm.conf is harmless.
 #
 # Requirements (installing them is the caller's job, see .ci/slurm_setup.sh):
 # root, and Debian's `slurm-wlm` and `munge` packages (or any Slurm >= 22.05
@@ -30,6 +32,11 @@ NODE=$(hostname -s)
 MIN_JOB_AGE=${CALIMAGE3_SLURM_MIN_JOB_AGE:-600}
 # How long `start` waits for the node to become idle.
 START_TIMEOUT=${CALIMAGE3_SLURM_START_TIMEOUT:-60}
+# Slurm's compiled-in config path (Debian).  Clients find the config there
+# even without SLURM_CONF, which matters because the job-step executor of
+# snakemake-executor-plugin-slurm-jobstep drops every SLURM_* variable,
+# SLURM_CONF included, before its nested `srun`.
+SYSTEM_CONF=${CALIMAGE3_SLURM_SYSTEM_CONF:-/etc/slurm/slurm.conf}
 MUNGE_KEY=/etc/munge/munge.key
 MUNGE_SOCKET_DIR=/run/munge
 
@@ -122,7 +129,27 @@ Waittime=0
 NodeName=$NODE NodeAddr=127.0.0.1 NodeHostname=$NODE CPUs=$cpus RealMemory=$real_mb State=UNKNOWN
 PartitionName=main Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
+    link_system_conf
     log "wrote $CONF (node $NODE: CPUs=$cpus RealMemory=${real_mb} MB, MinJobAge=${MIN_JOB_AGE}s)"
+}
+
+link_system_conf() {
+    # Point $SYSTEM_CONF at our config; never overwrite a real cluster's file.
+    if [[ -L $SYSTEM_CONF && $(readlink "$SYSTEM_CONF") == "$CONF" ]]; then
+        return
+    fi
+    if [[ -e $SYSTEM_CONF || -L $SYSTEM_CONF ]]; then
+        die "$SYSTEM_CONF exists and is not ours; refusing to replace it (this script is for a throw-away test machine)"
+    fi
+    mkdir -p "$(dirname "$SYSTEM_CONF")"
+    ln -s "$CONF" "$SYSTEM_CONF"
+    log "linked $SYSTEM_CONF -> $CONF"
+}
+
+unlink_system_conf() {
+    if [[ -L $SYSTEM_CONF && $(readlink "$SYSTEM_CONF") == "$CONF" ]]; then
+        rm -f "$SYSTEM_CONF"
+    fi
 }
 
 start_munge() {
@@ -239,6 +266,7 @@ cmd_stop() {
         stop_pid "$MUNGE_SOCKET_DIR/munged.pid" munged
         rm -f "$DIR/run/munged.ours"
     fi
+    unlink_system_conf
 }
 
 cmd_status() {

@@ -188,7 +188,7 @@ def test_columns_units_and_meta(mosaic):
     assert cat["sky_orientation"].unit == u.deg
     assert isinstance(cat["sky_bbox_ur"], SkyCoord)
     assert cat["is_extended"].dtype == bool
-    assert cat.meta["pixar_sr"] == PIXAR_SR and cat.meta["bkg_boxsize"] == SHAPE
+    assert cat.meta["pixar_sr"] == PIXAR_SR and cat.meta["bkg_boxsize"] == list(SHAPE)
     np.testing.assert_allclose(
         cat["aper_total_abmag"], -2.5 * np.log10(cat["aper_total_flux"].to_value(u.Jy)) + 8.9)
     assert np.all(np.isnan(cat["aper_total_vegamag"]))  # abvega_offset=None
