@@ -59,7 +59,7 @@ from astropy.table import QTable
 from astropy.utils.exceptions import AstropyUserWarning
 from photutils.aperture import CircularAnnulus, CircularAperture, aperture_photometry
 from photutils.background import Background2D, MedianBackground
-from photutils.segmentation import SegmentationImage, SourceCatalog, detect_sources
+from photutils.segmentation import SourceCatalog, deblend_sources, detect_sources
 from photutils.utils.exceptions import NoDetectionsWarning
 from scipy import ndimage
 from scipy.spatial import KDTree
@@ -262,135 +262,12 @@ def _gaussian_kernel(fwhm):
     return kernel
 
 
-def _label_above(data, region, level, n_pixels, footprint):
-    """Connected regions of ``region & (data > level)`` with >= n_pixels; None if < 2."""
-    labels, n = ndimage.label(region & (data > level), structure=footprint)
-    if n < 2:
-        return None
-    sizes = np.bincount(labels.ravel())
-    small = sizes < n_pixels
-    small[0] = False
-    if small.any():
-        labels[small[labels]] = 0
-        keep = np.flatnonzero(~small)
-        if keep.size - 1 < 2:  # background plus fewer than two sources
-            return None
-        relabel = np.zeros(sizes.size, dtype=labels.dtype)
-        relabel[keep] = np.arange(keep.size)
-        labels = relabel[labels]
-    return labels
-
-
-def _split_markers(lower, upper, footprint):
-    """Replace lower-level regions that split into >= 2 upper-level regions."""
-    if lower is None:
-        return upper
-    both = (lower > 0) & (upper > 0)
-    pairs = np.unique(np.stack([lower[both], upper[both]]), axis=1)
-    nchild = np.bincount(pairs[0], minlength=lower.max() + 1)
-    split = nchild >= 2
-    if not split.any():
-        return lower
-    markers = lower > 0
-    in_split = split[lower]
-    markers[in_split] = upper[in_split] > 0
-    return ndimage.label(markers, structure=footprint)[0]
-
-
-def _flood(data, region, markers, footprint, n_steps=128):
-    """Watershed of ``-data`` from ``markers`` inside ``region`` by level flooding.
-
-    The region is flooded from its highest to its lowest value in
-    ``n_steps`` quantile levels; at each level every labelled basin grows
-    (geodesic 8-connected dilation) into the pixels above the level that
-    it touches.  Pixels reached by two basins in the same step go to the
-    higher label.
-    """
-    labels = markers.copy()
-    levels = np.quantile(data[region], np.linspace(1.0, 0.0, n_steps))
-    for level in list(levels) + [-np.inf]:
-        allowed = region & (data >= level)
-        while True:
-            grown = ndimage.grey_dilation(labels, footprint=footprint)
-            new = allowed & (labels == 0) & (grown > 0)
-            if not new.any():
-                break
-            labels[new] = grown[new]
-    return labels
-
-
-def _deblend_one(data, region, n_pixels, footprint):
-    """Deblend one segment; returns labels 1..m (m >= 2) in ``region``, or None."""
-    values = data[region]
-    vmin, vmax, vsum = values.min(), values.max(), values.sum()
-    if not vmin < vmax:
-        return None
-    frac = np.linspace(0.0, 1.0, _DEBLEND_NLEVELS + 2)
-    if _DEBLEND_MODE == "exponential" and vmin > 0:
-        levels = vmin * (vmax / vmin) ** frac
-    else:
-        levels = vmin + (vmax - vmin) * frac
-    markers = None
-    for level in levels[1:-1]:
-        upper = _label_above(data, region, level, n_pixels, footprint)
-        if upper is not None:
-            markers = _split_markers(markers, upper, footprint)
-    if markers is None or markers.max() < 2:
-        return None
-    while True:
-        labels = _flood(data, region, markers, footprint)
-        present = np.unique(labels[labels > 0])
-        if present.size < 2:
-            return None
-        flux = ndimage.sum_labels(data, labels, index=present) / vsum
-        if np.all(flux >= _DEBLEND_CONTRAST):
-            break
-        markers = labels.copy()
-        markers[labels == present[np.argmin(flux)]] = 0
-    relabel = np.zeros(labels.max() + 1, dtype=np.int32)
-    relabel[present] = np.arange(1, present.size + 1)
-    return relabel[labels]
-
-
 def _deblend(convolved, segm, n_pixels):
-    """Multi-threshold + watershed deblending of every segment.
-
-    Uses `photutils.segmentation.deblend_sources` when scikit-image (its
-    watershed) is importable; otherwise the same multi-thresholding with a
-    level-flooding watershed (`_flood`) built on `scipy.ndimage`.
-    """
-    try:
-        import skimage.segmentation  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        from photutils.segmentation import deblend_sources
-
-        return deblend_sources(
-            convolved, segm, n_pixels, n_levels=_DEBLEND_NLEVELS, contrast=_DEBLEND_CONTRAST,
-            mode=_DEBLEND_MODE, connectivity=_CONNECTIVITY, relabel=True, progress_bar=False,
-        )
-    footprint = np.ones((3, 3), dtype=bool)
-    seg = segm.data
-    out = seg.astype(np.int64)
-    next_label = int(seg.max()) + 1
-    for label, slc in enumerate(ndimage.find_objects(seg), start=1):
-        if slc is None:
-            continue
-        region = seg[slc] == label
-        if np.count_nonzero(region) < 2 * n_pixels:
-            continue
-        parts = _deblend_one(convolved[slc], region, n_pixels, footprint)
-        if parts is None:
-            continue
-        sub = out[slc]
-        nparts = int(parts.max())
-        new_ids = np.concatenate([[0, label], np.arange(next_label, next_label + nparts - 1)])
-        sub[region] = new_ids[parts[region]]
-        next_label += nparts - 1
-    result = SegmentationImage(out.astype(np.int32))
-    result.relabel_consecutive()
-    return result
+    """Multi-threshold + watershed deblending of every segment (photutils, as jwst)."""
+    return deblend_sources(
+        convolved, segm, n_pixels, n_levels=_DEBLEND_NLEVELS, contrast=_DEBLEND_CONTRAST,
+        mode=_DEBLEND_MODE, connectivity=_CONNECTIVITY, relabel=True, progress_bar=False,
+    )
 
 
 def detect_segments(data, threshold, *, kernel_fwhm=2.0, npixels=5, deblend=False, mask=None):
