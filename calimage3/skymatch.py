@@ -37,8 +37,10 @@ __all__ = [
 SKYMETHODS = ("local", "global", "match", "global+match")
 SKYSTATS = ("mode", "median", "mean", "midpt")
 
-# Number of border samples per image edge used for the overlap pre-filter.
-_BORDER_SAMPLES = 64
+# Points per image edge of the outline that is mapped into other images.
+_EDGE_SAMPLES = 16
+# Safety margin, in pixels, cut off the inside of every overlap region.
+_MARGIN = 2.0
 
 log = logging.getLogger(__name__)
 
@@ -241,51 +243,148 @@ def _backward(wcs, ra, dec):
         return wcs.invert(ra, dec, with_bounding_box=False)
 
 
-class _Sampler:
-    """Strided pixel grid of one image with its sky positions."""
+class _Footprint:
+    """Outline of one image on the sky, for the overlap geometry."""
 
-    def __init__(self, data, wcs, mask, stride, ref):
-        ny, nx = data.shape
-        self.shape = data.shape
+    def __init__(self, shape, wcs, ref):
+        ny, nx = shape
+        self.shape = shape
         self.wcs = wcs
-        self.mask = mask
-        gy, gx = np.mgrid[0:ny:stride, 0:nx:stride]
-        usable = mask[gy, gx]
-        self.gx = gx[usable].astype(float)
-        self.gy = gy[usable].astype(float)
-        self.values = data[gy, gx][usable].astype(np.float64)
-        self.ra, self.dec = wcs.forward_transform(self.gx, self.gy)
-        self.xi, self.eta = to_tangent_plane(self.ra, self.dec, *ref)
-        # Border of the image in the common tangent plane, for a cheap
-        # bounding-box pre-filter before any backward transform.
-        t = np.linspace(0.0, 1.0, _BORDER_SAMPLES)
-        bx = np.concatenate([t * nx, np.full_like(t, nx), (1 - t) * nx, np.zeros_like(t)]) - 0.5
-        by = np.concatenate([np.zeros_like(t), t * ny, np.full_like(t, ny), (1 - t) * ny]) - 0.5
-        bxi, beta = to_tangent_plane(*wcs.forward_transform(bx, by), *ref)
-        # Pad by a few strides' worth of this image's pixels.
-        step = np.nanmax(np.hypot(np.diff(bxi), np.diff(beta)))
-        pad = step + 2.0 * stride * step * _BORDER_SAMPLES / max(nx, ny)
-        self.box = (np.nanmin(bxi) - pad, np.nanmax(bxi) + pad, np.nanmin(beta) - pad, np.nanmax(beta) + pad)
+        bx, by = _outline(nx, ny, _EDGE_SAMPLES)
+        self.ra, self.dec = (np.asarray(c, float) for c in wcs.forward_transform(bx, by))
+        # Bounding box in the common tangent plane, for a cheap pre-filter
+        # before any backward transform; padded for the bulge of curved
+        # edges between the outline samples.
+        xi, eta = to_tangent_plane(self.ra, self.dec, *ref)
+        pad = 0.02 * max(np.nanmax(xi) - np.nanmin(xi), np.nanmax(eta) - np.nanmin(eta))
+        self.box = (np.nanmin(xi) - pad, np.nanmax(xi) + pad, np.nanmin(eta) - pad, np.nanmax(eta) + pad)
 
     def overlaps_box(self, other):
         a, b = self.box, other.box
         return a[0] <= b[1] and b[0] <= a[1] and a[2] <= b[3] and b[2] <= a[3]
 
-    def inside(self, other):
-        """Indices of this image's samples that land on usable pixels of ``other``."""
-        x0, x1, y0, y1 = other.box
-        cand = np.flatnonzero((self.xi >= x0) & (self.xi <= x1) & (self.eta >= y0) & (self.eta <= y1))
-        if cand.size == 0:
-            return cand
-        x, y = _backward(other.wcs, self.ra[cand], self.dec[cand])
-        x, y = np.asarray(x, float), np.asarray(y, float)
-        ny, nx = other.shape
-        with np.errstate(invalid="ignore"):
-            ok = (x >= -0.5) & (x < nx - 0.5) & (y >= -0.5) & (y < ny - 0.5)
-        ix = np.clip(np.floor(np.where(ok, x, 0.0) + 0.5).astype(np.int64), 0, nx - 1)
-        iy = np.clip(np.floor(np.where(ok, y, 0.0) + 0.5).astype(np.int64), 0, ny - 1)
-        ok &= other.mask[iy, ix]
-        return cand[ok]
+    def outline_in(self, other):
+        """This image's outline in the pixel coordinates of ``other``: (x, y)."""
+        x, y = _backward(other.wcs, self.ra, self.dec)
+        return np.asarray(x, float), np.asarray(y, float)
+
+
+def _outline(nx, ny, per_edge):
+    """Closed outline of an image along its outer pixel edges, (x, y).
+
+    ``per_edge`` points per edge (corners included once), counter-clockwise
+    from the corner ``(-0.5, -0.5)``; the last point is not repeated.
+    """
+    t = np.arange(per_edge) / per_edge
+    x0, x1, y0, y1 = -0.5, nx - 0.5, -0.5, ny - 0.5
+    x = np.concatenate([x0 + t * (x1 - x0), np.full(per_edge, x1), x1 - t * (x1 - x0), np.full(per_edge, x0)])
+    y = np.concatenate([np.full(per_edge, y0), y0 + t * (y1 - y0), np.full(per_edge, y1), y1 - t * (y1 - y0)])
+    return x, y
+
+
+def _overlap_region(px, py, shape, *, stride=1, margin=_MARGIN):
+    """Pixels of an image inside a polygon, at least ``margin`` from its edges.
+
+    Parameters
+    ----------
+    px, py : ndarray of float, shape (n,)
+        Vertices of a closed, simple polygon (e.g. another image's outline)
+        in this image's zero-based pixel coordinates; the last vertex joins
+        the first.
+    shape : tuple of int
+        ``(ny, nx)`` of this image.
+    stride : int
+        Only pixel centres ``(x, y)`` with ``x`` and ``y`` multiples of
+        ``stride`` are considered.
+    margin : float
+        Pixel centres closer than this to the polygon's edges or to the
+        image's own outer edges are left out, pixels.
+
+    Returns
+    -------
+    rows, cols : slice or None
+        Strided slices of the image that hold the region.
+    inside : ndarray of bool or None
+        Shape of ``image[rows, cols]``: True for the pixels in the region.
+        ``(None, None, None)`` when the region is empty.
+
+    Notes
+    -----
+    The polygon is rasterized by the even-odd rule on the rows of the
+    strided grid: each row's crossings with the polygon edges are computed
+    at once for all rows (an array of rows x edges), sorted, and the pixels
+    between the 1st and 2nd, 3rd and 4th, ... crossing are inside.  The
+    margin is then cut off by marking every grid pixel within ``margin``
+    (plus half the sampling step) of points spaced 0.5 pixel along the
+    polygon edges.  Cost O(rows x edges + region size + perimeter); no WCS
+    evaluation.
+    """
+    ny, nx = shape
+    px = np.asarray(px, float)
+    py = np.asarray(py, float)
+    finite = np.isfinite(px) & np.isfinite(py)
+    if finite.sum() < 3:
+        return None, None, None
+    px, py = px[finite], py[finite]
+    # Grid of candidate centres: inside the image and the polygon's box,
+    # by at least `margin`, on multiples of `stride`.
+    xlo = max(np.ceil(margin - 0.5), np.ceil(px.min() + margin))
+    xhi = min(np.floor(nx - 0.5 - margin), np.floor(px.max() - margin))
+    ylo = max(np.ceil(margin - 0.5), np.ceil(py.min() + margin))
+    yhi = min(np.floor(ny - 0.5 - margin), np.floor(py.max() - margin))
+    xlo, ylo = (int(np.ceil(v / stride)) * stride for v in (xlo, ylo))
+    if xlo > xhi or ylo > yhi:
+        return None, None, None
+    xs = np.arange(xlo, int(xhi) + 1, stride, dtype=float)
+    ys = np.arange(ylo, int(yhi) + 1, stride, dtype=float)
+
+    # Even-odd rule, row by row (vectorized over rows and edges).
+    x0, y0 = px, py
+    x1, y1 = np.roll(px, -1), np.roll(py, -1)
+    yr = ys[:, None]
+    crosses = (y0 <= yr) != (y1 <= yr)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        xc = x0 + (yr - y0) * ((x1 - x0) / (y1 - y0))
+    xc = np.where(crosses, xc, np.inf)
+    xc.sort(axis=1)
+    inside = np.zeros((ys.size, xs.size), bool)
+    for k in range(0, int(crosses.sum(axis=1).max()), 2):
+        inside |= (xs >= xc[:, k, None]) & (xs <= xc[:, k + 1, None])
+
+    # Cut the margin: grid pixels near points 0.5 pixel apart along the edges.
+    step = 0.5
+    length = np.hypot(x1 - x0, y1 - y0)
+    nseg = np.maximum(np.ceil(length / step).astype(np.int64), 1)
+    seg = np.repeat(np.arange(px.size), nseg)
+    t = (np.arange(seg.size) - np.repeat(np.cumsum(nseg) - nseg, nseg)) / nseg[seg]
+    sx = x0[seg] + t * (x1 - x0)[seg]
+    sy = y0[seg] + t * (y1 - y0)[seg]
+    radius = margin + 0.5 * step
+    near = (sx >= xs[0] - radius) & (sx <= xs[-1] + radius) & (sy >= ys[0] - radius) & (sy <= ys[-1] + radius)
+    sx, sy = sx[near], sy[near]
+    if sx.size:
+        nk = int(np.floor(2 * radius / stride)) + 2
+        k = np.arange(nk)
+        ia = np.ceil((sx - radius - xs[0]) / stride).astype(np.int64)[:, None, None] + k[None, None, :]
+        ib = np.ceil((sy - radius - ys[0]) / stride).astype(np.int64)[:, None, None] + k[None, :, None]
+        dx = xs[0] + ia * stride - sx[:, None, None]
+        dy = ys[0] + ib * stride - sy[:, None, None]
+        hit = (dx**2 + dy**2 <= radius**2) & (ia >= 0) & (ia < xs.size) & (ib >= 0) & (ib < ys.size)
+        ia, ib = np.broadcast_arrays(ia, ib)
+        inside[ib[hit], ia[hit]] = False
+    if not inside.any():
+        return None, None, None
+    rows = slice(int(ys[0]), int(ys[-1]) + 1, stride)
+    cols = slice(int(xs[0]), int(xs[-1]) + 1, stride)
+    return rows, cols, inside
+
+
+def _region_values(data, usable, region):
+    """Usable values of ``data`` inside a region from `_overlap_region`."""
+    rows, cols, inside = region
+    if inside is None:
+        return np.empty(0, data.dtype)
+    return data[rows, cols][inside & usable[rows, cols]]
 
 
 def _validate_inputs(images, wcs_list, masks, skymethod, match_down, subtract, stride):
@@ -349,19 +448,19 @@ def _match_offsets(arrays, wcs_list, usable, stride, stat_kwargs, notes):
     first = arrays[0].shape
     ref = wcs_list[0].forward_transform((first[1] - 1) / 2.0, (first[0] - 1) / 2.0)
     ref = (float(ref[0]), float(ref[1]))
-    samplers = [_Sampler(a, w, m, stride, ref) for a, w, m in zip(arrays, wcs_list, usable)]
+    outlines = [_Footprint(a.shape, w, ref) for a, w in zip(arrays, wcs_list)]
 
     rows = []
     for i in range(n):
         for j in range(i + 1, n):
-            if not samplers[i].overlaps_box(samplers[j]):
+            if not outlines[i].overlaps_box(outlines[j]):
                 continue
-            in_ij = samplers[i].inside(samplers[j])
-            in_ji = samplers[j].inside(samplers[i])
-            if in_ij.size == 0 and in_ji.size == 0:
+            region_i = _overlap_region(*outlines[j].outline_in(outlines[i]), arrays[i].shape, stride=stride)
+            region_j = _overlap_region(*outlines[i].outline_in(outlines[j]), arrays[j].shape, stride=stride)
+            if region_i[2] is None and region_j[2] is None:
                 continue
-            s_i = sky_statistic(samplers[i].values[in_ij], **stat_kwargs)
-            s_j = sky_statistic(samplers[j].values[in_ji], **stat_kwargs)
+            s_i = sky_statistic(_region_values(arrays[i], usable[i], region_i), **stat_kwargs)
+            s_j = sky_statistic(_region_values(arrays[j], usable[j], region_j), **stat_kwargs)
             used = s_i.npix > 0 and s_j.npix > 0 and np.isfinite(s_i.value) and np.isfinite(s_j.value)
             weight = 0.5 * (s_i.npix + s_j.npix) if used else 0.0
             rows.append((i, j, s_i.npix, s_j.npix, s_i.value, s_j.value, weight, used))
