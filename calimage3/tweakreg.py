@@ -31,8 +31,11 @@ from photutils.background import Background2D
 from photutils.detection import DAOStarFinder, IRAFStarFinder
 from photutils.utils import NoDetectionsWarning
 from tweakwcs.correctors import WCSCorrector
+from scipy.ndimage import uniform_filter
+from scipy.spatial import cKDTree
 from tweakwcs.imalign import NotEnoughCatalogs, align_wcs
-from tweakwcs.matchutils import MatchSourceConfusionError, XYXYMatch
+from tweakwcs.linearfit import iter_linear_fit
+from tweakwcs.matchutils import MatchCatalogs, MatchSourceConfusionError, XYXYMatch
 
 from calimage3.wcs_tools import (
     footprint,
@@ -62,6 +65,16 @@ STARFINDERS = {"iraf": "iraf", "irafstarfinder": "iraf", "dao": "dao", "daostarf
 
 _CATALOG_COLUMNS = ("x", "y", "flux")
 _RECENTER_CHUNK = 1024
+
+# Iterative matching (see `IterativeMatch`): most match-and-fit passes, the
+# tolerance floor in detector pixels, the largest offset histogram side in
+# bins, and the median residual norm -> RMS factor for 2-D Gaussian
+# residuals (the norm is Rayleigh distributed, median s*sqrt(2 ln 2),
+# RMS s*sqrt(2)).
+_MAX_MATCH_PASSES = 5
+_TOLERANCE_FLOOR_PIX = 0.5
+_MAX_HIST_BINS = 2048
+_MEDIAN_TO_RMS = 1.0 / math.sqrt(math.log(2.0))
 
 
 # --------------------------------------------------------------------------
@@ -467,6 +480,169 @@ class TangentPlaneCorrector(WCSCorrector):
 
 
 # --------------------------------------------------------------------------
+# Catalogue matching
+# --------------------------------------------------------------------------
+
+
+def _histogram_offset(imxy, refxy, searchrad, binsize):
+    """Most common offset ``image - reference`` of two position lists.
+
+    Parameters
+    ----------
+    imxy, refxy : ndarray, shape (n, 2) and (m, 2)
+        Tangent-plane positions of the image and reference sources.
+    searchrad : float
+        Largest offset considered along each axis, same units.
+    binsize : float
+        Histogram bin size, same units (one detector pixel); enlarged if
+        the histogram would exceed ``_MAX_HIST_BINS`` bins a side.
+
+    Returns
+    -------
+    ndarray, shape (2,), or None
+        The offset; None when no pair of sources lies within ``searchrad``.
+
+    Notes
+    -----
+    Every image-reference pair (found with a k-d tree, never by a loop
+    over sources) whose offset lies within ``searchrad`` on both axes
+    enters a 2-D histogram with bins centred on zero offset.  The peak of
+    the histogram summed over 3x3-bin boxes (so that a peak split across
+    bin edges is not missed) picks the box; the result is the mean offset
+    of the pairs in that box, which is much finer than a bin.
+    """
+    pairs = cKDTree(imxy).sparse_distance_matrix(
+        cKDTree(refxy), searchrad * math.sqrt(2.0), output_type="ndarray"
+    )
+    if pairs.size == 0:
+        return None
+    diff = imxy[pairs["i"]] - refxy[pairs["j"]]
+    diff = diff[np.all(np.abs(diff) <= searchrad, axis=1)]
+    if diff.shape[0] == 0:
+        return None
+    nhalf = min(int(math.ceil(searchrad / binsize)), _MAX_HIST_BINS // 2)
+    binsize = max(binsize, searchrad / nhalf)
+    edges = (np.arange(-nhalf, nhalf + 2) - 0.5) * binsize
+    hist = np.histogram2d(diff[:, 0], diff[:, 1], bins=(edges, edges))[0]
+    boxed = uniform_filter(hist, size=3, mode="constant")
+    peak = (np.array(np.unravel_index(np.argmax(boxed), boxed.shape)) - nhalf) * binsize
+    in_box = np.all(np.abs(diff - peak) <= 1.5 * binsize, axis=1)
+    return diff[in_box].mean(axis=0)
+
+
+class _IterativeMatch(MatchCatalogs):
+    """``tweakwcs`` matcher that iterates tolerance matching and fitting.
+
+    Called by ``tweakwcs`` with a reference and an image catalogue holding
+    tangent-plane columns ``TPx``, ``TPy``; returns the indices of matched
+    pairs, which ``tweakwcs`` then fits.  Parameters are those of
+    `align_exposures`.
+
+    Notes
+    -----
+    Stages:
+
+    1. Initial offset (image minus reference): the 2-D histogram peak of
+       `_histogram_offset` with one-pixel bins over ``searchrad`` when
+       ``use2dhist``, else ``(xoffset, yoffset)``.
+    2. ``xyxymatch`` (``tweakwcs.XYXYMatch``) pairs each source with its
+       nearest counterpart within ``tolerance`` of the offset, after
+       dropping sources closer than ``separation`` to another.  The
+       median offset of these pairs re-centres the shift, and
+       ``1.20 * median`` distance from it estimates the RMS of true pairs.
+    3. Up to ``_MAX_MATCH_PASSES`` times: match again about the current
+       solution with the tolerance tightened to ``sigma`` times the RMS
+       estimate (never above ``tolerance``, never below half a detector
+       pixel), fit ``fitgeometry`` with ``nclip`` clipping iterations at
+       ``sigma`` RMS, and take the fit's median-based RMS as the next
+       estimate; stop as soon as a pass returns the same pairs.
+
+    Why: at the JWST default ``tolerance`` (0.7") a source without a
+    counterpart (undetected, off the other detector) is often paired with
+    an unrelated neighbour up to 0.7" away.  With only tens of matches a
+    few such pairs dominate the fit RMS, so clipping at ``sigma`` times
+    that RMS keeps them and a single fit is off by pixels.  True pairs lie
+    within a few hundredths of an arcsec of the solution, so the tightened
+    tolerance excludes the false ones, as when tweakreg is re-run by hand
+    with a smaller tolerance.
+    """
+
+    def __init__(self, *, searchrad, separation, tolerance, use2dhist, xoffset, yoffset,
+                 fitgeometry, nclip, sigma):
+        self.searchrad = float(searchrad)
+        self.separation = float(separation)
+        self.tolerance = float(tolerance)
+        self.use2dhist = bool(use2dhist)
+        self.offset = np.array([xoffset, yoffset], dtype=float)
+        self.fitgeometry = fitgeometry
+        self.nclip = int(nclip)
+        self.sigma = float(sigma)
+
+    def _match(self, refcat, imxy, tolerance, name):
+        """``xyxymatch`` of already shifted image positions; sorted index pairs."""
+        match = XYXYMatch(searchrad=self.searchrad, separation=self.separation, use2dhist=False,
+                          tolerance=tolerance, xoffset=0.0, yoffset=0.0)
+        imcat = Table([imxy[:, 0], imxy[:, 1]], names=("TPx", "TPy"), meta={"name": name})
+        ref_idx, im_idx = match(refcat, imcat)
+        ref_idx, im_idx = np.asarray(ref_idx, dtype=int), np.asarray(im_idx, dtype=int)
+        order = np.lexsort((ref_idx, im_idx))
+        return ref_idx[order], im_idx[order]
+
+    def __call__(self, refcat, imcat, tp_pscale=1.0, tp_units=None, **kwargs):
+        """Indices ``(ref_idx, im_idx)`` of matched sources (see class Notes)."""
+        refxy = np.column_stack([refcat["TPx"], refcat["TPy"]]).astype(float)
+        imxy = np.column_stack([imcat["TPx"], imcat["TPy"]]).astype(float)
+        refcat = Table([refxy[:, 0], refxy[:, 1]], names=("TPx", "TPy"),
+                       meta={"name": refcat.meta.get("name")})
+        name = imcat.meta.get("name")
+
+        # 1. Initial offset.
+        offset = self.offset
+        if self.use2dhist:
+            offset = _histogram_offset(imxy, refxy, self.searchrad, tp_pscale)
+            if offset is None:
+                log.warning("tweakreg: no source pairs within searchrad=%g of each other",
+                            self.searchrad)
+                offset = np.zeros(2)
+
+        # 2. Matching at the full tolerance; robust shift and scatter.
+        ref_idx, im_idx = self._match(refcat, imxy - offset, self.tolerance, name)
+        if ref_idx.size == 0:
+            return ref_idx, im_idx
+        resid = imxy[im_idx] - offset - refxy[ref_idx]
+        centre = np.median(resid, axis=0)
+        offset = offset + centre
+        scatter = _MEDIAN_TO_RMS * float(np.median(np.hypot(*(resid - centre).T)))
+        moved = imxy - offset
+
+        # 3. Re-match with tightened tolerance and refit until stable.
+        floor = min(self.tolerance, _TOLERANCE_FLOOR_PIX * tp_pscale)
+        needed = FITGEOMETRIES[self.fitgeometry]
+        previous = None
+        for npass in range(1, _MAX_MATCH_PASSES + 1):
+            tolerance = min(self.tolerance, max(self.sigma * scatter, floor))
+            ref_idx, im_idx = self._match(refcat, moved, tolerance, name)
+            if previous is not None and np.array_equal(ref_idx, previous[0]) and \
+                    np.array_equal(im_idx, previous[1]):
+                break
+            if ref_idx.size < needed:
+                break
+            try:
+                fit = iter_linear_fit(refxy[ref_idx], imxy[im_idx], fitgeom=self.fitgeometry,
+                                      nclip=self.nclip, sigma=(self.sigma, "rmse"))
+            except (ValueError, ArithmeticError, np.linalg.LinAlgError):
+                break
+            matrix, shift, centre = (np.asarray(fit[k], dtype=float)
+                                     for k in ("matrix", "shift", "center"))
+            moved = (imxy - centre) @ matrix.T + shift + centre
+            scatter = float(fit["mad"])
+            previous = (ref_idx, im_idx)
+            log.debug("tweakreg: pass %d, tolerance %.4g, %d matches, fit RMS %.4g", npass,
+                      tolerance, ref_idx.size, fit["rmse"])
+        return ref_idx, im_idx
+
+
+# --------------------------------------------------------------------------
 # Alignment
 # --------------------------------------------------------------------------
 
@@ -726,8 +902,9 @@ def align_exposures(
         )
 
     # 3. tweakwcs matching and fitting.
-    match = XYXYMatch(searchrad=searchrad, separation=separation, use2dhist=use2dhist,
-                      tolerance=tolerance, xoffset=xoffset, yoffset=yoffset)
+    match = _IterativeMatch(searchrad=searchrad, separation=separation, tolerance=tolerance,
+                            use2dhist=use2dhist, xoffset=xoffset, yoffset=yoffset,
+                            fitgeometry=fitgeometry, nclip=nclip, sigma=sigma)
     try:
         align_wcs(
             [correctors[i] for i in usable],
@@ -756,7 +933,8 @@ def align_exposures(
     else:
         max_corr = 2.0 * (max(abs(xoffset), abs(yoffset)) + tolerance)
 
-    # 4. Collect results; revert implausibly large corrections per unit.
+    # 4. Collect results; revert implausible corrections (too large, RMS
+    #    above tolerance, too few sources kept) per unit.
     too_large = set()
     for i in usable:
         info = correctors[i].meta.get("fit_info", {})
@@ -781,6 +959,17 @@ def align_exposures(
             result.message = (
                 f"fitted correction moves the footprint by more than {max_corr:.3g} arcsec; "
                 "likely a source mismatch"
+            )
+        elif not float(info["rmse"]) <= tolerance:
+            result.message = (
+                f"fit RMS {float(info['rmse']):.3g} arcsec exceeds tolerance={tolerance!r}; "
+                "likely a source mismatch"
+            )
+        elif np.count_nonzero(info["fitmask"]) < minobj:
+            result.message = (
+                f"fit kept {np.count_nonzero(info['fitmask'])} of "
+                f"{int(info.get('nmatches', 0))} matches after clipping, fewer than "
+                f"minobj={minobj}"
             )
         else:
             pscale = local_pixel_scale(wcs_list[i], (shapes[i][1] - 1) / 2.0,

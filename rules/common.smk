@@ -4,12 +4,17 @@ import os
 import sys
 from pathlib import Path
 
+import yaml
 from snakemake.utils import validate
 
+sys.path.insert(0, workflow.basedir)
+from calimage3.config import coerce_types
+
+with open(Path(workflow.basedir) / "config" / "schema.yaml") as _fh:
+    coerce_types(config, yaml.safe_load(_fh))
 validate(config, "../config/schema.yaml")
 
 # Scripts import the package from this checkout, also inside --use-conda envs.
-sys.path.insert(0, workflow.basedir)
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (workflow.basedir, os.environ.get("PYTHONPATH", "")) if p
 )

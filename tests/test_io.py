@@ -1,6 +1,7 @@
 """Tests of file reading and writing in the JWST layout."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,3 +121,18 @@ def test_single_exposure_product_name():
     asn = single_exposure_association("/data/jw01_nrcb1_cal.fits")
     assert asn.single and asn.product == "jw01_nrcb1"
     assert exposure_root("jw01_nrcb1_crf.fits") == "jw01_nrcb1"
+
+
+def test_command_line_overrides_get_schema_types():
+    """String leaves from --config step={...} become numbers, booleans and nulls per the schema."""
+    import yaml
+
+    from calimage3.config import coerce_types
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "schema.yaml").read_text())
+    config = {"source_catalog": {"snr_threshold": "4.0", "deblend": "true"},
+              "outlier_detection": {"snr": "6.0 4.5"}, "resample": {"rotation": "null"}}
+    coerce_types(config, schema)
+    assert config["source_catalog"] == {"snr_threshold": 4.0, "deblend": True}
+    assert config["outlier_detection"]["snr"] == "6.0 4.5"
+    assert config["resample"]["rotation"] is None

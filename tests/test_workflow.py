@@ -18,18 +18,19 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def run_snakemake(asn, output_dir, *extra, check=True):
+def run_snakemake(asn, output_dir, *config_items, flags=(), check=True):
     """Run the workflow with the documented command line; return the completed process."""
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--config", f"asn={asn}", f"output_dir={output_dir}", *extra]
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *flags,
+           "--config", f"asn={asn}", f"output_dir={output_dir}", *config_items]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
 
 
-def planned_jobs(asn, output_dir, *extra):
+def planned_jobs(asn, output_dir, *config_items):
     """Rule -> job count that a dry run would execute (empty when nothing is to be done)."""
-    proc = run_snakemake(asn, output_dir, "--dry-run", *extra)
+    proc = run_snakemake(asn, output_dir, *config_items, flags=("--dry-run",))
     text = proc.stdout + proc.stderr
     if "Nothing to be done" in text:
         return {}
