@@ -9,9 +9,12 @@ Two stages, as in the JWST ``tweakreg`` step:
 2. `align_exposures` matches those catalogues across exposures in a
    common tangent plane and fits a linear correction of each exposure (or
    rigid group of exposures) relative to a reference, using
-   ``tweakwcs.align_wcs`` unchanged.  Corrections are applied to our
-   ``gwcs`` objects by `TangentPlaneCorrector`, a ``tweakwcs`` WCS corrector
-   built on `calimage3.wcs_tools.tangent_plane_correction`.
+   ``tweakwcs.align_wcs`` with an iterative matcher (`_IterativeMatch`:
+   ``xyxymatch`` re-run with a tolerance tightened to the fit scatter, so
+   that the JWST default tolerance does not admit false pairs).
+   Corrections are applied to our ``gwcs`` objects by
+   `TangentPlaneCorrector`, a ``tweakwcs`` WCS corrector built on
+   `calimage3.wcs_tools.tangent_plane_correction`.
 
 Nothing here reads or writes files.
 """
@@ -23,6 +26,8 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.ndimage import uniform_filter
+from scipy.spatial import cKDTree
 from scipy.special import erf
 from astropy.stats import sigma_clipped_stats
 from astropy.table import Table
@@ -31,8 +36,6 @@ from photutils.background import Background2D
 from photutils.detection import DAOStarFinder, IRAFStarFinder
 from photutils.utils import NoDetectionsWarning
 from tweakwcs.correctors import WCSCorrector
-from scipy.ndimage import uniform_filter
-from scipy.spatial import cKDTree
 from tweakwcs.imalign import NotEnoughCatalogs, align_wcs
 from tweakwcs.linearfit import iter_linear_fit
 from tweakwcs.matchutils import MatchCatalogs, MatchSourceConfusionError, XYXYMatch
@@ -66,7 +69,7 @@ STARFINDERS = {"iraf": "iraf", "irafstarfinder": "iraf", "dao": "dao", "daostarf
 _CATALOG_COLUMNS = ("x", "y", "flux")
 _RECENTER_CHUNK = 1024
 
-# Iterative matching (see `IterativeMatch`): most match-and-fit passes, the
+# Iterative matching (see `_IterativeMatch`): most match-and-fit passes, the
 # tolerance floor in detector pixels, the largest offset histogram side in
 # bins, and the median residual norm -> RMS factor for 2-D Gaussian
 # residuals (the norm is Rayleigh distributed, median s*sqrt(2 ln 2),
@@ -554,8 +557,9 @@ class _IterativeMatch(MatchCatalogs):
        solution with the tolerance tightened to ``sigma`` times the RMS
        estimate (never above ``tolerance``, never below half a detector
        pixel), fit ``fitgeometry`` with ``nclip`` clipping iterations at
-       ``sigma`` RMS, and take the fit's median-based RMS as the next
-       estimate; stop as soon as a pass returns the same pairs.
+       ``sigma`` RMS, and take ``1.20 * median`` residual of the fitted
+       pairs as the next estimate; stop as soon as a pass returns the
+       same pairs.
 
     Why: at the JWST default ``tolerance`` (0.7") a source without a
     counterpart (undetected, off the other detector) is often paired with
@@ -635,7 +639,8 @@ class _IterativeMatch(MatchCatalogs):
             matrix, shift, centre = (np.asarray(fit[k], dtype=float)
                                      for k in ("matrix", "shift", "center"))
             moved = (imxy - centre) @ matrix.T + shift + centre
-            scatter = float(fit["mad"])
+            resid = np.asarray(fit["resids"], dtype=float)
+            scatter = _MEDIAN_TO_RMS * float(np.median(np.hypot(resid[:, 0], resid[:, 1])))
             previous = (ref_idx, im_idx)
             log.debug("tweakreg: pass %d, tolerance %.4g, %d matches, fit RMS %.4g", npass,
                       tolerance, ref_idx.size, fit["rmse"])
@@ -792,10 +797,14 @@ def align_exposures(
         Sources closer than this (arcsec) within a catalogue are dropped
         before matching; must exceed ``sqrt(2) * tolerance``.
     tolerance : float
-        Matching tolerance after the initial offset, arcsec.
+        Matching tolerance after the initial offset, arcsec: no pair
+        farther apart is ever matched (later passes match within a
+        tighter radius, see Notes).  A fit whose RMS exceeds it is
+        rejected.
     use2dhist : bool
         Find the initial offset with a 2-D histogram of position
-        differences; otherwise use ``xoffset``, ``yoffset``.
+        differences (one-pixel bins); otherwise use ``xoffset``,
+        ``yoffset``.
     xoffset, yoffset : float
         Initial offset (image minus reference) along ``xi`` (east) and
         ``eta`` (north), arcsec; used when ``use2dhist`` is False.
@@ -805,10 +814,11 @@ def align_exposures(
     nclip : int
         Number of sigma-clipping iterations of the fit.
     sigma : float
-        Clipping limit in units of the fit RMS.
+        Clipping limit in units of the fit RMS; also sets the tightened
+        matching radius of the iterative matching (see Notes).
     minobj : int
-        Fewest sources a catalogue (or group) must have, and fewest matches
-        a fit must have.
+        Fewest sources a catalogue (or group) must have, fewest matches a
+        fit must have, and fewest matches it may keep after clipping.
     enforce_user_order : bool
         Align in input order with the first exposure (or group) as
         reference, rather than by largest overlap.  As in ``tweakwcs``, the
@@ -820,10 +830,10 @@ def align_exposures(
     Returns
     -------
     list of AlignmentResult
-        Same order as the inputs.  Exposures that could not be aligned keep
-        their original WCS with ``status='SKIPPED'`` and the reason in
-        ``message``; with fewer than two usable exposures (or groups), all
-        are skipped.
+        Same order as the inputs.  Exposures that could not be aligned, or
+        whose fit failed a sanity check (stage 5), keep their original WCS
+        with ``status='SKIPPED'`` and the reason in ``message``; with fewer
+        than two usable exposures (or groups), all are skipped.
 
     Raises
     ------
@@ -841,14 +851,39 @@ def align_exposures(
        arcsec.
     3. ``tweakwcs.align_wcs`` picks the reference (first exposure unless
        ``expand_refcat`` with ``enforce_user_order`` False, then largest
-       overlap), matches each catalogue to the reference catalogue with
-       ``XYXYMatch(searchrad, separation, use2dhist, tolerance, xoffset,
-       yoffset)``, and fits ``fitgeometry`` with ``nclip`` clipping
-       iterations at ``sigma`` times the RMS.
-    4. As in JWST, a correction that moves any detector corner by more than
-       ``2 * (searchrad + tolerance)`` arcsec (``2 * (max(|xoffset|,
-       |yoffset|) + tolerance)`` without ``use2dhist``) is taken as a
-       mismatch: that exposure (or group) is reverted and SKIPPED.
+       overlap) and matches each catalogue to the reference catalogue.
+    4. Matching is iterated (`_IterativeMatch`):
+
+       a. initial offset from the peak of a 2-D histogram of all pairwise
+          offsets within ``searchrad``, one detector pixel per bin,
+          refined to the mean offset of the pairs under the peak (or
+          ``xoffset``, ``yoffset`` without ``use2dhist``);
+       b. ``xyxymatch`` within ``tolerance`` of that offset, with sources
+          closer than ``separation`` dropped, exactly as JWST; the median
+          offset of these pairs and the median distance from it give a
+          robust shift and scatter;
+       c. up to 5 passes of: re-match about the current solution within
+          ``sigma`` times the RMS scatter (clipped to between half a
+          detector pixel and ``tolerance``), fit ``fitgeometry`` with
+          ``nclip`` clipping iterations at ``sigma`` RMS; stop when a pass
+          returns the same pairs.
+
+       ``tweakwcs`` then fits the final pairs the same way and corrects
+       the WCS.  A single match at the JWST default ``tolerance`` (0.7",
+       ~23 NIRCam short-wave pixels) pairs many sources that have no
+       true counterpart (spurious detections, sources off the other
+       detector) with unrelated neighbours; with tens of matches these
+       pairs dominate the fit RMS, escape ``sigma`` clipping and bias the
+       fit by pixels.  The tightened radius, never larger than the
+       user's, excludes them, as re-running tweakreg by hand with a
+       smaller tolerance would.
+    5. Sanity checks, each reverting the exposure (or group) to its input
+       WCS with SKIPPED: as in JWST, a correction that moves any detector
+       corner by more than ``2 * (searchrad + tolerance)`` arcsec
+       (``2 * (max(|xoffset|, |yoffset|) + tolerance)`` without
+       ``use2dhist``) is taken as a mismatch; so is a fit whose RMS
+       exceeds ``tolerance``; and a fit that keeps fewer than ``minobj``
+       matches after clipping is too weak to trust.
     """
     _validate_alignment(catalogs, wcs_list, shapes, group_ids, searchrad, separation, tolerance,
                         xoffset, yoffset, fitgeometry, nclip, sigma, minobj)

@@ -5,6 +5,10 @@ import pytest
 from astropy.table import Table
 from scipy.special import erf
 
+from calimage3 import io
+from calimage3 import tweakreg
+from calimage3.dqflags import good_pixel_mask
+from calimage3.simulate import simulate_dither
 from calimage3.tweakreg import (
     AlignmentResult,
     TangentPlaneCorrector,
@@ -298,6 +302,102 @@ def test_align_exposures_needs_two_exposures(dither_set):
     assert isinstance(result, AlignmentResult)
     assert result.status == "SKIPPED" and "two exposures" in result.message
     assert result.wcs is exposures[0]["header"]
+
+
+# ------------------------------------------- alignment at the JWST defaults
+
+JWST_SHAPE = (512, 512)
+
+
+@pytest.fixture(scope="module")
+def decoy_pair():
+    """Two exact catalogs of a 5x5 star grid (3" apart); exposure 2 has decoys.
+
+    Five stars of the reference have no counterpart in exposure 2; instead
+    a source lies 0.5" east of each (within the JWST 0.7" tolerance).
+    Header of exposure 2: shift (0.15", -0.1"), rotation 0.01 deg.
+    """
+    rng = np.random.default_rng(21)
+    g = (np.arange(5) - 2) * 3.0 / 3600.0
+    gxi, geta = np.meshgrid(g, g)
+    xi = gxi.ravel() + rng.uniform(-0.2, 0.2, 25) / 3600.0
+    eta = geta.ravel() + rng.uniform(-0.2, 0.2, 25) / 3600.0
+    true = [imaging_wcs(JWST_SHAPE, (RA0, DEC0), SCALE, PA),
+            imaging_wcs(JWST_SHAPE, tuple(map(float, from_tangent_plane(2e-4, 1e-4, RA0, DEC0))),
+                        SCALE, PA)]
+    header = [true[0],
+              tangent_plane_correction(true[1], RA0, DEC0, _rotation(0.01), (0.15 / 3600.0, -0.1 / 3600.0))]
+    missing = np.zeros(25, bool)
+    missing[[2, 8, 12, 16, 22]] = True
+    ra, dec = from_tangent_plane(xi, eta, RA0, DEC0)
+    decoy_ra, decoy_dec = from_tangent_plane(xi[missing] + 0.5 / 3600.0, eta[missing], RA0, DEC0)
+    x0, y0 = true[0].backward_transform(ra, dec)
+    x1, y1 = true[1].backward_transform(np.r_[ra[~missing], decoy_ra], np.r_[dec[~missing], decoy_dec])
+    catalogs = [Table({"x": x0, "y": y0}), Table({"x": x1, "y": y1})]
+    exposure = dict(ra=ra[~missing], dec=dec[~missing], x=x1[:20], y=y1[:20])
+    return catalogs, header, exposure
+
+
+def test_align_exposures_ignores_decoys_within_tolerance(decoy_pair):
+    """Unpaired sources 0.5" from a reference star do not bias the JWST-default fit."""
+    catalogs, header, exposure = decoy_pair
+    results = align_exposures(catalogs, header, [JWST_SHAPE] * 2, minobj=15)
+    assert [r.status for r in results] == ["COMPLETE", "COMPLETE"]
+    # A single match at 0.7" also pairs the 5 decoys: a ~3 pixel error.
+    assert results[1].nmatch == 20
+    assert _wcs_error_pix(results[1].wcs, exposure) < 1e-3
+    assert results[1].rotation == pytest.approx(-0.01, abs=1e-5)
+
+
+def test_align_exposures_skips_fit_keeping_fewer_than_minobj(decoy_pair):
+    """A fit left with fewer than minobj sources after clipping is SKIPPED."""
+    catalogs, header, _ = decoy_pair
+    moved = catalogs[1].copy()
+    # One source off by 0.45 pixel: matched (within half a pixel), then clipped.
+    moved["x"][0] += 0.45
+    results = align_exposures([catalogs[0], moved], header, [JWST_SHAPE] * 2, minobj=20)
+    assert results[1].status == "SKIPPED"
+    assert results[1].wcs is header[1]
+    assert "19 of 20 matches" in results[1].message and "minobj=20" in results[1].message
+
+
+def test_align_exposures_skips_fit_with_rms_above_tolerance(decoy_pair, monkeypatch):
+    """A fit whose RMS exceeds the tolerance (pairs scrambled here) is SKIPPED."""
+    catalogs, header, _ = decoy_pair
+
+    def scrambled(self, refcat, imcat, **kwargs):
+        n = min(len(refcat), len(imcat))
+        return np.arange(n), np.roll(np.arange(n), 1)
+
+    monkeypatch.setattr(tweakreg._IterativeMatch, "__call__", scrambled)
+    results = align_exposures(catalogs, header, [JWST_SHAPE] * 2, searchrad=50.0, minobj=15)
+    assert results[1].status == "SKIPPED"
+    assert results[1].wcs is header[1]
+    assert "exceeds tolerance=0.7" in results[1].message
+
+
+def test_align_exposures_simulated_field_at_jwst_defaults(tmp_path):
+    """A simulated 512x512 dither set aligns to 0.02 pixel RMS at the JWST defaults."""
+    sim = simulate_dither(tmp_path, n_exposures=4, shape=JWST_SHAPE, seed=18)
+    stars = io.read_table(sim["truth"] / "sources.ecsv")
+    catalogs, headers, truths = [], [], []
+    for path in sim["cal"]:
+        e = io.read_exposure(path)
+        catalogs.append(detect_sources(e.data, e.err, ~good_pixel_mask(e.dq)))
+        headers.append(e.wcs)
+        truths.append(io.read_wcs_file(sim["truth"] / f"{path.name[:-9]}_true_wcs.asdf")[0])
+    results = align_exposures(catalogs, headers, [JWST_SHAPE] * 4)
+    assert [r.status for r in results] == ["COMPLETE"] * 4
+    print()
+    for i, (true, r) in enumerate(zip(truths, results)):
+        xt, yt = true.backward_transform(stars["ra"], stars["dec"])
+        on = (xt > 0) & (xt < JWST_SHAPE[1] - 1) & (yt > 0) & (yt < JWST_SHAPE[0] - 1)
+        exposure = dict(ra=stars["ra"][on], dec=stars["dec"][on], x=xt[on], y=yt[on])
+        before, after = _wcs_error_pix(headers[i], exposure), _wcs_error_pix(r.wcs, exposure)
+        print(f"exposure {i + 1}: {len(catalogs[i])} sources, {r.nmatch} matches, error before "
+              f"{before:.3f} pix, after {after:.4f} pix RMS; fit RMS {r.rms:.4f} pix")
+        assert after < 0.02
+        assert r.nmatch >= 15 or r.is_reference
 
 
 @pytest.mark.parametrize(
