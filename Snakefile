@@ -21,6 +21,7 @@ include: "rules/skymatch.smk"
 include: "rules/outlier_detection.smk"
 include: "rules/resample.smk"
 include: "rules/source_catalog.smk"
+include: "rules/qa.smk"
 
 
 rule all:

@@ -52,6 +52,9 @@ __all__ = [
     "open_image_sections",
     "write_image",
     "atomic_path",
+    "file_sha256",
+    "input_checksums",
+    "read_provenance",
 ]
 
 log = logging.getLogger(__name__)
@@ -596,6 +599,30 @@ def write_json(path, content):
 def read_json(path):
     """Read a JSON document."""
     return json.loads(Path(path).read_text())
+
+
+def file_sha256(path, chunk_size=1 << 22):
+    """SHA-256 hex digest of a file, read in 4 MiB chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk_size), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def input_checksums(paths):
+    """``(file name, sha256)`` of each input, for provenance records."""
+    return [(Path(p).name, file_sha256(p)) for p in paths]
+
+
+def read_provenance(path):
+    """The provenance keywords of a product: a FITS primary header or an ECSV catalog's meta."""
+    path = Path(path)
+    if path.suffix == ".ecsv":
+        return dict(read_table(path).meta.get("provenance", {}))
+    return dict(fits.getheader(path, 0))
 
 
 def _json_default(value):

@@ -47,7 +47,7 @@ _CORE_FRACTION = 0.6
 # Relative round-off allowed on the clipping limits.
 _ROUNDOFF = 1e-14
 # Half-width, in standard deviations, of the values partitioned for a median.
-_MEDIAN_SPREAD = 0.25
+_MEDIAN_SPREAD = 0.1
 
 log = logging.getLogger(__name__)
 
@@ -125,13 +125,15 @@ def _check_stat_params(skystat, lower, upper, nclip, lsigma, usigma, binwidth):
         raise ValueError(f"lower ({lower!r}) must be smaller than upper ({upper!r})")
 
 
-def _histogram_stat(parts, vmin, vmax, hwidth, which):
-    """Histogram mode or midpt of the values of ``parts`` in ``[vmin, vmax]``."""
+def _histogram_stat(values, vmin, vmax, hwidth, which):
+    """Histogram mode or midpt of ``values`` in ``[vmin, vmax]``."""
     nbins = int((vmax - vmin) / hwidth) + 1
-    hist = np.zeros(nbins)
-    for values in parts:
-        idx = np.minimum(((values - vmin) / hwidth).astype(np.int64), nbins - 1)
-        hist += np.bincount(idx, minlength=nbins)
+    scaled = values - vmin
+    scaled /= hwidth
+    hist = np.bincount(scaled.astype(np.intp), minlength=nbins).astype(float)
+    # Values at vmax belong to the last bin.
+    hist[nbins - 1] += hist[nbins:].sum()
+    hist = hist[:nbins]
     if which == "mode":
         peak = int(np.argmax(hist))
         offset = 0.0
@@ -156,19 +158,43 @@ def _sums(values):
 def _sigma_clip(y, lo, hi, nclip, lsigma, usigma, scale):
     """Iterative mean +- sigma clipping of the float64 values ``y``.
 
-    Returns ``(parts, (n, s1, s2))``: the kept values as a list of arrays
-    and their number, sum and sum of squares; ``(None, None)`` when a window
-    keeps nothing.  Equivalent to recomputing, at every iteration, the mask
-    of all of ``y`` inside ``[mean - lsigma*std, mean + usigma*std]``, but
-    the values well inside the window (the "core", a window
-    ``_CORE_FRACTION`` as wide) are set aside with their sums, so that the
-    later iterations only revisit the few values outside it.  The core is
-    rebuilt whenever a new window does not contain it.
+    Parameters
+    ----------
+    y : ndarray of float64, shape (n,)
+        Finite values, best centred on zero (sums of squares are used).
+    lo, hi : float
+        Absolute limits of the clipping windows.
+    nclip : int
+        Number of iterations.
+    lsigma, usigma : float
+        Window half-widths below and above the mean, in standard deviations.
+    scale : float
+        Magnitude of the values before centring, for the round-off margin.
+
+    Returns
+    -------
+    window : tuple of float or None
+        ``(a, b)``: the kept values are those of ``y`` in ``[a, b]``; None
+        when no clipping was done (all values kept).
+    sums : tuple or None
+        ``(n, sum, sum of squares)`` of the kept values; ``(None, None)``
+        when a window keeps nothing.
+
+    Notes
+    -----
+    Equivalent to recomputing, at every iteration, the mask of all of ``y``
+    inside ``[mean - lsigma*std, mean + usigma*std]`` from the moments of
+    the values kept so far.  To avoid passes over all values, the values
+    well inside the window (the "core", ``_CORE_FRACTION`` of its width)
+    are set aside: their sums are those of all values minus those of the
+    few values outside the core (the "rest"), and later iterations only
+    revisit the rest.  The core is rebuilt (one pass) whenever a new window
+    does not contain it.
     """
-    sums = _sums(y)
-    core = None  # (low, high, values, sums): values of y in [low, high]
-    rest = y  # values of y outside the core
-    keep = None  # mask of ``rest`` inside the current window
+    total = _sums(y)
+    sums = total
+    core = None  # (low, high, sums): the values of y in [low, high]
+    rest = y  # the values of y outside the core
     window = None
     for _ in range(nclip):
         n, s1, s2 = sums
@@ -178,53 +204,47 @@ def _sigma_clip(y, lo, hi, nclip, lsigma, usigma, scale):
         tol = _ROUNDOFF * (scale + abs(mean) + std)
         a = max(lo, mean - lsigma * std - tol)
         b = min(hi, mean + usigma * std + tol)
-        rebuilt = core is None or a > core[0] or b < core[1]
-        if rebuilt:
+        if core is None or a > core[0] or b < core[1]:
             c_lo = max(a, mean - _CORE_FRACTION * lsigma * std)
             c_hi = min(b, mean + _CORE_FRACTION * usigma * std)
-            in_core = (y >= c_lo) & (y <= c_hi)
-            values = y[in_core]
-            core = (c_lo, c_hi, values, _sums(values))
-            rest = y[~in_core]
-        new_keep = (rest >= a) & (rest <= b)
-        kept = rest[new_keep]
-        k_n, k_s1, k_s2 = _sums(kept)
-        c_n, c_s1, c_s2 = core[3]
+            rest = y[(y < c_lo) | (y > c_hi)]
+            r_n, r_s1, r_s2 = _sums(rest)
+            core = (c_lo, c_hi, (total[0] - r_n, total[1] - r_s1, total[2] - r_s2))
+        keep = (rest >= a) & (rest <= b)
+        k_n, k_s1, k_s2 = _sums(rest[keep])
+        c_n, c_s1, c_s2 = core[2]
         if c_n + k_n == 0:
             return None, None
         # Converged when the last window kept exactly the same values.
         same = False
         if window is not None:
             pa, pb = window
-            same = np.array_equal(new_keep, (rest >= pa) & (rest <= pb))
+            same = np.array_equal(keep, (rest >= pa) & (rest <= pb))
             if same and not (pa <= core[0] and core[1] <= pb):
-                same = bool(np.all((core[2] >= pa) & (core[2] <= pb)))
+                same = not np.any((y >= core[0]) & (y <= core[1]) & ((y < pa) | (y > pb)))
         window = (a, b)
-        keep = new_keep
         sums = (c_n + k_n, c_s1 + k_s1, c_s2 + k_s2)
         if same:
             break
-    if keep is None:
-        return [y], sums
-    return [core[2], rest[keep]], sums
+    return window, sums
 
 
-def _median(parts, n, center, spread):
-    """Median of the values of ``parts`` (``n`` in all), as ``np.median``.
+def _median(values, center, spread):
+    """Median of ``values``, exactly as ``np.median``, usually faster.
 
-    Only the values within ``spread`` of ``center`` are partitioned when the
-    middle ranks fall among them, which is much faster than partitioning
-    them all; otherwise falls back to ``np.median``.
+    When the middle ranks fall among the values within ``spread`` of
+    ``center`` (the clipped mean, close to the median for sky data), only
+    those are partitioned; otherwise ``np.median`` partitions them all.
     """
+    n = values.size
     k1, k2 = (n - 1) // 2, n // 2
     if spread > 0:
-        low, high = center - spread, center + spread
-        below = sum(int(np.count_nonzero(p < low)) for p in parts)
-        near = np.concatenate([p[(p >= low) & (p <= high)] for p in parts])
+        below = int(np.count_nonzero(values < center - spread))
+        near = values[(values >= center - spread) & (values <= center + spread)]
         if below <= k1 and k2 < below + near.size:
             near.partition([k1 - below, k2 - below])
             return float(0.5 * (near[k1 - below] + near[k2 - below]))
-    return float(np.median(np.concatenate(parts)))
+    return float(np.median(values))
 
 
 def sky_statistic(
@@ -302,26 +322,29 @@ def sky_statistic(
 
     # Work on values relative to their mean, so sums of squares stay exact.
     center = float(data.mean())
-    y = data - center
-    scale = abs(center)
-    parts, sums = _sigma_clip(y, lo - center, hi - center, nclip, lsigma, usigma, scale)
-    if parts is None:
+    if np.may_share_memory(data, values):
+        y = data - center
+    else:
+        y = data
+        y -= center
+    window, sums = _sigma_clip(y, lo - center, hi - center, nclip, lsigma, usigma, abs(center))
+    if sums is None:
         return SkyStat(float("nan"), 0)
     npix, s1, s2 = sums
     mean = s1 / npix
     if skystat == "mean":
         return SkyStat(center + mean, npix)
+    if window is not None:
+        y = y[(y >= window[0]) & (y <= window[1])]
     std = np.sqrt(max((s2 - s1 * mean) / (npix - 1), 0.0)) if npix > 1 else 0.0
     if skystat == "median":
-        return SkyStat(center + _median(parts, npix, mean, _MEDIAN_SPREAD * std), npix)
-    parts = [p for p in parts if p.size]
-    vmin = min(float(p.min()) for p in parts)
-    vmax = max(float(p.max()) for p in parts)
+        return SkyStat(center + _median(y, mean, _MEDIAN_SPREAD * std), npix)
+    vmin, vmax = float(y.min()), float(y.max())
     hwidth = binwidth * std
     tiny = 10.0 * np.finfo(np.float32).eps * max(1.0, abs(center + mean))
     if hwidth < tiny or vmax - vmin < tiny or hwidth > vmax - vmin:
         return SkyStat(center + mean, npix)
-    return SkyStat(center + float(_histogram_stat(parts, vmin, vmax, hwidth, skystat)), npix)
+    return SkyStat(center + float(_histogram_stat(y, vmin, vmax, hwidth, skystat)), npix)
 
 
 def _backward(wcs, ra, dec):
@@ -371,15 +394,39 @@ def _outline(nx, ny, per_edge):
     return x, y
 
 
+def _shrink_polygon(px, py, margin):
+    """Polygon moved inward by ``margin``: each edge shifted along its normal.
+
+    Vertices are the mitre points where neighbouring shifted edges meet
+    (``v + margin * (n_a + n_b) / (1 + n_a . n_b)`` for unit inward normals
+    ``n_a``, ``n_b``).  For a convex polygon this is exactly the set of
+    points at least ``margin`` inside it; at a reflex vertex (an outline
+    bowing inward, turning by ``theta`` radians) it also leaves out points
+    up to ``margin * theta**2 / 8`` farther in, so it errs on the safe side.
+    Repeated vertices are dropped first.
+    """
+    keep = np.hypot(px - np.roll(px, 1), py - np.roll(py, 1)) > 1e-9
+    px, py = px[keep], py[keep]
+    ex, ey = np.roll(px, -1) - px, np.roll(py, -1) - py  # edge k: vertex k -> k+1
+    length = np.hypot(ex, ey)
+    area2 = np.sum(px * np.roll(py, -1) - np.roll(px, -1) * py)
+    sign = 1.0 if area2 >= 0 else -1.0  # counter-clockwise: inside on the left
+    nx_, ny_ = -sign * ey / length, sign * ex / length
+    # Vertex k joins edge k-1 (normal a) and edge k (normal b).
+    ax, ay = np.roll(nx_, 1), np.roll(ny_, 1)
+    denom = np.maximum(1.0 + ax * nx_ + ay * ny_, 1e-6)
+    return px + margin * (ax + nx_) / denom, py + margin * (ay + ny_) / denom
+
+
 def _overlap_region(px, py, shape, *, stride=1, margin=_MARGIN):
     """Pixels of an image inside a polygon, at least ``margin`` from its edges.
 
     Parameters
     ----------
     px, py : ndarray of float, shape (n,)
-        Vertices of a closed, simple polygon (e.g. another image's outline)
-        in this image's zero-based pixel coordinates; the last vertex joins
-        the first.
+        Vertices of a closed, simple, near-convex polygon (another image's
+        outline) in this image's zero-based pixel coordinates; the last
+        vertex joins the first.  Non-finite vertices are dropped.
     shape : tuple of int
         ``(ny, nx)`` of this image.
     stride : int
@@ -387,7 +434,7 @@ def _overlap_region(px, py, shape, *, stride=1, margin=_MARGIN):
         ``stride`` are considered.
     margin : float
         Pixel centres closer than this to the polygon's edges or to the
-        image's own outer edges are left out, pixels.
+        image's own outer pixel edges are left out, pixels.
 
     Returns
     -------
@@ -399,14 +446,17 @@ def _overlap_region(px, py, shape, *, stride=1, margin=_MARGIN):
 
     Notes
     -----
-    The polygon is rasterized by the even-odd rule on the rows of the
-    strided grid: each row's crossings with the polygon edges are computed
-    at once for all rows (an array of rows x edges), sorted, and the pixels
-    between the 1st and 2nd, 3rd and 4th, ... crossing are inside.  The
-    margin is then cut off by marking every grid pixel within ``margin``
-    (plus half the sampling step) of points spaced 0.5 pixel along the
-    polygon edges.  Cost O(rows x edges + region size + perimeter); no WCS
-    evaluation.
+    Stages:
+
+    1. move the polygon inward by ``margin`` (`_shrink_polygon`) and limit
+       the grid to the image's pixel centres ``margin`` inside its edges;
+    2. rasterize by the even-odd rule on the rows of the strided grid: the
+       crossings of every row with every polygon edge are computed at once
+       (an array of rows x edges), sorted along each row, and the pixels
+       between the 1st and 2nd, 3rd and 4th, ... crossing are inside.
+
+    Cost O(rows x edges) plus one pass over the region's bounding box; no
+    WCS evaluation.
     """
     ny, nx = shape
     px = np.asarray(px, float)
@@ -414,20 +464,22 @@ def _overlap_region(px, py, shape, *, stride=1, margin=_MARGIN):
     finite = np.isfinite(px) & np.isfinite(py)
     if finite.sum() < 3:
         return None, None, None
-    px, py = px[finite], py[finite]
-    # Grid of candidate centres: inside the image and the polygon's box,
-    # by at least `margin`, on multiples of `stride`.
-    xlo = max(np.ceil(margin - 0.5), np.ceil(px.min() + margin))
-    xhi = min(np.floor(nx - 0.5 - margin), np.floor(px.max() - margin))
-    ylo = max(np.ceil(margin - 0.5), np.ceil(py.min() + margin))
-    yhi = min(np.floor(ny - 0.5 - margin), np.floor(py.max() - margin))
+    px, py = _shrink_polygon(px[finite], py[finite], margin)
+    if px.size < 3:
+        return None, None, None
+    # Grid of candidate centres: inside the image by at least `margin`,
+    # within the shrunk polygon's box, on multiples of `stride`.
+    xlo = max(np.ceil(margin - 0.5), np.ceil(px.min()))
+    xhi = min(np.floor(nx - 0.5 - margin), np.floor(px.max()))
+    ylo = max(np.ceil(margin - 0.5), np.ceil(py.min()))
+    yhi = min(np.floor(ny - 0.5 - margin), np.floor(py.max()))
     xlo, ylo = (int(np.ceil(v / stride)) * stride for v in (xlo, ylo))
     if xlo > xhi or ylo > yhi:
         return None, None, None
     xs = np.arange(xlo, int(xhi) + 1, stride, dtype=float)
     ys = np.arange(ylo, int(yhi) + 1, stride, dtype=float)
 
-    # Even-odd rule, row by row (vectorized over rows and edges).
+    # Even-odd rule, all rows and edges at once.
     x0, y0 = px, py
     x1, y1 = np.roll(px, -1), np.roll(py, -1)
     yr = ys[:, None]
@@ -436,31 +488,23 @@ def _overlap_region(px, py, shape, *, stride=1, margin=_MARGIN):
         xc = x0 + (yr - y0) * ((x1 - x0) / (y1 - y0))
     xc = np.where(crosses, xc, np.inf)
     xc.sort(axis=1)
-    inside = np.zeros((ys.size, xs.size), bool)
+    # Crossings as column indices: pixels first..last of each interval.
+    col = np.arange(xs.size, dtype=np.int32)
+    inside = None
     for k in range(0, int(crosses.sum(axis=1).max()), 2):
-        inside |= (xs >= xc[:, k, None]) & (xs <= xc[:, k + 1, None])
-
-    # Cut the margin: grid pixels near points 0.5 pixel apart along the edges.
-    step = 0.5
-    length = np.hypot(x1 - x0, y1 - y0)
-    nseg = np.maximum(np.ceil(length / step).astype(np.int64), 1)
-    seg = np.repeat(np.arange(px.size), nseg)
-    t = (np.arange(seg.size) - np.repeat(np.cumsum(nseg) - nseg, nseg)) / nseg[seg]
-    sx = x0[seg] + t * (x1 - x0)[seg]
-    sy = y0[seg] + t * (y1 - y0)[seg]
-    radius = margin + 0.5 * step
-    near = (sx >= xs[0] - radius) & (sx <= xs[-1] + radius) & (sy >= ys[0] - radius) & (sy <= ys[-1] + radius)
-    sx, sy = sx[near], sy[near]
-    if sx.size:
-        nk = int(np.floor(2 * radius / stride)) + 2
-        k = np.arange(nk)
-        ia = np.ceil((sx - radius - xs[0]) / stride).astype(np.int64)[:, None, None] + k[None, None, :]
-        ib = np.ceil((sy - radius - ys[0]) / stride).astype(np.int64)[:, None, None] + k[None, :, None]
-        dx = xs[0] + ia * stride - sx[:, None, None]
-        dy = ys[0] + ib * stride - sy[:, None, None]
-        hit = (dx**2 + dy**2 <= radius**2) & (ia >= 0) & (ia < xs.size) & (ib >= 0) & (ib < ys.size)
-        ia, ib = np.broadcast_arrays(ia, ib)
-        inside[ib[hit], ia[hit]] = False
+        with np.errstate(invalid="ignore"):
+            first = np.clip(np.ceil((xc[:, k] - xs[0]) / stride), 0, xs.size)
+            last = np.clip(np.floor((xc[:, k + 1] - xs[0]) / stride), -1, xs.size - 1)
+        first = np.where(np.isfinite(xc[:, k]), first, xs.size).astype(np.int32)[:, None]
+        last = np.where(np.isfinite(xc[:, k + 1]), last, -1).astype(np.int32)[:, None]
+        interval = np.greater_equal(col, first)
+        interval &= np.less_equal(col, last)
+        if inside is None:
+            inside = interval
+        else:
+            inside |= interval
+    if inside is None:
+        return None, None, None
     if not inside.any():
         return None, None, None
     rows = slice(int(ys[0]), int(ys[-1]) + 1, stride)
@@ -605,7 +649,7 @@ def match_sky(
     lsigma=4.0,
     usigma=4.0,
     binwidth=0.1,
-    stride=4,
+    stride=1,
 ):
     """Sky levels that make overlapping exposures agree (JWST ``skymatch``).
 
@@ -638,9 +682,9 @@ def match_sky(
         Sky statistic and its settings; see `sky_statistic`.  ``lower`` and
         ``upper`` apply to the input pixel values.
     stride : int
-        Sampling step in pixels, along x and y, of the grid on which the
-        ``match`` overlaps are found and their statistics computed
-        (1: every pixel).
+        Only every ``stride``-th pixel along x and y (those with ``x`` and
+        ``y`` multiples of ``stride``) enters the ``match`` overlap
+        statistics (1: every pixel, the default).
 
     Returns
     -------
@@ -658,41 +702,49 @@ def match_sky(
 
     Notes
     -----
-    The ``match`` algorithm, after JWST ``skymatch.match``:
+    The ``match`` algorithm, after JWST ``skymatch`` (``skypac``), which
+    intersects sky footprints:
 
-    1. For every image, take the usable pixels of the strided grid
-       ``(x, y) = (0, stride, 2*stride, ...)`` and compute their sky
-       positions with the forward WCS (once per image).
-    2. For each pair ``(i, j)`` whose padded footprints intersect (a bounding
-       box test in a common tangent plane), map the samples of ``i`` near
-       the footprint of ``j`` into ``j`` with its backward transform and keep
-       those that land within ``j``'s bounds on a usable pixel; likewise
-       ``j`` into ``i``.  These are each image's pixels in the overlap.
-    3. Compute the sky statistic ``s_i`` and ``s_j`` of the two sample sets
-       and write the equation ``w (d_i - d_j) = w (s_i - s_j)`` with
-       ``w = (n_i + n_j) / 2`` (numbers of samples used).
+    1. For every image, map its outline (its outer pixel edges, 16 points
+       per edge so that the distortion is followed) to the sky with its
+       forward WCS; a bounding box of it in a common tangent plane serves
+       as a cheap pre-filter of the pairs.
+    2. For each pair ``(i, j)`` whose boxes intersect, map the outline of
+       ``j`` into the pixels of ``i`` with ``i``'s backward transform.
+       The overlap in ``i`` is the pixels of ``i`` inside that polygon and
+       inside ``i``'s own pixel edges, both shrunk by 2 pixels for safety
+       (the same piece of sky, up to the margin, as the overlap found the
+       other way round in ``j``).  It is rasterized row by row
+       (`_overlap_region`), with no per-pixel WCS evaluation.
+    3. The statistic ``s_i`` is that of ``i``'s usable pixels (``masks``)
+       in its overlap, ``s_j`` likewise; with ``n_i``, ``n_j`` the numbers
+       of pixels the statistics kept, the pair gives the equation
+       ``w (d_i - d_j) = w (s_i - s_j)`` with ``w = (n_i + n_j) / 2``.
     4. Solve all equations for the offsets ``d`` by minimum-norm least
        squares (pseudo-inverse) and subtract the smallest offset
        (``match_down``) or the largest.  Images in no valid pair get 0.
 
     Exposures that fall into disconnected groups are matched only within
     each group (a note says so), as in JWST.  For ``'global+match'`` the
-    local sky of image ``k`` is ``stat(image_k) - d_k``.
+    local sky of image ``k`` is ``stat(image_k) - d_k``.  As in JWST, the
+    pixels masked in one image are not removed from the other image's
+    overlap.
 
-    Cost: one forward WCS evaluation of ``(ny/stride)*(nx/stride)`` points
-    per image, and for each ordered overlapping pair one backward
-    evaluation of the samples inside the other footprint's bounding box,
-    plus O(samples) statistics; no loop over pixels.  For 16 exposures of
-    2048x2048 with ``stride=4`` that is 16 x 262 144 forward and at most
-    240 x 262 144 backward evaluations: about 13 s on one CPU core with a
-    distorted WCS, and memory of a few grid-sized float64 arrays per
-    image.  The statistical precision of an
-    overlap level is about ``stride * sigma / sqrt(N_overlap)`` for the
-    mean or median, so ``stride=1`` is best for small images.  The
-    histogram ``'mode'`` (the JWST default) is far noisier: with bins of
-    0.1 sigma its peak is located only to about 0.1-0.2 sigma even for
-    10**5 samples (its error falls roughly as ``N**-0.25``); prefer
-    ``'median'`` where the overlaps are mostly empty sky.
+    Cost: 64 WCS evaluations per image and per ordered pair, then per
+    ordered overlapping pair one pass over the overlap to select its pixels
+    and a few for the statistic (`sky_statistic`); no loop over pixels.
+    For 8 exposures of 2048x2048 at ``stride=1`` (28 pairs of ~3.7 million
+    pixels each) ``match`` takes about 1.5 s of one CPU core with
+    ``skystat='mean'`` and about 3 s with ``'median'``, ``'mode'`` or
+    ``'midpt'``; memory is a few overlap-sized arrays at a time.  The
+    statistical precision of an overlap level is about
+    ``stride * sigma / sqrt(N_overlap)`` for the mean or median (on 4
+    exposures of 512x512 the mean recovers relative offsets to ~0.6% of the
+    noise at ``stride=1`` but only ~1.5% at ``stride=2``).  The histogram
+    ``'mode'`` (the JWST default) is far noisier: with bins of 0.1 sigma
+    its peak is located only to about 0.05-0.2 sigma even for 10**5-10**6
+    samples (its error falls roughly as ``N**-0.25``); prefer ``'mean'``
+    or ``'median'`` where the overlaps are mostly empty sky.
     """
     skymethod = skymethod.lower() if isinstance(skymethod, str) else skymethod
     _check_stat_params(skystat, lower, upper, nclip, lsigma, usigma, binwidth)

@@ -109,6 +109,8 @@ def final_products():
     products = [i2d_path(), f"{OUT}/{ASN.product}_cat.ecsv", f"{OUT}/{ASN.product}_segm.fits"]
     if not ASN.single:
         products += all_crf()
+    if config["qa_figures"]:
+        products += qa_figure_paths()  # rules/qa.smk
     return products
 
 

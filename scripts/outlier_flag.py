@@ -8,6 +8,7 @@ from calimage3 import io
 from calimage3.dqflags import PIXEL
 from calimage3.logs import configure_logging
 from calimage3.outlier_detection import apply_outlier_flags, flag_outliers, parse_pair
+from calimage3.provenance import provenance_keywords
 from calimage3.resample import blot
 
 log = logging.getLogger("outlier_detection")
@@ -17,6 +18,8 @@ def outlier_flag(cal_path, wcs_path, sky_path, median_path, grid_path, crf_path,
     # median_path and grid_path are None when the step is skipped.
     """Write the exposure's _crf: tweaked WCS, sky level, and OUTLIER|DO_NOT_USE flags."""
     exposure, sky_level = io.read_aligned_exposure(cal_path, wcs_path, sky_path)
+    inputs = [p for p in (cal_path, wcs_path, sky_path, median_path, grid_path) if p]
+    exposure.meta.update(provenance_keywords("outlier_detection", {"skip": skip, **params}, io.input_checksums(inputs)))
     if skip:
         exposure.meta["S_OUTLIR"] = "SKIPPED"
         io.write_exposure(crf_path, exposure)

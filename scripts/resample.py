@@ -7,6 +7,7 @@ from astropy.table import Table
 
 from calimage3 import io
 from calimage3.logs import configure_logging
+from calimage3.provenance import provenance_keywords
 from calimage3.resample import ResampledImage
 from calimage3.wcs_tools import footprint, local_pixel_scale, pixel_map
 
@@ -23,7 +24,9 @@ def _s_region(wcs, shape):
 
 def mosaic_metadata(metas, wcs, shape, params):
     """Primary-header keywords of the mosaic from its inputs' metadata."""
-    meta = {k: v for k, v in metas[0].items() if k not in ("FILENAME", "BKGLEVEL", "BKGSUB", "BKGMETH")}
+    # Per-exposure keywords (sky, provenance of the _crf) do not describe the mosaic.
+    meta = {k: v for k, v in metas[0].items()
+            if k not in ("FILENAME", "BKGLEVEL", "BKGSUB", "BKGMETH", "NPRVINP") and not k.startswith("PRV")}
     exptimes = [float(m.get("EXPTIME", 0.0)) for m in metas]
     meta.update(
         EXPTIME=float(np.sum(exptimes)),
@@ -70,6 +73,7 @@ def resample(exposure_paths, grid_path, i2d_path, *, grid_step=16, **params):
         del exposure, pixmap
     arrays = mosaic.finalize()
     meta = mosaic_metadata(metas, out_wcs, out_shape, params)
+    meta.update(provenance_keywords("resample", params, io.input_checksums([*exposure_paths, grid_path])))
     hdrtab = Table(rows=[[str(r[k]) if isinstance(r[k], str) else r[k] for k in HDRTAB_KEYWORDS] for r in rows],
                    names=HDRTAB_KEYWORDS)
     io.write_i2d(i2d_path, arrays, out_wcs, meta, hdrtab=hdrtab)

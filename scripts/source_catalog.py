@@ -4,6 +4,7 @@ import logging
 
 from calimage3 import io
 from calimage3.logs import configure_logging
+from calimage3.provenance import provenance_keywords
 from calimage3.source_catalog import make_source_catalog
 
 log = logging.getLogger("source_catalog")
@@ -14,9 +15,12 @@ def source_catalog(i2d_path, cat_path, segm_path, **params):
     arrays, wcs, meta = io.read_i2d(i2d_path)
     table, segm = make_source_catalog(arrays["data"], arrays["err"], wcs, wht=arrays.get("wht"),
                                       pixar_sr=float(meta["PIXAR_SR"]), **params)
-    table.meta.update({"product": str(i2d_path).rsplit("/", 1)[-1], "filter": meta.get("FILTER", "")})
+    provenance = provenance_keywords("source_catalog", params, io.input_checksums([i2d_path]))
+    table.meta.update({"product": str(i2d_path).rsplit("/", 1)[-1], "filter": meta.get("FILTER", ""),
+                       "provenance": provenance})
     io.write_table(cat_path, table)
-    io.write_segmentation(segm_path, segm, wcs, {k: meta[k] for k in ("TELESCOP", "INSTRUME", "FILTER") if k in meta})
+    segm_meta = {k: meta[k] for k in ("TELESCOP", "INSTRUME", "FILTER") if k in meta}
+    io.write_segmentation(segm_path, segm, wcs, {**segm_meta, **provenance})
     n_ext = int(table["is_extended"].sum()) if "is_extended" in table.colnames and len(table) else 0
     log.info("source_catalog: %d sources (%d extended) in %s", len(table), n_ext, i2d_path)
 

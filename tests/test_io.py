@@ -136,3 +136,15 @@ def test_command_line_overrides_get_schema_types():
     assert config["source_catalog"] == {"snr_threshold": 4.0, "deblend": True}
     assert config["outlier_detection"]["snr"] == "6.0 4.5"
     assert config["resample"]["rotation"] is None
+
+
+def test_provenance_keywords_and_summary():
+    """Provenance records versions, a stable parameter hash and input checksums."""
+    from calimage3.provenance import format_provenance, parameter_hash, provenance_keywords
+
+    assert parameter_hash({"a": 1, "b": 2}) == parameter_hash({"b": 2, "a": 1})
+    assert parameter_hash({"a": 1}) != parameter_hash({"a": 2})
+    keywords = provenance_keywords("resample", {"pixfrac": 1.0}, [("x_crf.fits", "ab" * 32)])
+    assert keywords["PRVSTEP"] == "resample" and keywords["PRVIN001"] == "x_crf.fits"
+    text = format_provenance(keywords)
+    assert "x_crf.fits  sha256 " + "ab" * 32 in text and '"pixfrac": 1.0' in text

@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from calimage3.skymatch import match_sky, sky_statistic
+from calimage3 import io
+from calimage3.dqflags import good_pixel_mask
+from calimage3.simulate import simulate_dither
+from calimage3.skymatch import _Footprint, _overlap_region, match_sky, sky_statistic
 from calimage3.wcs_tools import distortion_model, from_tangent_plane, imaging_wcs
 
 CRVAL = (53.16, -27.78)
@@ -155,10 +158,68 @@ def test_match_recovers_offsets_to_one_percent_of_noise(dither, skystat):
 
 
 def test_match_with_jwst_defaults(dither):
-    """Default settings (histogram mode, stride 4) match to < 0.5 sigma: the mode is noisy."""
+    """Default settings (histogram mode, every pixel) match to < 0.5 sigma: the mode is noisy."""
     images, wcs_list, _ = dither
     result = match_sky(images, wcs_list)
     np.testing.assert_allclose(result.levels, OFFSETS - OFFSETS.min(), rtol=0, atol=0.5 * NOISE)
+
+
+@pytest.fixture(scope="module")
+def simulated():
+    """Four simulated 512x512 _cal exposures (seed 11) read back, with true WCSs and truth."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sim = simulate_dither(tmp, n_exposures=4, shape=(512, 512), seed=11)
+        truth = io.read_json(sim["truth"] / "truth.json")
+        images, masks, wcs_list = [], [], []
+        for path, exposure in zip(sim["cal"], truth["exposures"]):
+            model = io.read_exposure(path)
+            images.append(model.data)
+            masks.append(good_pixel_mask(model.dq) & np.isfinite(model.data))
+            wcs_list.append(io.read_wcs_file(sim["truth"] / f"{exposure['root']}_true_wcs.asdf")[0])
+    offsets = np.array([e["sky_offset"] for e in truth["exposures"]])
+    return images, masks, wcs_list, offsets, truth["noise_sigma"]
+
+
+def test_match_on_simulated_dither_to_one_percent_of_noise(simulated):
+    """On the simulator, 'match' with the clipped mean finds the relative offsets to < 1% of sigma."""
+    images, masks, wcs_list, offsets, sigma = simulated
+    result = match_sky(images, wcs_list, masks, skystat="mean", nclip=5, lsigma=4.0, usigma=4.0)
+    relative = result.levels - result.levels[0]
+    np.testing.assert_allclose(relative, offsets - offsets[0], rtol=0, atol=0.01 * sigma)
+    assert result.valid.all() and len(result.pairs) == 6
+
+
+def _distance_inside(x, y, shape):
+    """Distance of points (x, y) to the outer pixel edges of an image; negative outside."""
+    ny, nx = shape
+    return np.minimum.reduce([x + 0.5, nx - 0.5 - x, y + 0.5, ny - 0.5 - y])
+
+
+@pytest.mark.parametrize("stride", [1, 3])
+def test_overlap_region_matches_brute_force_mapping(stride):
+    """The rasterized overlap is every pixel mapped into the other image at least 2 pixels inside both."""
+    shape_i, shape_j = (300, 340), (280, 360)
+    dist_i = distortion_model({"c2_0": 5e-5, "c1_1": -3e-5}, {"c0_2": 4e-5}, shape_i)
+    dist_j = distortion_model({"c2_0": -4e-5}, {"c1_1": 5e-5, "c0_2": -3e-5}, shape_j)
+    wcs_i = _wcs(0.0, 0.0, 0.0, shape=shape_i, distortion=dist_i)
+    wcs_j = _wcs(110.0, -70.0, 25.0, shape=shape_j, distortion=dist_j)
+    outline = _Footprint(shape_j, wcs_j, CRVAL).outline_in(_Footprint(shape_i, wcs_i, CRVAL))
+    rows, cols, inside = _overlap_region(*outline, shape_i, stride=stride)
+    region = np.zeros(shape_i, bool)
+    region[rows, cols] = inside
+
+    # Brute force: every pixel of i through both WCSs.  Both have the same
+    # pixel scale to ~2% over the field, so j-pixel distances are i-pixel ones.
+    y, x = np.indices(shape_i, dtype=float)
+    xj, yj = wcs_j.backward_transform(*wcs_i.forward_transform(x, y))
+    depth = np.minimum(_distance_inside(x, y, shape_i), _distance_inside(xj, yj, shape_j))
+    on_grid = (x % stride == 0) & (y % stride == 0)
+    assert not region[depth < 2.0 - 0.1].any()
+    assert region[(depth > 2.0 + 0.1) & on_grid].all()
+    assert not region[~on_grid].any()
+    assert 0.2 < region.sum() * stride**2 / region.size < 0.8
 
 
 def test_match_pair_table(dither):

@@ -84,6 +84,20 @@ def test_products_have_jwst_names_and_layout(pipeline_run):
     assert (out / f"{product}_segm.fits").is_file()
 
 
+def test_products_record_provenance(pipeline_run):
+    """Each product names its step, parameters and inputs with checksums; the CLI prints it."""
+    out, product = pipeline_run["out"], pipeline_run["sim"]["product"]
+    header = io.read_provenance(out / f"{product}_i2d.fits")
+    assert header["PRVSTEP"] == "resample" and header["NPRVINP"] == 5
+    crf_names = sorted(header[f"PRVIN{i:03d}"] for i in range(1, 5))
+    assert crf_names == sorted(_crf(pipeline_run, e["root"]).name for e in pipeline_run["truth"]["exposures"])
+    assert header["PRVSU001"] == io.file_sha256(out / header["PRVIN001"])
+    assert io.read_provenance(out / f"{product}_cat.ecsv")["PRVSTEP"] == "source_catalog"
+    proc = subprocess.run([sys.executable, "-m", "calimage3.provenance", str(out / f"{product}_segm.fits")],
+                          capture_output=True, text=True, check=True)
+    assert "step: source_catalog" in proc.stdout and f"{product}_i2d.fits  sha256" in proc.stdout
+
+
 def test_tweakreg_recovers_true_wcs(pipeline_run):
     """Corrected WCSs put the true star positions within 0.02 pixel RMS of truth."""
     truth_dir = pipeline_run["sim"]["truth"]
