@@ -318,33 +318,43 @@ def _read_meta(hdul):
     return meta
 
 
-def read_exposure(path):
+def read_exposure(path, arrays=None):
     """Read a JWST ``_cal`` (or ``_crf``) image file into an `Exposure`.
+
+    Parameters
+    ----------
+    path : str or Path
+    arrays : iterable of str or None
+        Which arrays to read (``"data"``, ``"err"``, ``"dq"``, ``"area"``,
+        ``"var_poisson"``, ...); all by default.  A job that needs only a
+        few then reads only those from disk.
 
     Raises
     ------
     InputFileError
         Missing file, corrupt FITS, no SCI, shape mismatch or no WCS.
     """
+    wanted = set(ARRAY_EXTENSIONS) if arrays is None else set(arrays) | {"data"}
     with _open_fits(path) as hdul:
         sci = hdul["SCI"].data
         if sci.ndim != 2:
             raise InputFileError(path, f"SCI must be a 2-D image, found {sci.ndim} dimensions")
         shape = sci.shape
-        arrays = {}
+        loaded = {}
         for attr, (extname, dtype) in ARRAY_EXTENSIONS.items():
-            if extname in hdul and hdul[extname].data is not None:
+            if attr in wanted and extname in hdul and hdul[extname].data is not None:
                 array = np.asarray(hdul[extname].data, dtype=dtype)
                 if array.shape != shape:
                     raise InputFileError(path, f"{extname} shape {array.shape} differs from SCI {shape}")
-                arrays[attr] = array
-        if "err" not in arrays:
+                loaded[attr] = array
+        if "err" in wanted and "err" not in loaded:
             raise InputFileError(path, "no ERR extension")
-        if "dq" not in arrays:
-            arrays["dq"] = np.zeros(shape, np.uint32)
+        loaded.setdefault("err", None)
+        if "dq" not in loaded:
+            loaded["dq"] = np.zeros(shape, np.uint32)
         wcs, source = _read_wcs(hdul, path, shape)
         meta = _read_meta(hdul)
-    return Exposure(wcs=wcs, meta=meta, name=Path(path).name, wcs_source=source, **arrays)
+    return Exposure(wcs=wcs, meta=meta, name=Path(path).name, wcs_source=source, **loaded)
 
 
 def read_aligned_exposure(cal_path, wcs_path, sky_path):

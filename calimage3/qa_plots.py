@@ -276,6 +276,15 @@ def _radec_axes(ax, wcs, shape, *, grid_points=41, color="#7fb3ff"):
     ax.set_ylim(-0.5, ny - 0.5)
 
 
+def _robust_rms_2d(offsets):
+    """RMS length of 2-D offsets from the MAD of each axis (insensitive to false matches)."""
+    offsets = np.asarray(offsets, float).reshape(-1, 2)
+    if not len(offsets):
+        return float("nan")
+    sigma = 1.4826 * np.median(np.abs(offsets - np.median(offsets, axis=0)), axis=0)
+    return float(np.hypot(*sigma))
+
+
 def _tangent_offsets_arcsec(ra, dec, ref_ra, ref_dec):
     xi, eta = to_tangent_plane(np.asarray(ra, float), np.asarray(dec, float), ref_ra, ref_dec)
     return np.asarray(xi) * 3600.0, np.asarray(eta) * 3600.0
@@ -516,8 +525,9 @@ def tweakreg_figure(names, shifts, rotations, nmatch, rms, *, status=None, refer
     -------
     matplotlib.figure.Figure
         Top left: shift vectors (milliarcsec) from the origin; top right:
-        cross-match residuals (milliarcsec) of the aligned sources; bottom:
-        a table of the fit of each exposure.
+        cross-match residuals (milliarcsec) of the aligned sources with a
+        robust RMS (from the median absolute deviation, so that a few false
+        pairs do not dominate); bottom: a table of the fit of each exposure.
     """
     n = len(names)
     shifts = np.asarray(shifts, float).reshape(-1, 2)
@@ -556,16 +566,17 @@ def tweakreg_figure(names, shifts, rotations, nmatch, rms, *, status=None, refer
     ax = fig.add_subplot(grid[0, 1])
     if residuals is not None and any(len(r) for r in residuals):
         all_r = np.concatenate([np.asarray(r, float).reshape(-1, 2) for r in residuals]) * 1000.0
-        rlim = max(5.0, float(np.percentile(np.abs(all_r), 99)) * 1.3)
+        total = _robust_rms_2d(all_r)
+        rlim = max(5.0, 6.0 * total)
         for k, r in enumerate(residuals):
             r = np.asarray(r, float).reshape(-1, 2) * 1000.0
             if len(r):
-                rms_k = float(np.sqrt(np.mean(np.sum(r ** 2, axis=1))))
+                outside = int(np.sum(np.any(np.abs(r) > rlim, axis=1)))
                 ax.plot(r[:, 0], r[:, 1], ".", ms=4, alpha=0.7, color=colors[k % len(colors)],
-                        label=f"{labels[k]}: {len(r)} pairs, RMS {rms_k:.1f} mas")
-        total = float(np.sqrt(np.mean(np.sum(all_r ** 2, axis=1))))
-        ax.add_patch(Polygon(total * np.column_stack([np.cos(np.linspace(0, 2 * np.pi, 60)),
-                                                      np.sin(np.linspace(0, 2 * np.pi, 60))]),
+                        label=f"{labels[k]}: {len(r)} pairs, RMS {_robust_rms_2d(r):.1f} mas"
+                              + (f", {outside} off scale" if outside else ""))
+        circle = np.linspace(0, 2 * np.pi, 60)
+        ax.add_patch(Polygon(total * np.column_stack([np.cos(circle), np.sin(circle)]),
                              closed=True, fill=False, ls="--", edgecolor="k", lw=0.8))
         ax.set_xlim(rlim, -rlim)
         ax.set_ylim(-rlim, rlim)
@@ -574,7 +585,7 @@ def tweakreg_figure(names, shifts, rotations, nmatch, rms, *, status=None, refer
         ax.axvline(0, color="0.7", lw=0.5)
         ax.set_xlabel("Δξ east (mas)")
         ax.set_ylabel("Δη north (mas)")
-        ax.set_title(f"Aligned sources vs other exposures (RMS {total:.1f} mas, dashed)", fontsize=10)
+        ax.set_title(f"Aligned sources minus the other exposures'\n(robust RMS {total:.1f} mas, dashed circle)", fontsize=10)
         ax.legend(fontsize=7, loc="lower left", framealpha=0.7)
     else:
         ax.set_axis_off()
@@ -633,7 +644,7 @@ def skymatch_figure(names, levels, *, method=None, status="COMPLETE", unit="MJy/
     if status != "COMPLETE":
         detail = f"step {status}"
     span = np.ptp(levels) if len(levels) else 0.0
-    ax.set_title(f"{title}: {detail}; spread {span:.4g} {unit}", fontsize=10)
+    ax.set_title(f"{title}\n{detail}; spread {span:.4g} {unit}", fontsize=10)
     return fig
 
 
@@ -666,7 +677,7 @@ def outlier_figure(data, dq, *, name="", outlier_bit=PIXEL["OUTLIER"], do_not_us
     unusable = ((dq & do_not_use_bit) > 0) & ~outliers
     n_out = int(outliers.sum())
     n_usable = int((~unusable).sum())
-    fig = _new_figure((11, 5.6))
+    fig = _new_figure((11, 6.0))
     ax, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     _show_image(ax, np.where(unusable, np.nan, data))
     yy, xx = np.nonzero(outliers)
@@ -888,6 +899,9 @@ def truth_position_figure(dxi, deta, *, true_flux=None, types=None, title="Astro
     Returns
     -------
     matplotlib.figure.Figure
+        Left: the offsets (milliarcsec, east left) with the median and a
+        robust RMS (from the median absolute deviation) of each type; right
+        (with ``true_flux``): offset size against true AB magnitude.
     """
     dxi, deta = np.asarray(dxi, float).ravel() * 1000.0, np.asarray(deta, float).ravel() * 1000.0
     if dxi.shape != deta.shape:
@@ -895,13 +909,16 @@ def truth_position_figure(dxi, deta, *, true_flux=None, types=None, title="Astro
     types = np.asarray(types).astype(str) if types is not None else np.full(dxi.shape, "source")
     fig = _new_figure((10.5 if true_flux is not None else 5.8, 4.8))
     ax = fig.add_subplot(1, 2 if true_flux is not None else 1, 1)
-    lim = max(5.0, 1.2 * float(np.percentile(np.hypot(dxi, deta), 98))) if dxi.size else 10.0
+    offsets = np.column_stack([dxi, deta])
+    lim = 10.0
+    if dxi.size:
+        lim = max(5.0, float(np.max(np.abs(np.median(offsets, axis=0)))) + 6.0 * _robust_rms_2d(offsets))
     for kind in np.unique(types):
         sel = types == kind
-        rms = float(np.sqrt(np.mean(dxi[sel] ** 2 + deta[sel] ** 2)))
         med = (float(np.median(dxi[sel])), float(np.median(deta[sel])))
         ax.plot(dxi[sel], deta[sel], ".", color=_TYPE_COLORS.get(kind, "tab:green"), alpha=0.8,
-                label=f"{kind} ({int(sel.sum())}): RMS {rms:.1f} mas, median ({med[0]:+.1f}, {med[1]:+.1f})")
+                label=f"{kind} ({int(sel.sum())}): robust RMS {_robust_rms_2d(offsets[sel]):.1f} mas, "
+                      f"median ({med[0]:+.1f}, {med[1]:+.1f})")
     ax.axhline(0, color="0.6", lw=0.5)
     ax.axvline(0, color="0.6", lw=0.5)
     ax.set_xlim(lim, -lim)

@@ -25,7 +25,7 @@ def skymatch(cal_paths, wcs_paths, levels_path, *, skip=False, subtract=False, d
         return
     images, masks, wcs_list = [], [], []
     for cal, wcs_path in zip(cal_paths, wcs_paths):
-        exposure = io.read_exposure(cal)
+        exposure = io.read_exposure(cal, arrays=("data", "dq"))
         images.append(exposure.data)
         masks.append(good_pixel_mask(exposure.dq, dqbits) & np.isfinite(exposure.data))
         wcs_list.append(io.read_wcs_file(wcs_path)[0])

@@ -178,9 +178,10 @@ def _chromium():
 def qa_run(tmp_path_factory):
     """Three 256x256 exposures through the workflow with truth, then `snakemake --report`."""
     base = tmp_path_factory.mktemp("qa")
-    sim = simulate_dither(base / "data", n_exposures=3, shape=(256, 256), seed=5)
+    # A small field holds few stars: more of them, and a lower minobj, let tweakreg fit every exposure.
+    sim = simulate_dither(base / "data", n_exposures=3, shape=(256, 256), seed=5, n_stars=160, n_galaxies=10)
     out = base / "out"
-    config = _config(sim["asn"], out, f"truth={sim['truth']}")
+    config = _config(sim["asn"], out, f"truth={sim['truth']}", "tweakreg={'minobj': 8}")
     _snakemake(*config)
     report = base / "report.html"
     _snakemake("--report", str(report), *config)
