@@ -135,6 +135,8 @@ def _header_from_meta(meta, skip=()):
         if key in skip or key.startswith("_") or len(key) > 8 or key in ("COMMENT", "HISTORY", ""):
             continue
         value = _clean_header_value(value)
+        if isinstance(value, float) and not np.isfinite(value):
+            continue  # FITS headers cannot hold NaN/inf: an absent keyword means "undefined"
         if isinstance(value, (str, int, float, bool)):
             header[key] = value
     return header
@@ -415,10 +417,7 @@ def _asdf_hdu(tree):
 
 
 def _sci_header(wcs, shape, meta, sip_max_pix_error):
-    header = fits.Header()
-    for key in _SCI_KEYWORDS:
-        if key in meta:
-            header[key] = _clean_header_value(meta[key])
+    header = _header_from_meta({k: meta[k] for k in _SCI_KEYWORDS if k in meta})
     header.setdefault("BUNIT", "MJy/sr")
     try:
         header.update(sip_header(wcs, shape, max_pix_error=sip_max_pix_error))

@@ -285,6 +285,12 @@ def _robust_rms_2d(offsets):
     return float(np.hypot(*sigma))
 
 
+def _legend(ax, **kwargs):
+    """A legend, only when something is labelled (no warning on empty plots)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
 def _tangent_offsets_arcsec(ra, dec, ref_ra, ref_dec):
     xi, eta = to_tangent_plane(np.asarray(ra, float), np.asarray(dec, float), ref_ra, ref_dec)
     return np.asarray(xi) * 3600.0, np.asarray(eta) * 3600.0
@@ -434,7 +440,7 @@ def mosaic_figure(data, wcs, *, title="Mosaic", footprints=None, names=None):
             ax.add_patch(Polygon(np.column_stack([px, py]), closed=True, fill=False, lw=1.0,
                                  ls="--", edgecolor=colors[k % len(colors)], label=label))
         if names:
-            ax.legend(loc="upper right", fontsize=7, framealpha=0.6)
+            _legend(ax, loc="upper right", fontsize=7, framealpha=0.6)
     finite = np.isfinite(data)
     ax.set_title(f"{title}\n{nx}×{ny} pixels, {100 * finite.mean():.1f}% covered; asinh stretch", fontsize=10)
     return fig
@@ -493,7 +499,7 @@ def footprints_figure(footprints, names, *, mosaic_footprint=None, title="Exposu
     ra_s = Angle(ref[0], u.deg).to_string(unit=u.hourangle, sep=":", precision=2)
     dec_s = Angle(ref[1], u.deg).to_string(unit=u.deg, sep=":", precision=1, alwayssign=True)
     ax.set_title(f"{title} (centre {ra_s} {dec_s}; dot: pixel 0,0)", fontsize=10)
-    ax.legend(loc="best", fontsize=7, framealpha=0.7)
+    _legend(ax, loc="best", fontsize=7, framealpha=0.7)
     return fig
 
 
@@ -561,7 +567,7 @@ def tweakreg_figure(names, shifts, rotations, nmatch, rms, *, status=None, refer
     ax.set_xlabel("shift Δξ east (mas)")
     ax.set_ylabel("shift Δη north (mas)")
     ax.set_title("Fitted WCS shift of each exposure", fontsize=10)
-    ax.legend(fontsize=7, loc="best", framealpha=0.7)
+    _legend(ax, fontsize=7, loc="best", framealpha=0.7)
 
     ax = fig.add_subplot(grid[0, 1])
     if residuals is not None and any(len(r) for r in residuals):
@@ -586,7 +592,7 @@ def tweakreg_figure(names, shifts, rotations, nmatch, rms, *, status=None, refer
         ax.set_xlabel("Δξ east (mas)")
         ax.set_ylabel("Δη north (mas)")
         ax.set_title(f"Aligned sources minus the other exposures'\n(robust RMS {total:.1f} mas, dashed circle)", fontsize=10)
-        ax.legend(fontsize=7, loc="lower left", framealpha=0.7)
+        _legend(ax, fontsize=7, loc="lower left", framealpha=0.7)
     else:
         ax.set_axis_off()
         ax.text(0.5, 0.5, "no cross-match residuals\n(tweakreg skipped or no common sources)",
@@ -789,7 +795,7 @@ def magnitude_histogram_figure(magnitudes, *, is_extended=None, binwidth=0.25,
         ax.hist(groups, bins=bins, stacked=True, label=names, color=["tab:blue", "tab:orange"],
                 edgecolor="white", linewidth=0.4)
         ax.axvline(np.median(mags[finite]), color="k", ls="--", lw=0.8, label=f"median {np.median(mags[finite]):.2f}")
-        ax.legend(fontsize=8)
+        _legend(ax, fontsize=8)
     else:
         ax.text(0.5, 0.5, "no source with a finite magnitude", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(f"{label} (AB mag)")
@@ -848,7 +854,7 @@ def truth_flux_figure(true_flux, measured_flux, *, types=None, true_flux_all=Non
     axes[0].set_xlabel("true flux (Jy)")
     axes[0].set_ylabel("measured flux (Jy)")
     axes[0].set_title(f"{int(ok.sum())} matched sources", fontsize=10)
-    axes[0].legend(fontsize=8)
+    _legend(axes[0], fontsize=8)
     axes[1].axhline(1.0, color="k", ls="--", lw=0.8)
     axes[1].set_xlabel("true AB magnitude")
     axes[1].set_ylabel("measured / true flux")
@@ -856,7 +862,7 @@ def truth_flux_figure(true_flux, measured_flux, *, types=None, true_flux_all=Non
         r = mf[ok] / tf[ok]
         axes[1].set_ylim(max(0.0, np.nanpercentile(r, 1) - 0.2), np.nanpercentile(r, 99) + 0.2)
     axes[1].set_title("flux ratio", fontsize=10)
-    axes[1].legend(fontsize=8)
+    _legend(axes[1], fontsize=8)
     if with_completeness:
         tall = _as_jy(true_flux_all).ravel()
         det = np.asarray(detected, bool).ravel()
@@ -926,7 +932,7 @@ def truth_position_figure(dxi, deta, *, true_flux=None, types=None, title="Astro
     ax.set_aspect("equal")
     ax.set_xlabel("Δξ east, measured − true (mas)")
     ax.set_ylabel("Δη north (mas)")
-    ax.legend(fontsize=7, loc="lower left")
+    _legend(ax, fontsize=7, loc="lower left")
     if true_flux is not None:
         tf = _as_jy(true_flux).ravel()
         if tf.shape != dxi.shape:
@@ -940,6 +946,6 @@ def truth_position_figure(dxi, deta, *, true_flux=None, types=None, title="Astro
         ax2.set_xlabel("true AB magnitude")
         ax2.set_ylabel("|offset| (mas)")
         ax2.grid(alpha=0.3, which="both")
-        ax2.legend(fontsize=8)
+        _legend(ax2, fontsize=8)
     fig.suptitle(title, fontsize=11)
     return fig

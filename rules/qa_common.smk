@@ -1,5 +1,5 @@
-# Path helpers of the qa_figures rule (rules/qa.smk): which figures a
-# configuration makes, flagged for the report, and the products they show.
+# Path helpers of qa_figures (in rules/qa.smk): which figures a configuration
+# makes, flagged for the report, and the products they show.
 
 QA = f"{OUT}/qa"
 QA_CATEGORY = "Quality assurance"

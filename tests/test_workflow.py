@@ -250,9 +250,9 @@ def test_rerun_does_nothing_and_changes_rerun_dependents(pipeline_run):
     asn, out = pipeline_run["sim"]["asn"], pipeline_run["out"]
     assert planned_jobs(asn, out, *SETTINGS) == {}
     jobs = planned_jobs(asn, out, "source_catalog={'npixels': 10, 'snr_threshold': 4.0}")
-    assert jobs == {"source_catalog": 1, "all": 1}
+    assert jobs == {"source_catalog": 1, "qa_figures": 1, "all": 1}
     jobs = planned_jobs(asn, out, *SETTINGS, "outlier_detection={'snr': '6.0 4.5'}")
-    assert jobs == {"outlier_flag": 4, "resample": 1, "source_catalog": 1, "all": 1}
+    assert jobs == {"outlier_flag": 4, "resample": 1, "source_catalog": 1, "qa_figures": 1, "all": 1}
     cal = pipeline_run["sim"]["cal"][1]
     os.utime(cal)
     jobs = planned_jobs(asn, out, *SETTINGS)
@@ -268,4 +268,4 @@ def test_single_exposure_runs_resample_and_catalog(tmp_path, small_dither):
     produced = sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_file())
     assert produced == [f"{root}_cat.ecsv", f"{root}_i2d.fits", f"{root}_segm.fits"]
     stats = (tmp_path / "out" / "benchmarks").rglob("*.tsv")
-    assert sorted(p.stem for p in stats) == ["resample", "resample_grid", "source_catalog"]
+    assert sorted(p.stem for p in stats) == ["qa_figures", "resample", "resample_grid", "source_catalog"]
