@@ -91,3 +91,24 @@ def test_unknown_parameter_rejected(tmp_path, small_dither):
            f"output_dir={tmp_path / 'out'}", "tweakreg={'snr_treshold': 5}"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     _assert_clean_failure(proc, tmp_path / "out", "snr_treshold")
+
+
+def test_wrong_parameter_type_rejected(tmp_path, small_dither):
+    """A step parameter of the wrong type is a configuration error naming it."""
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "1", "--config", f"asn={small_dither['asn']}",
+           f"output_dir={tmp_path / 'out'}", "resample={'pixfrac': 'wide'}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    _assert_clean_failure(proc, tmp_path / "out", "'wide' is not of type 'number'", "pixfrac")
+
+
+def test_missing_association_file(tmp_path):
+    """An ASN path that does not exist is named."""
+    proc = _run(tmp_path / "nowhere_asn.json", tmp_path / "out")
+    _assert_clean_failure(proc, tmp_path / "out", "nowhere_asn.json: association file does not exist")
+
+
+def test_no_input_given(tmp_path):
+    """Running without asn= says how to pass it."""
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "1", "--config", f"output_dir={tmp_path / 'out'}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    _assert_clean_failure(proc, tmp_path / "out", "pass --config asn=PATH")
