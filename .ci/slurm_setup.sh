@@ -8,6 +8,6 @@ cd "$(dirname "$0")/.."
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends slurm-wlm munge
+    apt-get install -y -qq slurm-wlm munge
 fi
 python3 -m pip install --quiet -e ".[test,slurm]"
