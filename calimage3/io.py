@@ -26,12 +26,11 @@ from astropy.io import fits
 from astropy.table import QTable, Table
 from astropy.wcs import WCS as FITSWCS
 from astropy.wcs import FITSFixedWarning
-from astropy.modeling import models
 from gwcs import WCS
 
 from .association import parse_association
 from .exposure import Exposure
-from .wcs_tools import DETECTOR_FRAME, distortion_model, sip_header, world_frame
+from .wcs_tools import distortion_model, sip_header, tangent_plane_wcs
 
 __all__ = [
     "InputFileError",
@@ -227,8 +226,7 @@ def gwcs_from_fits_header(header, shape):
     cd = fw.pixel_scale_matrix
     crpix = fw.wcs.crpix - 1.0
     crval = fw.wcs.crval
-    ny, nx = shape
-    transform = models.Shift(-crpix[0]) & models.Shift(-crpix[1])
+    distortion = None
     if fw.sip is not None:
         a_order = int(header.get("A_ORDER", 0))
         b_order = int(header.get("B_ORDER", 0))
@@ -245,17 +243,8 @@ def gwcs_from_fits_header(header, shape):
             if f"B_{i}_{j}" in header and i + j >= 2
         }
         degree = max(a_order, b_order, 2)
-        transform = transform | distortion_model(coeffs_x, coeffs_y, shape, degree=degree, inverse_degree=degree + 2)
-    transform = (
-        transform
-        | models.AffineTransformation2D(matrix=cd, translation=[0.0, 0.0])
-        | models.Pix2Sky_TAN()
-        | models.RotateNative2Celestial(crval[0], crval[1], 180.0)
-    )
-    wcs = WCS([(DETECTOR_FRAME, transform), (world_frame(), None)])
-    wcs.bounding_box = ((-0.5, nx - 0.5), (-0.5, ny - 0.5))
-    wcs.pixel_shape = (nx, ny)
-    return wcs
+        distortion = distortion_model(coeffs_x, coeffs_y, shape, degree=degree, inverse_degree=degree + 2)
+    return tangent_plane_wcs(shape, tuple(crpix), cd, tuple(crval), distortion)
 
 
 def _read_wcs(hdul, path, shape):

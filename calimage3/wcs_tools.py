@@ -20,6 +20,7 @@ __all__ = [
     "DETECTOR_FRAME",
     "world_frame",
     "imaging_wcs",
+    "tangent_plane_wcs",
     "distortion_model",
     "tangent_plane_correction",
     "to_tangent_plane",
@@ -109,6 +110,30 @@ def imaging_wcs(shape, crval, pixel_scale, rotation=0.0, crpix=None, distortion=
     theta = np.deg2rad(rotation)
     # East is to the left (-x) of a north-up image, as on the sky.
     cd = scale * np.array([[-np.cos(theta), np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    return tangent_plane_wcs(shape, crpix, cd, crval, distortion)
+
+
+def tangent_plane_wcs(shape, crpix, cd, crval, distortion=None):
+    """Gnomonic gwcs from FITS-like terms: the pipeline of a TAN(-SIP) header.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(ny, nx)``; sets the bounding box.
+    crpix : tuple of float
+        Zero-based reference pixel ``(x, y)``.
+    cd : array-like, shape (2, 2)
+        Linear terms, degrees per pixel.
+    crval : tuple of float
+        ``(RA, Dec)`` of the reference pixel, degrees.
+    distortion : astropy.modeling.Model or None
+        ``(u, v) -> (u', v')`` in pixels, applied before ``cd``.
+
+    Returns
+    -------
+    gwcs.WCS
+    """
+    ny, nx = shape
     transform = models.Shift(-crpix[0]) & models.Shift(-crpix[1])
     if distortion is not None:
         transform = transform | distortion
