@@ -49,6 +49,7 @@ __all__ = [
     "write_json",
     "read_json",
     "open_image_sections",
+    "read_image_meta",
     "write_image",
     "atomic_path",
     "file_sha256",
@@ -509,17 +510,46 @@ def write_segmentation(path, segm, wcs, meta):
         fits.HDUList(hdus).writeto(tmp, overwrite=True)
 
 
-def write_image(path, arrays, *, header=None):
+def write_image(path, arrays, *, header=None, meta=None):
     """Write named float arrays as image extensions of a plain FITS file.
 
-    Used for intermediates (single-exposure drizzles, the median); read
-    them back section by section with `open_image_sections`.
+    Used for intermediates (single-exposure drizzles, the median, resample
+    contributions); read them back section by section with
+    `open_image_sections`, and their keywords with `read_image_meta`.
+
+    Parameters
+    ----------
+    path : str or Path
+    arrays : dict
+        Extension name -> array.
+    header : astropy.io.fits.Header or None
+        Primary header.
+    meta : dict or None
+        Keywords added to the primary header (non-FITS values are skipped).
     """
+    header = fits.Header() if header is None else header.copy()
+    if meta:
+        header.update(_header_from_meta(meta))
     hdus = [fits.PrimaryHDU(header=header)]
     for name, array in arrays.items():
         hdus.append(fits.ImageHDU(np.asarray(array), name=name.upper()))
     with atomic_path(path) as tmp:
         fits.HDUList(hdus).writeto(tmp, overwrite=True)
+
+
+def read_image_meta(path):
+    """Primary-header keywords and image-extension names of a file from `write_image`.
+
+    Returns
+    -------
+    meta : dict
+    extensions : list of str
+        Lower-case names of the image extensions present.
+    """
+    with fits.open(path, memmap=True) as hdul:
+        meta = {k: v for k, v in hdul[0].header.items() if k not in ("COMMENT", "HISTORY", "")}
+        extensions = [h.name.lower() for h in hdul[1:]]
+    return meta, extensions
 
 
 @contextmanager

@@ -8,7 +8,13 @@ co-addition into a running weighted mean with a weight image and a context
 image.  The variance arrays are resampled alongside and combined into the
 output ``var_poisson``, ``var_rnoise``, ``var_flat`` and ``err`` arrays.
 
-`ResampledImage` is the accumulator (``add_exposure`` then ``finalize``);
+The co-add is split in two so that a workflow can drizzle the exposures
+in parallel: `drizzle_exposure` drizzles one exposure onto the part of the
+output grid it reaches (an `ExposureContribution`, whose size does not
+depend on the size of the mosaic), and `MosaicCombiner` adds contributions
+one at a time into the mosaic (``add`` then ``finalize``), with the same
+result as one drizzle of all exposures.  `ResampledImage` chains the two
+for callers that hold every exposure (``add_exposure`` then ``finalize``);
 `drizzle_single` drizzles one exposure for outlier detection, and `blot`
 interpolates a resampled image back onto an exposure's pixel grid.  Nothing
 here reads or writes files.
@@ -28,6 +34,7 @@ the calimage3 simulator writes them) and can be passed to
 
 import math
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from drizzle.resample import Drizzle, blot_image
@@ -41,6 +48,9 @@ __all__ = [
     "VARIANCE_METHODS",
     "build_driz_weight",
     "exposure_time_weight",
+    "ExposureContribution",
+    "drizzle_exposure",
+    "MosaicCombiner",
     "ResampledImage",
     "drizzle_single",
     "blot",
@@ -50,6 +60,7 @@ KERNELS = ("square", "gaussian", "point", "turbo", "lanczos2", "lanczos3")
 WEIGHT_TYPES = ("ivm", "exptime")
 VARIANCE_METHODS = ("jwst", "squared_weights")
 _VAR_NAMES = ("var_rnoise", "var_poisson", "var_flat")
+_CTX_PLANE_BITS = 32  # exposures per int32 context plane
 _BLOT_INTERP = ("nearest", "linear", "poly3", "poly5", "lanczos3", "lanczos5")
 
 
@@ -323,6 +334,415 @@ def _drizzle_inputs(exposure, output_wcs, *, sky_level, pixmap, grid_step, weigh
 
 
 # --------------------------------------------------------------------------
+# per-exposure contribution and combiner
+# --------------------------------------------------------------------------
+def _check_variance_method(variance_method):
+    if variance_method not in VARIANCE_METHODS:
+        raise ValueError(
+            f"variance_method: must be one of {VARIANCE_METHODS}, got {variance_method!r}"
+        )
+    return variance_method
+
+
+def _output_bbox(pixmap, input_range, output_shape, pixel_scale_ratio):
+    """Output pixels ``(y0, y1, x0, x1)`` that drops of the input range can reach.
+
+    The box encloses the pixel-map positions of every input pixel of
+    ``input_range`` plus a margin for the drop and kernel size (lanczos3
+    reaches 3 input pixels, i.e. ``3 / pixel_scale_ratio`` output pixels),
+    clipped to the output; ``(0, 0, 0, 0)`` when nothing falls on it.
+    """
+    xmin, xmax, ymin, ymax = input_range
+    sub = pixmap[ymin : ymax + 1, xmin : xmax + 1]
+    xo, yo = sub[..., 0], sub[..., 1]
+    finite = np.isfinite(xo) & np.isfinite(yo)
+    if not finite.any():
+        return (0, 0, 0, 0)
+    margin = int(math.ceil(3.0 / pixel_scale_ratio)) + 2
+    ny, nx = output_shape
+    x0 = max(0, int(math.floor(xo[finite].min())) - margin)
+    x1 = min(nx, int(math.ceil(xo[finite].max())) + margin + 1)
+    y0 = max(0, int(math.floor(yo[finite].min())) - margin)
+    y1 = min(ny, int(math.ceil(yo[finite].max())) + margin + 1)
+    if x0 >= x1 or y0 >= y1:
+        return (0, 0, 0, 0)
+    return (y0, y1, x0, x1)
+
+
+@dataclass
+class ExposureContribution:
+    """One exposure drizzled on its own onto the part of the output grid it reaches.
+
+    Attributes
+    ----------
+    bbox : tuple of int
+        ``(y0, y1, x0, x1)``: the arrays cover output pixels
+        ``[y0:y1, x0:x1]``; ``(0, 0, 0, 0)`` (and empty arrays) when the
+        exposure misses the output grid.
+    data : ndarray of float32, shape (y1 - y0, x1 - x0)
+        Sky-subtracted surface brightness drizzled from this exposure
+        alone, MJy/sr; NaN where its weight is 0.
+    wht : ndarray of float32, same shape
+        Drizzle weight of this exposure.
+    con : ndarray of bool, same shape
+        Where drizzle set this exposure's context bit.
+    variances : dict
+        ``'var_rnoise'``, ``'var_poisson'``, ``'var_flat'`` (those the
+        exposure has) -> float32 array of the same shape, NaN where nothing
+        was drizzled.  For ``variance_method='jwst'`` the drizzled
+        ``sqrt(var)`` (MJy/sr); for ``'squared_weights'`` the variance
+        drizzled with squared weights, (MJy/sr)**2.
+    exptime : float
+        Exposure time used for the weights, seconds.
+    weight_type : {'ivm', 'exptime'}
+    variance_method : {'jwst', 'squared_weights'}
+    """
+
+    bbox: tuple
+    data: np.ndarray
+    wht: np.ndarray
+    con: np.ndarray
+    variances: dict
+    exptime: float
+    weight_type: str
+    variance_method: str
+
+    def to_arrays(self):
+        """Plain arrays and FITS-keyword-safe scalars describing the contribution.
+
+        Returns
+        -------
+        arrays : dict
+            ``'data'``, ``'wht'`` (float32), ``'con'`` (uint8 0/1) and the
+            variance pieces under their names.
+        keywords : dict
+            ``CTB_Y0``, ``CTB_Y1``, ``CTB_X0``, ``CTB_X1`` (the bbox),
+            ``CTB_EXPT``, ``CTB_WTYP``, ``CTB_VMTH``.
+        """
+        arrays = {"data": self.data, "wht": self.wht, "con": self.con.astype(np.uint8)}
+        arrays.update(self.variances)
+        y0, y1, x0, x1 = self.bbox
+        keywords = {
+            "CTB_Y0": int(y0), "CTB_Y1": int(y1), "CTB_X0": int(x0), "CTB_X1": int(x1),
+            "CTB_EXPT": float(self.exptime), "CTB_WTYP": self.weight_type,
+            "CTB_VMTH": self.variance_method,
+        }
+        return arrays, keywords
+
+    @classmethod
+    def from_arrays(cls, arrays, keywords):
+        """Inverse of `to_arrays` (arrays may be memory maps: they are read here)."""
+        bbox = tuple(int(keywords[k]) for k in ("CTB_Y0", "CTB_Y1", "CTB_X0", "CTB_X1"))
+        shape = (bbox[1] - bbox[0], bbox[3] - bbox[2])
+
+        def array(name, dtype):
+            # An empty image (exposure off the grid) may come back as None.
+            value = arrays[name]
+            value = np.zeros(shape, dtype) if value is None else np.asarray(value, dtype=dtype)
+            if value.shape != shape:
+                raise ValueError(f"{name}: shape {value.shape} differs from the bbox {bbox}")
+            return value
+
+        return cls(
+            bbox=bbox,
+            data=array("data", np.float32),
+            wht=array("wht", np.float32),
+            con=array("con", np.uint8) != 0,
+            variances={n: array(n, np.float32) for n in _VAR_NAMES if n in arrays},
+            exptime=float(keywords["CTB_EXPT"]),
+            weight_type=_check_weight_type(keywords["CTB_WTYP"]),
+            variance_method=_check_variance_method(keywords["CTB_VMTH"]),
+        )
+
+
+def drizzle_exposure(
+    exposure,
+    output_wcs,
+    output_shape,
+    *,
+    sky_level=0.0,
+    pixfrac=1.0,
+    kernel="square",
+    weight_type="ivm",
+    good_bits="~DO_NOT_USE+NON_SCIENCE",
+    variance_method="jwst",
+    pixmap=None,
+    grid_step=16,
+    iscale=1.0,
+):
+    """Drizzle one exposure, with its variances, onto the output pixels it reaches.
+
+    Parameters
+    ----------
+    exposure : calimage3.exposure.Exposure
+        Calibrated exposure (SCI in MJy/sr, ERR, DQ, variances, WCS).
+    output_wcs : gwcs.WCS
+        WCS of the mosaic grid.
+    output_shape : tuple of int
+        ``(ny, nx)`` of the mosaic.
+    sky_level : float
+        Sky level to subtract, MJy/sr.
+    pixfrac, kernel, weight_type, good_bits, variance_method
+        As for `ResampledImage` (JWST ``resample`` defaults).
+    pixmap : ndarray or None, shape (ny_in, nx_in, 2)
+        Mosaic-pixel coordinates of every input pixel; computed from the
+        WCSs when None.
+    grid_step : int or None
+        Grid spacing for `calimage3.wcs_tools.pixel_map` (None: every
+        pixel).
+    iscale : float
+        Intensity factor applied to the data (see `ResampledImage.add_exposure`).
+
+    Returns
+    -------
+    ExposureContribution
+        Arrays cut to the exposure's bounding box on the mosaic grid, so
+        their size does not depend on the size of the mosaic.
+
+    Notes
+    -----
+    Stages: weight map, sky subtraction and pixel map (as in
+    `ResampledImage`); bounding box of the pixel map plus the kernel's
+    reach; ``Drizzle.add_image`` onto that cutout (the pixel map shifted by
+    the box origin: the drizzled values are bit-for-bit those of a
+    full-grid drizzle); then the variance pieces of ``variance_method``.
+    `MosaicCombiner` adds contributions into the mosaic.
+    """
+    output_shape = _check_shape(output_shape, "output_shape")
+    kernel = _check_kernel(kernel)
+    variance_method = _check_variance_method(variance_method)
+    weight_type = _check_weight_type(weight_type)
+    sci, weight, kwargs = _drizzle_inputs(
+        exposure,
+        output_wcs,
+        sky_level=sky_level,
+        pixmap=pixmap,
+        grid_step=grid_step,
+        weight_type=weight_type,
+        good_bits=good_bits,
+        pixfrac=_check_pixfrac(pixfrac),
+        iscale=iscale,
+    )
+    variances = {n: _clean_variance(getattr(exposure, n), sci.shape, weight) for n in _VAR_NAMES}
+    variances = {n: v for n, v in variances.items() if v is not None}
+    input_range = tuple(kwargs[k] for k in ("xmin", "xmax", "ymin", "ymax"))
+    bbox = _output_bbox(kwargs["pixmap"], input_range, output_shape, kwargs["pixel_scale_ratio"])
+    y0, y1, x0, x1 = bbox
+    shape = (y1 - y0, x1 - x0)
+    contribution = ExposureContribution(
+        bbox=bbox,
+        data=np.full(shape, np.nan, np.float32),
+        wht=np.zeros(shape, np.float32),
+        con=np.zeros(shape, bool),
+        variances={n: np.full(shape, np.nan, np.float32) for n in variances},
+        exptime=kwargs["exptime"],
+        weight_type=weight_type,
+        variance_method=variance_method,
+    )
+    if 0 in shape:
+        return contribution
+    kwargs["pixmap"] = kwargs["pixmap"] - np.array([x0, y0], dtype=np.float64)
+    names = list(variances)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not a flux-conserving kernel.*")
+        if variance_method == "squared_weights" and names:
+            driz = Drizzle(kernel=kernel, fillval="NAN", out_shape=shape,
+                           out_img2=[None] * len(names), fillval2="NAN")
+            driz.add_image(sci, data2=[variances[n] for n in names], **kwargs)
+            for name, arr in zip(names, driz.out_img2):
+                contribution.variances[name] = np.asarray(arr, dtype=np.float32)
+        else:
+            driz = Drizzle(kernel=kernel, fillval="NAN", out_shape=shape)
+            driz.add_image(sci, **kwargs)
+            for name in names if variance_method == "jwst" else ():
+                single = Drizzle(kernel=kernel, fillval="NAN", out_shape=shape, disable_ctx=True)
+                with np.errstate(invalid="ignore"):
+                    single.add_image(np.sqrt(variances[name]), **kwargs)
+                contribution.variances[name] = np.asarray(single.out_img, dtype=np.float32)
+    contribution.data = np.asarray(driz.out_img, dtype=np.float32)
+    contribution.wht = np.asarray(driz.out_wht, dtype=np.float32)
+    contribution.con = np.asarray(driz.out_ctx[0]) != 0
+    return contribution
+
+
+class MosaicCombiner:
+    """Co-add of `ExposureContribution` objects into a mosaic, one at a time.
+
+    Parameters
+    ----------
+    output_shape : tuple of int
+        ``(ny, nx)`` of the mosaic.
+    fillval : str, float or None
+        Value of mosaic pixels with no weight: 'NAN' (JWST default),
+        'INDEF'/None (NaN too) or a number.
+    n_exposures : int or None
+        Expected number of exposures; sizes the context image up front (it
+        grows by one plane per 32 exposures otherwise).
+
+    Notes
+    -----
+    Memory is that of the mosaic's own arrays plus one contribution,
+    whatever the number of exposures.  With ``W_k``, ``D_k`` the weight
+    and data of contribution ``k``:
+
+    - ``data = sum(W_k D_k) / sum(W_k)`` (accumulated in float64), exactly
+      what one drizzle of all exposures computes incrementally, to float32
+      rounding; ``wht = sum(W_k)``;
+    - ``con``: bit ``k % 32`` of plane ``k // 32`` where contribution ``k``
+      (order of ``add`` calls) set its context;
+    - ``variance_method='jwst'``: ``v_k = (drizzled sqrt(var))**2`` and
+      ``var = sum(w_k**2 v_k) / (sum w_k)**2`` over contributions with a
+      finite, non-negative ``v_k``, ``w_k = 1 / v_rnoise_k`` ('ivm'; 1 where
+      that is not positive and finite) or the exposure time ('exptime');
+    - ``variance_method='squared_weights'``: ``var = sum(W_k**2 V_k) /
+      (sum W_k)**2`` with ``V_k`` the variance drizzled with squared
+      weights, which is what drizzle's ``out_img2`` accumulates;
+    - ``err = sqrt(var_rnoise + var_poisson + var_flat)``, NaN where no
+      variance was resampled.
+    """
+
+    def __init__(self, output_shape, *, fillval="NAN", n_exposures=None):
+        self.output_shape = _check_shape(output_shape, "output_shape")
+        _, self._fill = _check_fillval(fillval)
+        if n_exposures is not None and int(n_exposures) < 1:
+            raise ValueError(f"n_exposures: must be a positive integer, got {n_exposures!r}")
+        nplanes = 1 if n_exposures is None else (int(n_exposures) - 1) // _CTX_PLANE_BITS + 1
+        self._wsum = np.zeros(self.output_shape, np.float64)
+        self._wht = np.zeros(self.output_shape, np.float32)
+        self._con = np.zeros((nplanes,) + self.output_shape, np.int32)
+        self._var_sum = {}
+        self._var_wht = {}
+        self.weight_type = None
+        self.variance_method = None
+        self.n_exposures = 0
+        self.total_exptime = 0.0
+        self._finalized = False
+
+    def add(self, contribution):
+        """Add one exposure's contribution (see `drizzle_exposure`).
+
+        Parameters
+        ----------
+        contribution : ExposureContribution
+
+        Returns
+        -------
+        None
+        """
+        if self._finalized:
+            raise RuntimeError("MosaicCombiner: finalize() was called; nothing can be added")
+        c = contribution
+        if self.n_exposures == 0:
+            self.weight_type = _check_weight_type(c.weight_type)
+            self.variance_method = _check_variance_method(c.variance_method)
+        elif (c.weight_type, c.variance_method) != (self.weight_type, self.variance_method):
+            raise ValueError(
+                f"contribution: weight_type/variance_method {c.weight_type!r}/{c.variance_method!r} "
+                f"differ from the first one's {self.weight_type!r}/{self.variance_method!r}"
+            )
+        y0, y1, x0, x1 = (int(v) for v in c.bbox)
+        if not (0 <= y0 <= y1 <= self.output_shape[0] and 0 <= x0 <= x1 <= self.output_shape[1]):
+            raise ValueError(f"contribution: bbox {c.bbox} is outside the output {self.output_shape}")
+        index = self.n_exposures
+        self.n_exposures += 1
+        self.total_exptime += float(c.exptime)
+        plane, bit = divmod(index, _CTX_PLANE_BITS)
+        if plane >= self._con.shape[0]:
+            extra = np.zeros((plane + 1 - self._con.shape[0],) + self.output_shape, np.int32)
+            self._con = np.concatenate([self._con, extra])
+        if y1 == y0 or x1 == x0:
+            return
+        cut = np.s_[y0:y1, x0:x1]
+        wht = np.asarray(c.wht, dtype=np.float32)
+        used = wht != 0
+        with np.errstate(invalid="ignore"):
+            self._wsum[cut] += np.where(used, wht.astype(np.float64) * c.data, 0.0)
+        self._wht[cut] += wht
+        self._con[plane].view(np.uint32)[cut] |= np.asarray(c.con, np.uint32) << np.uint32(bit)
+        if self.variance_method == "jwst":
+            self._add_variances_jwst(c, cut)
+        else:
+            self._add_variances_squared(c, cut, wht)
+
+    def _accumulators(self, name, dtype):
+        if name not in self._var_sum:
+            self._var_sum[name] = np.zeros(self.output_shape, dtype)
+            self._var_wht[name] = np.zeros(self.output_shape, np.float32)
+        return self._var_sum[name], self._var_wht[name]
+
+    def _add_variances_jwst(self, c, cut):
+        # Masked sums written as "+= where(ok, x, 0)": adding 0.0 leaves a
+        # float32 sum bit-for-bit unchanged, and is much faster than
+        # boolean-index assignment.
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            resampled = {n: np.square(np.asarray(v, np.float64)) for n, v in c.variances.items()}
+            rn = resampled.get("var_rnoise")
+            if self.weight_type == "exptime":
+                weight = np.float64(c.exptime)
+            elif rn is None:
+                weight = np.float64(1.0)
+            else:
+                weight = np.where(np.isfinite(rn) & (rn > 0), 1.0 / rn, 1.0)
+            weight2 = weight * weight
+            for name, var in resampled.items():
+                vsum, vwht = self._accumulators(name, np.float32)
+                ok = np.isfinite(var) & (var >= 0) & (weight > 0)
+                vsum[cut] += np.where(ok, var * weight2, 0.0)
+                vwht[cut] += np.where(ok, weight, 0.0)
+
+    def _add_variances_squared(self, c, cut, wht):
+        w2 = np.square(wht.astype(np.float64))
+        for name, var in c.variances.items():
+            vsum, _ = self._accumulators(name, np.float64)
+            var = np.asarray(var, np.float64)
+            with np.errstate(invalid="ignore"):
+                vsum[cut] += np.where((wht > 0) & np.isfinite(var), w2 * var, 0.0)
+
+    def finalize(self):
+        """Return the mosaic arrays; nothing can be added afterwards.
+
+        Returns
+        -------
+        dict
+            ``'data'`` (SCI, float32, MJy/sr; ``fillval`` where ``wht`` is
+            0), ``'wht'`` (float32 total drizzle weight), ``'con'`` (int32,
+            shape (nplanes, ny, nx)), ``'var_rnoise'``, ``'var_poisson'``,
+            ``'var_flat'`` (float32, (MJy/sr)**2, NaN where nothing
+            contributed) and ``'err'`` (float32, MJy/sr).
+        """
+        if self.n_exposures == 0:
+            raise RuntimeError("MosaicCombiner: no exposure was added")
+        self._finalized = True
+        wht = self._wht
+        covered = wht != 0
+        data = np.full(self.output_shape, self._fill, np.float32)
+        data[covered] = self._wsum[covered] / wht[covered]
+        self._wsum = None
+        out = {"data": data, "wht": wht, "con": self._con}
+        for name in _VAR_NAMES:
+            if name not in self._var_sum:
+                out[name] = np.full(self.output_shape, np.nan, np.float32)
+                continue
+            vsum = self._var_sum.pop(name)
+            if self.variance_method == "jwst":
+                vwht = self._var_wht.pop(name).astype(np.float64)
+                ok = vwht > 0
+            else:
+                vwht = wht.astype(np.float64)
+                ok = wht > 0
+            var = np.full(self.output_shape, np.nan, np.float32)
+            var[ok] = vsum[ok] / (vwht[ok] * vwht[ok])
+            out[name] = var
+            del vsum, vwht
+        stack = np.stack([out[n] for n in _VAR_NAMES])
+        all_nan = np.all(np.isnan(stack), axis=0)
+        err = np.sqrt(np.nansum(stack, axis=0)).astype(np.float32)
+        err[all_nan] = np.nan
+        out["err"] = err
+        return out
+
+
+# --------------------------------------------------------------------------
 # accumulator
 # --------------------------------------------------------------------------
 class ResampledImage:
@@ -359,14 +779,18 @@ class ResampledImage:
 
     Notes
     -----
-    Stages of ``add_exposure``:
+    ``add_exposure`` is `drizzle_exposure` (one exposure onto the part of
+    the grid it reaches) followed by `MosaicCombiner.add`; a workflow can
+    run the first in parallel jobs and the second in one job, with the
+    same result.  Stages of ``add_exposure``:
 
     1. weight map from DQ and VAR_RNOISE (or exposure time);
     2. subtraction of the sky level;
     3. pixel map from the exposure WCS to the output WCS and the ratio of
        output to input pixel size (sets the size of the non-square kernels);
-    4. ``drizzle.resample.Drizzle.add_image`` into the running SCI, WHT
-       and CON arrays;
+    4. ``drizzle.resample.Drizzle.add_image`` onto the exposure's
+       bounding box, then co-addition into the running SCI, WHT and CON
+       arrays;
     5. resampling of the three variance arrays.
 
     Variance, ``variance_method='jwst'`` (default; what the JWST pipeline
@@ -410,29 +834,20 @@ class ResampledImage:
         self.fillval, _ = _check_fillval(fillval)
         self.weight_type = _check_weight_type(weight_type)
         self.good_bits = good_bits
-        if variance_method not in VARIANCE_METHODS:
-            raise ValueError(
-                f"variance_method: must be one of {VARIANCE_METHODS}, got {variance_method!r}"
-            )
-        self.variance_method = variance_method
-        if n_exposures is not None and int(n_exposures) < 1:
-            raise ValueError(f"n_exposures: must be a positive integer, got {n_exposures!r}")
+        self.variance_method = _check_variance_method(variance_method)
         self.grid_step = grid_step
-        max_ctx_id = None if n_exposures is None else int(n_exposures) - 1
-        self._driz = Drizzle(
-            kernel=self.kernel,
-            fillval=self.fillval,
-            out_shape=self.output_shape,
-            max_ctx_id=max_ctx_id,
-            out_img2=[None, None, None] if variance_method == "squared_weights" else None,
-            fillval2="NAN",
-        )
-        if variance_method == "jwst":
-            self._var_sum = {n: np.zeros(self.output_shape, np.float32) for n in _VAR_NAMES}
-            self._var_wht = {n: np.zeros(self.output_shape, np.float32) for n in _VAR_NAMES}
-        self.n_exposures = 0
-        self.total_exptime = 0.0
+        self._combiner = MosaicCombiner(self.output_shape, fillval=fillval, n_exposures=n_exposures)
         self._finalized = False
+
+    @property
+    def n_exposures(self):
+        """Number of exposures added so far."""
+        return self._combiner.n_exposures
+
+    @property
+    def total_exptime(self):
+        """Sum of the exposure times of the exposures added, seconds."""
+        return self._combiner.total_exptime
 
     def add_exposure(self, exposure, sky_level=0.0, pixmap=None, iscale=1.0):
         """Drizzle one exposure into the running co-add.
@@ -458,51 +873,21 @@ class ResampledImage:
         """
         if self._finalized:
             raise RuntimeError("ResampledImage: finalize() was called; no exposure can be added")
-        sci, weight, kwargs = _drizzle_inputs(
+        contribution = drizzle_exposure(
             exposure,
             self.output_wcs,
+            self.output_shape,
             sky_level=sky_level,
-            pixmap=pixmap,
-            grid_step=self.grid_step,
+            pixfrac=self.pixfrac,
+            kernel=self.kernel,
             weight_type=self.weight_type,
             good_bits=self.good_bits,
-            pixfrac=self.pixfrac,
+            variance_method=self.variance_method,
+            pixmap=pixmap,
+            grid_step=self.grid_step,
             iscale=iscale,
         )
-        variances = [_clean_variance(getattr(exposure, n), sci.shape, weight) for n in _VAR_NAMES]
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*not a flux-conserving kernel.*")
-            if self.variance_method == "squared_weights":
-                self._driz.add_image(sci, data2=variances, **kwargs)
-            else:
-                self._driz.add_image(sci, **kwargs)
-                self._add_variances_jwst(variances, kwargs)
-        self.n_exposures += 1
-        self.total_exptime += kwargs["exptime"]
-
-    def _add_variances_jwst(self, variances, kwargs):
-        resampled = {}
-        for name, var in zip(_VAR_NAMES, variances):
-            if var is None:
-                continue
-            single = Drizzle(
-                kernel=self.kernel, fillval="NAN", out_shape=self.output_shape, disable_ctx=True
-            )
-            with np.errstate(invalid="ignore"):
-                single.add_image(np.sqrt(var), **kwargs)
-            resampled[name] = single.out_img.astype(np.float64) ** 2
-        if self.weight_type == "ivm":
-            rn = resampled.get("var_rnoise")
-            weight = np.ones(self.output_shape)
-            if rn is not None:
-                ok = np.isfinite(rn) & (rn > 0)
-                weight[ok] = 1.0 / rn[ok]
-        else:
-            weight = np.full(self.output_shape, kwargs["exptime"])
-        for name, var in resampled.items():
-            ok = np.isfinite(var) & (var >= 0) & (weight > 0)
-            self._var_sum[name][ok] += var[ok] * weight[ok] ** 2
-            self._var_wht[name][ok] += weight[ok]
+        self._combiner.add(contribution)
 
     def finalize(self):
         """Return the resampled arrays; no exposure can be added afterwards.
@@ -520,27 +905,7 @@ class ResampledImage:
         if self.n_exposures == 0:
             raise RuntimeError("ResampledImage: no exposure was added")
         self._finalized = True
-        out = {
-            "data": np.asarray(self._driz.out_img, dtype=np.float32),
-            "wht": np.asarray(self._driz.out_wht, dtype=np.float32),
-            "con": np.asarray(self._driz.out_ctx, dtype=np.int32),
-        }
-        if self.variance_method == "squared_weights":
-            for name, arr in zip(_VAR_NAMES, self._driz.out_img2):
-                arr = np.asarray(arr, dtype=np.float32)
-                out[name] = np.where(out["wht"] > 0, arr, np.float32(np.nan))
-        else:
-            for name in _VAR_NAMES:
-                wsum, wt = self._var_sum[name], self._var_wht[name]
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    var = np.where(wt > 0, wsum / (wt * wt), np.nan)
-                out[name] = var.astype(np.float32)
-        stack = np.stack([out[n] for n in _VAR_NAMES])
-        all_nan = np.all(np.isnan(stack), axis=0)
-        err = np.sqrt(np.nansum(stack, axis=0)).astype(np.float32)
-        err[all_nan] = np.nan
-        out["err"] = err
-        return out
+        return self._combiner.finalize()
 
 
 def _clean_variance(var, shape, weight):

@@ -94,9 +94,19 @@ def i2d_path():
     return f"{OUT}/{ASN.product}_i2d.fits"
 
 
-def resample_inputs():
-    """Exposures that go into the mosaic: _crf files, or the lone _cal."""
-    return all_cal() if ASN.single else all_crf()
+def resample_input(wildcards):
+    """The file exposure ``wildcards.root`` is drizzled from: its _crf, or the lone _cal."""
+    return cal_path(wildcards) if ASN.single else crf_path(wildcards.root)
+
+
+def contribution_path(root):
+    """One exposure drizzled onto its part of the mosaic grid (rules/resample.smk)."""
+    return f"{WORK}/resample/{root}_contribution.fits"
+
+
+def all_contributions():
+    """Every exposure's contribution to the mosaic, in association order."""
+    return [contribution_path(r) for r in ROOTS]
 
 
 def resample_wcs_inputs():

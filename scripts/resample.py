@@ -1,4 +1,9 @@
-"""Snakemake entry point: drizzle every exposure into the final mosaic (_i2d)."""
+"""Snakemake entry point: combine the per-exposure drizzles into the final mosaic (_i2d).
+
+Each exposure was drizzled onto its part of the grid by
+scripts/resample_exposure.py; the contributions are read and added one at a
+time, so memory is the mosaic's arrays plus one contribution.
+"""
 
 import logging
 
@@ -8,13 +13,14 @@ from astropy.table import Table
 from calimage3 import io
 from calimage3.logs import configure_logging
 from calimage3.provenance import provenance_keywords
-from calimage3.resample import ResampledImage
-from calimage3.wcs_tools import footprint, local_pixel_scale, pixel_map
+from calimage3.resample import ExposureContribution, MosaicCombiner
+from calimage3.wcs_tools import footprint, local_pixel_scale
 
 log = logging.getLogger("resample")
 
 HDRTAB_KEYWORDS = ("FILENAME", "EXPTIME", "EFFEXPTM", "EXPSTART", "EXPMID", "EXPEND", "DETECTOR", "FILTER",
                    "PUPIL", "BKGLEVEL", "S_TWKREG", "S_SKYMAT", "S_OUTLIR", "PHOTMJSR")
+_ARRAY_NAMES = ("data", "wht", "con", "var_rnoise", "var_poisson", "var_flat")
 
 
 def _s_region(wcs, shape):
@@ -53,27 +59,34 @@ def mosaic_metadata(metas, wcs, shape, params):
     return meta
 
 
-def resample(exposure_paths, grid_path, i2d_path, *, grid_step=16, **params):
-    """Drizzle the exposures one at a time onto the output grid and write the _i2d."""
+def read_contribution(path):
+    """A contribution file: the `ExposureContribution`, the exposure's metadata and file info."""
+    header, extensions = io.read_image_meta(path)
+    keywords = {k: v for k, v in header.items() if k.startswith("CTB_")}
+    meta = {k: v for k, v in header.items() if not k.startswith("CTB_")}
+    present = [n for n in _ARRAY_NAMES if n in extensions]
+    with io.open_image_sections(path, present) as arrays:
+        contribution = ExposureContribution.from_arrays(arrays, keywords)
+    return contribution, meta, keywords
+
+
+def resample(contribution_paths, grid_path, i2d_path, **params):
+    """Add the per-exposure contributions one at a time and write the _i2d."""
     out_wcs, out_shape, _ = io.read_wcs_file(grid_path)
-    mosaic = ResampledImage(
-        out_wcs, out_shape, pixfrac=params.get("pixfrac", 1.0), kernel=params.get("kernel", "square"),
-        fillval=params.get("fillval", "NAN"), weight_type=params.get("weight_type", "ivm"),
-        good_bits=params.get("good_bits", "~DO_NOT_USE+NON_SCIENCE"),
-    )
-    metas, rows = [], []
-    for path in exposure_paths:
-        exposure = io.read_exposure(path)
-        sky_level = 0.0 if exposure.meta.get("BKGSUB", True) else float(exposure.meta.get("BKGLEVEL", 0.0))
-        pixmap = pixel_map(exposure.wcs, out_wcs, exposure.shape, grid_step=grid_step or None)
-        mosaic.add_exposure(exposure, sky_level=sky_level, pixmap=pixmap)
-        metas.append(exposure.meta)
-        rows.append({k: exposure.meta.get(k, "") for k in HDRTAB_KEYWORDS} | {"FILENAME": exposure.name})
-        log.info("resample: added %s (sky %.5f MJy/sr subtracted)", exposure.name, sky_level)
-        del exposure, pixmap
-    arrays = mosaic.finalize()
+    combiner = MosaicCombiner(out_shape, fillval=params.get("fillval", "NAN"),
+                              n_exposures=len(contribution_paths))
+    metas, rows, checksums = [], [], []
+    for path in contribution_paths:
+        contribution, meta, info = read_contribution(path)
+        combiner.add(contribution)
+        metas.append(meta)
+        rows.append({k: meta.get(k, "") for k in HDRTAB_KEYWORDS} | {"FILENAME": info["CTB_NAME"]})
+        checksums.append((info["CTB_NAME"], info["CTB_SHA"]))
+        log.info("resample: added %s (sky %.5f MJy/sr subtracted)", info["CTB_NAME"], info["CTB_SKY"])
+        del contribution
+    arrays = combiner.finalize()
     meta = mosaic_metadata(metas, out_wcs, out_shape, params)
-    meta.update(provenance_keywords("resample", params, io.input_checksums([*exposure_paths, grid_path])))
+    meta.update(provenance_keywords("resample", params, [*checksums, *io.input_checksums([grid_path])]))
     hdrtab = Table(rows=[[str(r[k]) if isinstance(r[k], str) else r[k] for k in HDRTAB_KEYWORDS] for r in rows],
                    names=HDRTAB_KEYWORDS)
     io.write_i2d(i2d_path, arrays, out_wcs, meta, hdrtab=hdrtab)
@@ -84,5 +97,4 @@ def resample(exposure_paths, grid_path, i2d_path, *, grid_step=16, **params):
 
 if "snakemake" in globals():
     configure_logging(snakemake.log[0])
-    resample(snakemake.input.exposures, snakemake.input.grid, snakemake.output.i2d,
-             grid_step=snakemake.params.grid_step, **snakemake.params.step)
+    resample(snakemake.input.contributions, snakemake.input.grid, snakemake.output.i2d, **snakemake.params.step)

@@ -5,11 +5,18 @@ import pytest
 
 from calimage3.dqflags import PIXEL
 from calimage3.exposure import Exposure
+from drizzle.resample import Drizzle
+
 from calimage3.resample import (
     KERNELS,
+    ExposureContribution,
+    MosaicCombiner,
     ResampledImage,
+    _clean_variance,
+    _drizzle_inputs,
     blot,
     build_driz_weight,
+    drizzle_exposure,
     drizzle_single,
     exposure_time_weight,
 )
@@ -296,3 +303,162 @@ def test_finalize_locks():
         ResampledImage(wcs, (4, 4)).add_exposure(
             _exposure(wcs, np.ones((4, 4))), pixmap=_identity(3, 4)
         )
+
+
+# --------------------------------------------------------------------------
+# per-exposure contributions + combiner == one drizzle of all exposures
+# --------------------------------------------------------------------------
+VAR_NAMES = ("var_rnoise", "var_poisson", "var_flat")
+
+
+@pytest.fixture(scope="module")
+def noisy_set():
+    """Four dithered, rotated exposures with pixel-to-pixel variances, bad pixels and NaNs."""
+    rng = np.random.default_rng(5)
+    wcss = _dither_wcs() + [imaging_wcs(SHAPE, (RA0 - 2e-5, DEC0 + 3e-5), SCALE, 0.7)]
+    exposures = []
+    for k, wcs in enumerate(wcss):
+        data = _gaussian_sb(wcs, SHAPE, 1000.0, 0.06, sub=1) + 0.5 + rng.normal(0, 0.01, SHAPE)
+        exp = _exposure(wcs, data, exptime=100.0 * (k + 1))
+        exp.var_rnoise = rng.uniform(0.5e-4, 2e-4, SHAPE).astype(np.float32)
+        exp.var_poisson = rng.uniform(1e-4, 3e-4, SHAPE).astype(np.float32)
+        exp.var_flat = rng.uniform(0, 1e-5, SHAPE).astype(np.float32)
+        exp.dq[rng.integers(0, 128, 20), rng.integers(0, 128, 20)] = PIXEL["DO_NOT_USE"]
+        exp.data[10 + k, 20] = np.nan
+        exposures.append(exp)
+    out_wcs, out_shape = output_wcs(wcss, [SHAPE] * 4)
+    return exposures, out_wcs, out_shape
+
+
+def _one_drizzle(exposures, out_wcs, out_shape, *, kernel, pixfrac, weight_type, method):
+    """Reference: every exposure through ONE drizzle.Drizzle (the pre-split algorithm)."""
+    driz = Drizzle(kernel=kernel, fillval="NAN", out_shape=out_shape,
+                   out_img2=[None] * 3 if method == "squared_weights" else None, fillval2="NAN")
+    vsum = {n: np.zeros(out_shape) for n in VAR_NAMES}
+    vwht = {n: np.zeros(out_shape) for n in VAR_NAMES}
+    for exp in exposures:
+        sci, weight, kwargs = _drizzle_inputs(
+            exp, out_wcs, sky_level=0.5, pixmap=None, grid_step=16, weight_type=weight_type,
+            good_bits="~DO_NOT_USE+NON_SCIENCE", pixfrac=pixfrac)
+        variances = [_clean_variance(getattr(exp, n), sci.shape, weight) for n in VAR_NAMES]
+        if method == "squared_weights":
+            driz.add_image(sci, data2=variances, **kwargs)
+            continue
+        driz.add_image(sci, **kwargs)
+        resampled = {}
+        for name, var in zip(VAR_NAMES, variances):
+            single = Drizzle(kernel=kernel, fillval="NAN", out_shape=out_shape, disable_ctx=True)
+            single.add_image(np.sqrt(var), **kwargs)
+            resampled[name] = single.out_img.astype(np.float64) ** 2
+        w = np.full(out_shape, kwargs["exptime"])
+        if weight_type == "ivm":
+            rn = resampled["var_rnoise"]
+            w = np.where(np.isfinite(rn) & (rn > 0), 1.0 / rn, 1.0)
+        for name, var in resampled.items():
+            ok = np.isfinite(var) & (var >= 0)
+            vsum[name][ok] += var[ok] * w[ok] ** 2
+            vwht[name][ok] += w[ok]
+    out = {"data": driz.out_img, "wht": driz.out_wht, "con": driz.out_ctx}
+    for k, name in enumerate(VAR_NAMES):
+        if method == "squared_weights":
+            out[name] = np.where(driz.out_wht > 0, driz.out_img2[k], np.nan)
+        else:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[name] = np.where(vwht[name] > 0, vsum[name] / vwht[name] ** 2, np.nan)
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:Kernel 'gaussian' is not a flux-conserving")
+@pytest.mark.parametrize(
+    ("kernel", "pixfrac", "weight_type", "method"),
+    [
+        ("square", 1.0, "ivm", "jwst"),
+        ("square", 0.7, "exptime", "jwst"),
+        ("turbo", 0.8, "ivm", "jwst"),
+        ("gaussian", 1.0, "ivm", "jwst"),
+        ("square", 1.0, "ivm", "squared_weights"),
+    ],
+)
+def test_contributions_combine_to_one_drizzle(noisy_set, kernel, pixfrac, weight_type, method):
+    """Per-exposure contributions, combined, equal one drizzle of all four exposures to 1e-5."""
+    exposures, out_wcs, out_shape = noisy_set
+    expected = _one_drizzle(exposures, out_wcs, out_shape, kernel=kernel, pixfrac=pixfrac,
+                            weight_type=weight_type, method=method)
+    combiner = MosaicCombiner(out_shape)
+    for exp in exposures:
+        combiner.add(drizzle_exposure(exp, out_wcs, out_shape, sky_level=0.5, kernel=kernel,
+                                      pixfrac=pixfrac, weight_type=weight_type, variance_method=method))
+    out = combiner.finalize()
+    assert out["con"].dtype == np.int32 and set(np.unique(out["con"])) > {0, 1, 2, 4, 8}
+    np.testing.assert_array_equal(out["con"], expected["con"])
+    np.testing.assert_allclose(out["wht"], expected["wht"], rtol=1e-5)
+    np.testing.assert_array_equal(np.isnan(out["data"]), np.isnan(expected["data"]))
+    np.testing.assert_allclose(out["data"], expected["data"], rtol=1e-5, atol=1e-6, equal_nan=True)
+    for name in VAR_NAMES:
+        np.testing.assert_allclose(out[name], expected[name], rtol=1e-5, equal_nan=True)
+
+
+def test_contribution_is_cut_to_the_exposure():
+    """A 16x16 exposure on a 64x200 grid gives a ~26x26 cutout whatever the grid size."""
+    wcs = _shift_wcs((16, 16), 0, 0)
+    exp = _exposure(wcs, np.full((16, 16), 2.0))
+    pixmap = _identity(16, 16, dx=100.0, dy=20.0)
+    small = drizzle_exposure(exp, wcs, (64, 200), pixmap=pixmap)
+    large = drizzle_exposure(exp, wcs, (640, 2000), pixmap=pixmap)
+    assert small.bbox == large.bbox == (15, 41, 95, 121)
+    assert small.data.shape == (26, 26) and small.data.dtype == np.float32
+    np.testing.assert_array_equal(small.wht, large.wht)
+    assert np.all(small.data[5:21, 5:21] == 2.0) and np.isnan(small.data[0, 0])
+    assert np.all(small.con[5:21, 5:21]) and not small.con[0, 0]
+    edge = drizzle_exposure(exp, wcs, (64, 200), pixmap=_identity(16, 16, dx=-8.0))
+    assert edge.bbox == (0, 21, 0, 13)
+    off = drizzle_exposure(exp, wcs, (64, 200), pixmap=_identity(16, 16, dx=500.0))
+    assert off.bbox == (0, 0, 0, 0) and off.data.shape == (0, 0)
+
+
+def test_contribution_round_trips_through_arrays(noisy_set):
+    """to_arrays/from_arrays keeps every array, the bbox and the settings."""
+    exposures, out_wcs, out_shape = noisy_set
+    contribution = drizzle_exposure(exposures[1], out_wcs, out_shape, sky_level=0.5)
+    arrays, keywords = contribution.to_arrays()
+    assert all(len(k) <= 8 for k in keywords) and arrays["con"].dtype == np.uint8
+    back = ExposureContribution.from_arrays(arrays, keywords)
+    assert back.bbox == contribution.bbox and back.exptime == 200.0
+    assert (back.weight_type, back.variance_method) == ("ivm", "jwst")
+    np.testing.assert_array_equal(back.con, contribution.con)
+    for name in ("data", "wht", *VAR_NAMES):
+        np.testing.assert_array_equal(getattr(back, name, None) if name in ("data", "wht")
+                                      else back.variances[name], arrays[name])
+
+
+def test_combiner_context_and_empty_contributions():
+    """An exposure off the grid still takes its context bit; bits 31 and 32 land in planes 0 and 1."""
+    wcs = _shift_wcs((4, 4), 0, 0)
+    exp = _exposure(wcs, np.ones((4, 4)))
+    combiner = MosaicCombiner((4, 4), fillval=-1.0)
+    for k in range(33):
+        dx = 0.0 if k in (0, 31, 32) else 100.0  # only exposures 0, 31 and 32 land on the grid
+        combiner.add(drizzle_exposure(exp, wcs, (4, 4), pixmap=_identity(4, 4, dx=dx)))
+    out = combiner.finalize()
+    assert out["con"].shape == (2, 4, 4)
+    assert out["con"][0].view(np.uint32)[2, 2] == (1 << 31) | 1 and out["con"][1, 2, 2] == 1
+    assert out["data"][2, 2] == 1.0 and out["wht"][2, 2] == pytest.approx(3e4)
+
+
+def test_combiner_bad_input():
+    """Mixed weighting, a bbox off the grid and use after finalize are rejected."""
+    wcs = _shift_wcs((4, 4), 0, 0)
+    exp = _exposure(wcs, np.ones((4, 4)))
+    combiner = MosaicCombiner((4, 4))
+    with pytest.raises(RuntimeError, match="no exposure"):
+        combiner.finalize()
+    combiner.add(drizzle_exposure(exp, wcs, (4, 4), pixmap=_identity(4, 4)))
+    with pytest.raises(ValueError, match="weight_type/variance_method 'exptime'"):
+        combiner.add(drizzle_exposure(exp, wcs, (4, 4), pixmap=_identity(4, 4), weight_type="exptime"))
+    with pytest.raises(ValueError, match="bbox"):
+        combiner.add(drizzle_exposure(exp, wcs, (8, 8), pixmap=_identity(4, 4, dx=3.0)))
+    combiner.finalize()
+    with pytest.raises(RuntimeError, match="finalize"):
+        combiner.add(drizzle_exposure(exp, wcs, (4, 4), pixmap=_identity(4, 4)))
+    with pytest.raises(ValueError, match="variance_method: .*'exact'"):
+        drizzle_exposure(exp, wcs, (4, 4), variance_method="exact")

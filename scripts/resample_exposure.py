@@ -1,0 +1,61 @@
+"""Snakemake entry point: drizzle one exposure onto its part of the mosaic grid.
+
+The result (a "contribution": cutout arrays, their offsets on the grid and
+the exposure's metadata) is combined with the others by scripts/resample.py.
+"""
+
+import logging
+
+from calimage3 import io
+from calimage3.logs import configure_logging
+from calimage3.resample import drizzle_exposure
+from calimage3.wcs_tools import pixel_map
+
+log = logging.getLogger("resample")
+
+# Arrays drizzle_exposure uses (AREA is not needed).
+EXPOSURE_ARRAYS = ("data", "err", "dq", "var_poisson", "var_rnoise", "var_flat")
+
+
+def exposure_sky_level(meta):
+    """Sky level still in the data: BKGLEVEL unless skymatch already subtracted it."""
+    return 0.0 if meta.get("BKGSUB", True) else float(meta.get("BKGLEVEL", 0.0))
+
+
+def contribution_meta(meta, keywords, *, name, sha256, sky_level):
+    """Keywords of a contribution file: exposure metadata, then CTB_* keywords."""
+    return {
+        **{k: v for k, v in meta.items() if not k.startswith("CTB_")},
+        **keywords,
+        "CTB_NAME": name,
+        "CTB_SHA": sha256,
+        "CTB_SKY": float(sky_level),
+    }
+
+
+def resample_exposure(exposure_path, grid_path, contribution_path, *, grid_step=16, **params):
+    """Drizzle one exposure (data and variances) and write its contribution file."""
+    out_wcs, out_shape, _ = io.read_wcs_file(grid_path)
+    exposure = io.read_exposure(exposure_path, arrays=EXPOSURE_ARRAYS)
+    sky_level = exposure_sky_level(exposure.meta)
+    pixmap = pixel_map(exposure.wcs, out_wcs, exposure.shape, grid_step=grid_step or None)
+    contribution = drizzle_exposure(
+        exposure, out_wcs, out_shape, sky_level=sky_level, pixmap=pixmap,
+        pixfrac=params.get("pixfrac", 1.0), kernel=params.get("kernel", "square"),
+        weight_type=params.get("weight_type", "ivm"),
+        good_bits=params.get("good_bits", "~DO_NOT_USE+NON_SCIENCE"),
+    )
+    del pixmap
+    arrays, keywords = contribution.to_arrays()
+    meta = contribution_meta(exposure.meta, keywords, name=exposure.name,
+                             sha256=io.file_sha256(exposure_path), sky_level=sky_level)
+    io.write_image(contribution_path, arrays, meta=meta)
+    y0, y1, x0, x1 = contribution.bbox
+    log.info("resample: %s drizzled onto mosaic rows %d:%d, columns %d:%d of %d x %d (sky %.5f MJy/sr subtracted)",
+             exposure.name, y0, y1, x0, x1, out_shape[1], out_shape[0], sky_level)
+
+
+if "snakemake" in globals():
+    configure_logging(snakemake.log[0])
+    resample_exposure(snakemake.input.exposure, snakemake.input.grid, snakemake.output.contribution,
+                      grid_step=snakemake.params.grid_step, **snakemake.params.step)
