@@ -4,8 +4,11 @@ The workflow calls `check_inputs` while building its DAG, so a missing
 member, a corrupt file, a ``_cal`` without a WCS, an association without
 science members or an exposure that overlaps no other stops the run with
 one clear message naming the file, before any output exists.
+`check_campaign` does the same for every association of a campaign
+(``--config asns=GLOB``) and checks that they can share one output folder.
 """
 
+import glob
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +18,10 @@ from .association import single_exposure_association
 from .assign_mtwcs import is_moving_target
 from .wcs_tools import footprint, polygon_overlap_area
 
-__all__ = ["check_inputs", "non_overlapping"]
+__all__ = ["check_inputs", "check_campaign", "resolve_asn_paths", "non_overlapping"]
+
+# Top-level folders of a campaign output that no product may be named.
+RESERVED_FOLDERS = ("work", "logs", "benchmarks")
 
 
 def non_overlapping(footprints):
@@ -84,3 +90,85 @@ def check_inputs(asn_path):
         names = ", ".join(asn.members[i].path.name for i in lonely)
         raise io.InputFileError(asn.path or path, f"exposure(s) overlapping no other exposure on the sky: {names}")
     return asn
+
+
+def resolve_asn_paths(asns):
+    """The association files a campaign names, in a stable order.
+
+    Parameters
+    ----------
+    asns : str or list of str
+        A glob of ASN JSON files, a folder (its ``*_asn.json`` files), or a
+        list of paths, globs and folders.
+
+    Returns
+    -------
+    list of Path
+        Sorted within each entry, in the order of the entries; no duplicates.
+
+    Raises
+    ------
+    calimage3.io.InputFileError
+        When an entry (a glob, folder or file) matches no association file.
+    """
+    entries = [asns] if isinstance(asns, str) else list(asns or [])
+    entries = [str(e) for e in entries if str(e).strip()]
+    if not entries:
+        raise io.InputFileError("config 'asns'", "no associations given: pass --config asns=GLOB (ASN JSON files)")
+    paths = []
+    for entry in entries:
+        if Path(entry).is_dir():
+            found = sorted(Path(entry).glob("*_asn.json"))
+            what = "folder has no *_asn.json association files"
+        elif glob.has_magic(entry):
+            found = sorted(Path(p) for p in glob.glob(entry))
+            what = "glob matches no association file"
+        else:
+            found = [Path(entry)]  # a missing file is reported by check_inputs
+            what = ""
+        if not found:
+            raise io.InputFileError(entry, what)
+        for p in found:
+            if p.resolve() not in [q.resolve() for q in paths]:
+                paths.append(p)
+    return paths
+
+
+def check_campaign(asns):
+    """Validate every association of a campaign and return them.
+
+    Parameters
+    ----------
+    asns : str or list of str
+        As for `resolve_asn_paths`.
+
+    Returns
+    -------
+    list of calimage3.association.Association
+        One per file, each checked by `check_inputs`.
+
+    Raises
+    ------
+    calimage3.io.InputFileError
+        For the first bad association or member; when two associations have
+        the same product name (they would share one folder), a product is
+        named like a top-level folder of the output, or one exposure root
+        names two different files.
+    """
+    associations = [check_inputs(p) for p in resolve_asn_paths(asns)]
+    products, files = {}, {}
+    for asn in associations:
+        source = asn.path or asn.members[0].path
+        if asn.product in RESERVED_FOLDERS:
+            raise io.InputFileError(source, f"product name {asn.product!r} is reserved for the shared "
+                                            f"{asn.product}/ folder of a campaign")
+        if asn.product in products:
+            raise io.InputFileError(source, f"product {asn.product!r} is also the product of "
+                                            f"{products[asn.product]}; each association needs its own product name")
+        products[asn.product] = source
+        for member in asn.members:
+            known = files.setdefault(member.root, member.path)
+            if Path(known).resolve() != Path(member.path).resolve():
+                raise io.InputFileError(source, f"exposure {member.root!r} is {member.path} here but {known} "
+                                                f"in another association")
+    return associations

@@ -1,6 +1,7 @@
 # Configuration check, input check, and the path helpers every rule uses.
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -22,14 +23,25 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-from calimage3.preflight import check_inputs
+from calimage3 import io as _io
+from calimage3.preflight import check_campaign, check_inputs
 
-ASN = check_inputs(config["asn"])
+# One association (asn=PATH): every product directly in output_dir.  A
+# campaign (asns=GLOB, folder or list): one folder per product under
+# output_dir, each with its own work/, logs/ and benchmarks/; the
+# association-independent tweakreg source detection is shared under
+# output_dir/work, output_dir/logs and output_dir/benchmarks.
+if config.get("asn") and config.get("asns"):
+    raise _io.InputFileError("config 'asn' and 'asns'", "give one association (asn=PATH) or a campaign (asns=GLOB), not both")
+CAMPAIGN = bool(config.get("asns"))
+ASNS = check_campaign(config["asns"]) if CAMPAIGN else [check_inputs(config["asn"])]
 OUT = str(Path(config["output_dir"]))
 WORK = f"{OUT}/work"
 LOGS = f"{OUT}/logs"
 BENCH = f"{OUT}/benchmarks"
-ROOTS = ASN.roots
+# Exposure root -> _cal file, over every association (preflight made them agree).
+CAL_FILES = {m.root: str(m.path) for a in ASNS for m in a.members}
+ROOTS = list(CAL_FILES)
 
 
 wildcard_constraints:
@@ -50,78 +62,128 @@ def step_params(step, names=None):
 
 def cal_path(wildcards):
     """The _cal file of exposure ``wildcards.root``."""
-    return str(ASN.member(wildcards.root).path)
+    return CAL_FILES[wildcards.root]
 
 
-def all_cal():
-    return [str(m.path) for m in ASN.members]
+def sources_path(root):
+    """Tweakreg sources of one exposure: shared by every association that has it."""
+    return f"{WORK}/tweakreg/{root}_sources.ecsv"
 
 
-def crf_path(root):
-    return f"{OUT}/{root}_{ASN.asn_id}_crf.fits"
+class Product:
+    """Paths and rule names of one association's jobs.
+
+    Each step's .smk file defines its rules once per Product; the bound
+    methods taking ``wildcards`` are the rules' input functions.  With one
+    association the rule names are the plain step names; in a campaign of
+    several they end in ``__<product>``.
+    """
+
+    def __init__(self, asn, out, suffix=""):
+        self.asn = asn
+        self.out = out
+        self.work = f"{out}/work"
+        self.logs = f"{out}/logs"
+        self.bench = f"{out}/benchmarks"
+        self.qa = f"{out}/qa"
+        self.roots = asn.roots
+        self.single = asn.single
+        self.suffix = suffix
+
+    def rule(self, step):
+        """Name of this association's rule of ``step``."""
+        return step + self.suffix
+
+    def all_cal(self):
+        return [str(m.path) for m in self.asn.members]
+
+    def crf(self, root):
+        return f"{self.out}/{root}_{self.asn.asn_id}_crf.fits"
+
+    def all_crf(self):
+        return [self.crf(r) for r in self.roots]
+
+    def mtwcs(self, root):
+        return f"{self.work}/assign_mtwcs/{root}_wcs.asdf"
+
+    def tweakreg_wcs(self, root):
+        return f"{self.work}/tweakreg/{root}_tweakreg.asdf"
+
+    def all_tweakreg_wcs(self):
+        return [self.tweakreg_wcs(r) for r in self.roots]
+
+    def tweakreg_catalogs(self):
+        """Source catalogs tweakreg aligns; none when the step is skipped."""
+        if config["tweakreg"].get("skip"):
+            return []
+        return [sources_path(r) for r in self.roots]
+
+    def skymatch(self):
+        return f"{self.work}/skymatch/skymatch.json"
+
+    def outlier_grid(self):
+        return f"{self.work}/outlier_detection/grid_wcs.asdf"
+
+    def outlier_single(self, root):
+        return f"{self.work}/outlier_detection/{root}_single.fits"
+
+    def outlier_median(self):
+        return f"{self.work}/outlier_detection/median.fits"
+
+    def outlier_median_inputs(self, wildcards):
+        """The median and its grid, unless outlier detection is skipped."""
+        if config["outlier_detection"].get("skip"):
+            return {}
+        return {"median": self.outlier_median(), "grid": self.outlier_grid()}
+
+    def resample_grid(self):
+        return f"{self.work}/resample/output_wcs.asdf"
+
+    def resample_input(self, wildcards):
+        """The file exposure ``wildcards.root`` is drizzled from: its _crf, or the lone _cal."""
+        return cal_path(wildcards) if self.single else self.crf(wildcards.root)
+
+    def contribution(self, root):
+        """One exposure drizzled onto its part of the mosaic grid (rules/resample.smk)."""
+        return f"{self.work}/resample/{root}_contribution.fits"
+
+    def all_contributions(self):
+        """Every exposure's contribution to the mosaic, in association order."""
+        return [self.contribution(r) for r in self.roots]
+
+    def resample_wcs_inputs(self):
+        """Where the exposures' final WCSs are: tweakreg output, or the lone _cal."""
+        return self.all_cal() if self.single else self.all_tweakreg_wcs()
+
+    def i2d(self):
+        return f"{self.out}/{self.asn.product}_i2d.fits"
+
+    def cat(self):
+        return f"{self.out}/{self.asn.product}_cat.ecsv"
+
+    def segm(self):
+        return f"{self.out}/{self.asn.product}_segm.fits"
+
+    def final_products(self):
+        """Every product of this association, as JWST names them."""
+        products = [self.i2d(), self.cat(), self.segm()]
+        if not self.single:
+            products += self.all_crf()
+        if config["qa_figures"]:
+            products += qa_figure_paths(self)  # rules/qa_common.smk
+        return products
 
 
-def all_crf():
-    return [crf_path(r) for r in ROOTS]
+def _rule_suffix(asn):
+    return f"__{re.sub(r'[^A-Za-z0-9_]', '_', asn.product)}" if len(ASNS) > 1 else ""
 
 
-def mtwcs_path(root):
-    return f"{WORK}/assign_mtwcs/{root}_wcs.asdf"
-
-
-def tweakreg_wcs_path(root):
-    return f"{WORK}/tweakreg/{root}_tweakreg.asdf"
-
-
-def tweakreg_catalogs():
-    """Source catalogs tweakreg aligns; none when the step is skipped."""
-    if config["tweakreg"].get("skip"):
-        return []
-    return [f"{WORK}/tweakreg/{r}_sources.ecsv" for r in ROOTS]
-
-
-def outlier_median_inputs(wildcards):
-    """The median and its grid, unless outlier detection is skipped."""
-    if config["outlier_detection"].get("skip"):
-        return {}
-    return {
-        "median": f"{WORK}/outlier_detection/median.fits",
-        "grid": f"{WORK}/outlier_detection/grid_wcs.asdf",
-    }
-
-
-def i2d_path():
-    return f"{OUT}/{ASN.product}_i2d.fits"
-
-
-def resample_input(wildcards):
-    """The file exposure ``wildcards.root`` is drizzled from: its _crf, or the lone _cal."""
-    return cal_path(wildcards) if ASN.single else crf_path(wildcards.root)
-
-
-def contribution_path(root):
-    """One exposure drizzled onto its part of the mosaic grid (rules/resample.smk)."""
-    return f"{WORK}/resample/{root}_contribution.fits"
-
-
-def all_contributions():
-    """Every exposure's contribution to the mosaic, in association order."""
-    return [contribution_path(r) for r in ROOTS]
-
-
-def resample_wcs_inputs():
-    """Where the exposures' final WCSs are: tweakreg output, or the lone _cal."""
-    return all_cal() if ASN.single else [tweakreg_wcs_path(r) for r in ROOTS]
+PRODUCTS = [Product(a, f"{OUT}/{a.product}" if CAMPAIGN else OUT, _rule_suffix(a)) for a in ASNS]
 
 
 def final_products():
-    """Every product of the stage, as JWST names them."""
-    products = [i2d_path(), f"{OUT}/{ASN.product}_cat.ecsv", f"{OUT}/{ASN.product}_segm.fits"]
-    if not ASN.single:
-        products += all_crf()
-    if config["qa_figures"]:
-        products += qa_figure_paths()  # rules/qa.smk
-    return products
+    """Every product of the stage, of every association."""
+    return [path for p in PRODUCTS for path in p.final_products()]
 
 
 def mem_mb_group(wildcards, input, attempt):

@@ -1,65 +1,68 @@
 # Path helpers of qa_figures (in rules/qa.smk): which figures a configuration
-# makes, flagged for the report, and the products they show.
+# makes for one association (a Product of rules/common.smk), flagged for the
+# report, and the products they show.
 
-QA = f"{OUT}/qa"
 QA_CATEGORY = "Quality assurance"
 
 
-def qa_png(name, subcategory, caption=None, labels=None):
+def qa_png(P, name, subcategory, caption=None, labels=None):
     """The PNG of figure ``name``, flagged for the report with its caption."""
+    labels = labels or {"figure": name}
+    if CAMPAIGN:
+        labels = {"product": P.asn.product, **labels}
     return report(
-        f"{QA}/{name}.png",
+        f"{P.qa}/{name}.png",
         category=QA_CATEGORY,
         subcategory=subcategory,
         caption=f"../report/{caption or name}.rst",
-        labels=labels or {"figure": name},
+        labels=labels,
     )
 
 
-def qa_exposure_png(name, subcategory):
+def qa_exposure_png(P, name, subcategory):
     """A figure about the exposures of an association; none for a lone _cal."""
-    return [] if ASN.single else qa_png(name, subcategory)
+    return [] if P.single else qa_png(P, name, subcategory)
 
 
-def qa_truth_png(name):
+def qa_truth_png(P, name):
     """A truth-comparison figure; none unless the `truth` folder is given."""
-    return qa_png(name, "Against truth") if config.get("truth") else []
+    return qa_png(P, name, "Against truth") if config.get("truth") else []
 
 
-def qa_outlier_pngs():
+def qa_outlier_pngs(P):
     """One outlier preview per exposure of an association."""
-    if ASN.single:
+    if P.single:
         return []
     return [
-        qa_png(f"outliers/{r}", "Outliers", caption="outliers", labels={"figure": "outliers", "exposure": r})
-        for r in ROOTS
+        qa_png(P, f"outliers/{r}", "Outliers", caption="outliers", labels={"figure": "outliers", "exposure": r})
+        for r in P.roots
     ]
 
 
-def qa_figure_paths():
-    """Every QA PNG this configuration makes (for final_products())."""
+def qa_figure_paths(P):
+    """Every QA PNG this configuration makes (for Product.final_products())."""
     names = ["mosaic", "segmentation", "magnitudes"]
-    if not ASN.single:
-        names += ["footprints", "tweakreg", "skymatch"] + [f"outliers/{r}" for r in ROOTS]
+    if not P.single:
+        names += ["footprints", "tweakreg", "skymatch"] + [f"outliers/{r}" for r in P.roots]
     if config.get("truth"):
         names += ["truth_flux", "truth_positions"]
-    return [f"{QA}/{n}.png" for n in names]
+    return [f"{P.qa}/{n}.png" for n in names]
 
 
-def qa_inputs(wildcards):
-    """Products the figures show: the mosaic set, plus per-exposure files and truth."""
-    inputs = {
-        "i2d": i2d_path(),
-        "cat": f"{OUT}/{ASN.product}_cat.ecsv",
-        "segm": f"{OUT}/{ASN.product}_segm.fits",
-    }
-    if not ASN.single:
-        inputs.update(
-            crf=all_crf(),
-            wcs=[tweakreg_wcs_path(r) for r in ROOTS],
-            sources=tweakreg_catalogs(),
-            sky=f"{WORK}/skymatch/skymatch.json",
-        )
-    if config.get("truth"):
-        inputs["truth"] = f"{config['truth']}/sources.ecsv"
-    return inputs
+def qa_inputs(P):
+    """Input function of P's qa_figures rule: the mosaic set, plus per-exposure files and truth."""
+
+    def inputs_of_product(wildcards):
+        inputs = {"i2d": P.i2d(), "cat": P.cat(), "segm": P.segm()}
+        if not P.single:
+            inputs.update(
+                crf=P.all_crf(),
+                wcs=P.all_tweakreg_wcs(),
+                sources=P.tweakreg_catalogs(),
+                sky=P.skymatch(),
+            )
+        if config.get("truth"):
+            inputs["truth"] = f"{config['truth']}/sources.ecsv"
+        return inputs
+
+    return inputs_of_product

@@ -1,23 +1,26 @@
-# source_catalog: detection, deblending and photometry on the mosaic.
+# source_catalog: detection, deblending and photometry on each mosaic.
 
+for P in PRODUCTS:
 
-rule source_catalog:
-    input:
-        i2d=i2d_path(),
-    output:
-        cat=f"{OUT}/{ASN.product}_cat.ecsv",
-        segm=f"{OUT}/{ASN.product}_segm.fits",
-    params:
-        step=step_params("source_catalog"),
-    log:
-        f"{LOGS}/source_catalog.log",
-    benchmark:
-        f"{BENCH}/source_catalog.tsv"
-    threads: 1
-    resources:
-        mem_mb=mem_mb_group,
-        runtime=20,
-    conda:
-        "../envs/calimage3.yaml"
-    script:
-        "../scripts/source_catalog.py"
+    rule:
+        name:
+            P.rule("source_catalog")
+        input:
+            i2d=P.i2d(),
+        output:
+            cat=P.cat(),
+            segm=P.segm(),
+        params:
+            step=step_params("source_catalog"),
+        log:
+            f"{P.logs}/source_catalog.log",
+        benchmark:
+            f"{P.bench}/source_catalog.tsv"
+        threads: 1
+        resources:
+            mem_mb=mem_mb_group,
+            runtime=20,
+        conda:
+            "../envs/calimage3.yaml"
+        script:
+            "../scripts/source_catalog.py"

@@ -1,5 +1,6 @@
-# tweakreg: sources are detected per exposure (one job each), then all
-# catalogs are matched and the WCS corrections fitted in one group job.
+# tweakreg: sources are detected per exposure (one job each, shared by every
+# association that has the exposure), then each association's catalogs are
+# matched and the WCS corrections fitted in one group job.
 
 TWEAKREG_DETECTION = (
     "snr_threshold", "kernel_fwhm", "bkg_boxsize", "brightest", "peakmax",
@@ -15,7 +16,7 @@ rule tweakreg_detect:
     input:
         cal=cal_path,
     output:
-        sources=f"{WORK}/tweakreg/{{root}}_sources.ecsv",
+        sources=sources_path("{root}"),
     params:
         step=step_params("tweakreg", TWEAKREG_DETECTION),
     log:
@@ -32,23 +33,27 @@ rule tweakreg_detect:
         "../scripts/tweakreg_detect.py"
 
 
-rule tweakreg_align:
-    input:
-        sources=tweakreg_catalogs(),
-        wcs=[mtwcs_path(r) for r in ROOTS],
-    output:
-        wcs=[tweakreg_wcs_path(r) for r in ROOTS],
-    params:
-        step=step_params("tweakreg", TWEAKREG_ALIGNMENT),
-    log:
-        f"{LOGS}/tweakreg_align.log",
-    benchmark:
-        f"{BENCH}/tweakreg_align.tsv"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    conda:
-        "../envs/calimage3.yaml"
-    script:
-        "../scripts/tweakreg_align.py"
+for P in PRODUCTS:
+
+    rule:
+        name:
+            P.rule("tweakreg_align")
+        input:
+            sources=P.tweakreg_catalogs(),
+            wcs=[P.mtwcs(r) for r in P.roots],
+        output:
+            wcs=P.all_tweakreg_wcs(),
+        params:
+            step=step_params("tweakreg", TWEAKREG_ALIGNMENT),
+        log:
+            f"{P.logs}/tweakreg_align.log",
+        benchmark:
+            f"{P.bench}/tweakreg_align.tsv"
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=10,
+        conda:
+            "../envs/calimage3.yaml"
+        script:
+            "../scripts/tweakreg_align.py"
