@@ -20,7 +20,7 @@ for P in PRODUCTS:
         threads: 1
         resources:
             mem_mb=1000,
-            runtime=10,
+            runtime=runtime_minutes,
         conda:
             "../envs/calimage3.yaml"
         script:

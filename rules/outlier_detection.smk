@@ -23,7 +23,7 @@ for P in PRODUCTS:
         threads: 1
         resources:
             mem_mb=1000,
-            runtime=10,
+            runtime=runtime_minutes,
         conda:
             "../envs/calimage3.yaml"
         script:
@@ -49,7 +49,7 @@ for P in PRODUCTS:
         threads: 1
         resources:
             mem_mb=mem_mb_exposure,
-            runtime=10,
+            runtime=runtime_minutes,
         conda:
             "../envs/calimage3.yaml"
         script:
@@ -72,7 +72,7 @@ for P in PRODUCTS:
         threads: 1
         resources:
             mem_mb=mem_mb_group,
-            runtime=20,
+            runtime=runtime_minutes,
         conda:
             "../envs/calimage3.yaml"
         script:
@@ -98,7 +98,7 @@ for P in PRODUCTS:
         threads: 1
         resources:
             mem_mb=mem_mb_exposure,
-            runtime=10,
+            runtime=runtime_minutes,
         conda:
             "../envs/calimage3.yaml"
         script:

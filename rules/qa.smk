@@ -36,7 +36,7 @@ for P in PRODUCTS:
         threads: 1
         resources:
             mem_mb=mem_mb_group,
-            runtime=20,
+            runtime=runtime_minutes,
         conda:
             "../envs/qa.yaml"
         script:

@@ -24,7 +24,7 @@ for P in PRODUCTS:
         threads: 1
         resources:
             mem_mb=1000,
-            runtime=10,
+            runtime=runtime_minutes,
         conda:
             "../envs/calimage3.yaml"
         script:
@@ -48,7 +48,7 @@ for P in PRODUCTS:
         threads: 1
         resources:
             mem_mb=mem_mb_exposure,
-            runtime=10,
+            runtime=runtime_minutes,
         conda:
             "../envs/calimage3.yaml"
         script:
@@ -71,7 +71,7 @@ for P in PRODUCTS:
         threads: 1
         resources:
             mem_mb=mem_mb_group,
-            runtime=30,
+            runtime=runtime_minutes,
         conda:
             "../envs/calimage3.yaml"
         script:

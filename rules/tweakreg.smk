@@ -26,7 +26,7 @@ rule tweakreg_detect:
     threads: 1
     resources:
         mem_mb=mem_mb_exposure,
-        runtime=10,
+        runtime=runtime_minutes,
     conda:
         "../envs/calimage3.yaml"
     script:
@@ -52,7 +52,7 @@ for P in PRODUCTS:
         threads: 1
         resources:
             mem_mb=1000,
-            runtime=10,
+            runtime=runtime_minutes,
         conda:
             "../envs/calimage3.yaml"
         script:
