@@ -2,11 +2,10 @@
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import workflow_runs
 
 from calimage3 import io
 from calimage3.association import exposure_root
@@ -21,29 +20,13 @@ SETTINGS = ("tweakreg={'minobj': 8}", "qa_figures=false")
 
 
 def run_snakemake(asns, output_dir, *config_items, flags=(), check=True):
-    """Run the workflow in campaign mode; return the completed process."""
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *flags,
-           "--config", f"asns={asns}", f"output_dir={output_dir}", *config_items]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
+    """Run the workflow on ``asns``; return the completed process."""
+    return workflow_runs.run_snakemake(f"asns={asns}", output_dir, *config_items, flags=flags, check=check)
 
 
 def planned_jobs(asns, output_dir, *config_items):
-    """Rule -> job count that a dry run would execute (empty when nothing is to be done)."""
-    proc = run_snakemake(asns, output_dir, *config_items, flags=("--dry-run",))
-    text = proc.stdout + proc.stderr
-    if "Nothing to be done" in text:
-        return {}
-    jobs = {}
-    for line in text.split("Job stats:", 1)[1].splitlines()[3:]:
-        match = re.match(r"^(\w+)\s+(\d+)\s*$", line.strip())
-        if not match:
-            break
-        if match.group(1) != "total":
-            jobs[match.group(1)] = int(match.group(2))
-    return jobs
+    """Rule -> job count a dry run on ``asns`` would execute."""
+    return workflow_runs.planned_jobs(f"asns={asns}", output_dir, *config_items)
 
 
 def write_campaign(folder, groups=GROUPS):

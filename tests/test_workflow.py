@@ -1,13 +1,13 @@
 """End-to-end runs of the Snakemake workflow on simulated data, checked against truth."""
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import workflow_runs
 from astropy.io import fits
 
 from calimage3 import io
@@ -22,30 +22,13 @@ SETTINGS = ("source_catalog={'npixels': 10}",)
 
 
 def run_snakemake(asn, output_dir, *config_items, flags=(), check=True):
-    """Run the workflow with the documented command line; return the completed process."""
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *flags,
-           "--config", f"asn={asn}", f"output_dir={output_dir}", *config_items]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
+    """Run the workflow on ``asn``; return the completed process."""
+    return workflow_runs.run_snakemake(f"asn={asn}", output_dir, *config_items, flags=flags, check=check)
 
 
 def planned_jobs(asn, output_dir, *config_items):
-    """Rule -> job count that a dry run would execute (empty when nothing is to be done)."""
-    proc = run_snakemake(asn, output_dir, *config_items, flags=("--dry-run",))
-    text = proc.stdout + proc.stderr
-    if "Nothing to be done" in text:
-        return {}
-    stats = text.split("Job stats:", 1)[1]
-    jobs = {}
-    for line in stats.splitlines()[3:]:
-        match = re.match(r"^(\w+)\s+(\d+)\s*$", line.strip())
-        if not match:
-            break
-        if match.group(1) != "total":
-            jobs[match.group(1)] = int(match.group(2))
-    return jobs
+    """Rule -> job count a dry run on ``asn`` would execute."""
+    return workflow_runs.planned_jobs(f"asn={asn}", output_dir, *config_items)
 
 
 @pytest.fixture(scope="module")
