@@ -119,6 +119,12 @@ def atomic_path(path):
         raise
 
 
+def _write_hdus(path, hdus):
+    """Write HDUs as one FITS file, atomically."""
+    with atomic_path(path) as tmp:
+        fits.HDUList(hdus).writeto(tmp, overwrite=True)
+
+
 def _clean_header_value(value):
     if isinstance(value, (np.floating,)):
         return float(value)
@@ -436,8 +442,7 @@ def write_exposure(path, exposure, *, sip_max_pix_error=0.01):
         header = _sci_header(exposure.wcs, exposure.shape, exposure.meta, sip_max_pix_error) if extname == "SCI" else None
         hdus.append(fits.ImageHDU(np.asarray(array, dtype=dtype), header=header, name=extname))
     hdus.append(_asdf_hdu({"meta": {"wcs": exposure.wcs}}))
-    with atomic_path(path) as tmp:
-        fits.HDUList(hdus).writeto(tmp, overwrite=True)
+    _write_hdus(path, hdus)
 
 
 def write_i2d(path, arrays, wcs, meta, *, hdrtab=None, sip_max_pix_error=0.01):
@@ -473,8 +478,7 @@ def write_i2d(path, arrays, wcs, meta, *, hdrtab=None, sip_max_pix_error=0.01):
     if hdrtab is not None and len(hdrtab):
         hdus.append(fits.BinTableHDU(Table(hdrtab), name="HDRTAB"))
     hdus.append(_asdf_hdu({"meta": {"wcs": wcs}}))
-    with atomic_path(path) as tmp:
-        fits.HDUList(hdus).writeto(tmp, overwrite=True)
+    _write_hdus(path, hdus)
 
 
 def read_i2d(path):
@@ -506,8 +510,7 @@ def write_segmentation(path, segm, wcs, meta):
     header = _sci_header(wcs, segm.shape, {}, 0.01)
     header.remove("BUNIT", ignore_missing=True)
     hdus = [primary, fits.ImageHDU(np.asarray(segm, dtype=np.int32), header=header, name="SCI"), _asdf_hdu({"meta": {"wcs": wcs}})]
-    with atomic_path(path) as tmp:
-        fits.HDUList(hdus).writeto(tmp, overwrite=True)
+    _write_hdus(path, hdus)
 
 
 def write_image(path, arrays, *, header=None, meta=None):
@@ -533,8 +536,7 @@ def write_image(path, arrays, *, header=None, meta=None):
     hdus = [fits.PrimaryHDU(header=header)]
     for name, array in arrays.items():
         hdus.append(fits.ImageHDU(np.asarray(array), name=name.upper()))
-    with atomic_path(path) as tmp:
-        fits.HDUList(hdus).writeto(tmp, overwrite=True)
+    _write_hdus(path, hdus)
 
 
 def read_image_meta(path):
