@@ -7,10 +7,26 @@ gwcs in an ``ASDF`` extension (a one-row binary table whose
 The SCI header also carries a FITS TAN-SIP approximation so that tools
 that know nothing of gwcs (ds9) can place the image on the sky.
 
+The WCS of an input is read, in order of preference, from
+
+1. the ASDF extension with plain ``asdf`` + ``gwcs`` (fast; when
+   ``stdatamodels`` is installed its JWST transform tags are available to
+   ``asdf`` through entry points, so real MAST files load here);
+2. the same extension through ``stdatamodels.jwst.datamodels`` (imported
+   only when step 1 gave no gwcs, because the import is slow);
+3. the FITS TAN/SIP WCS in the SCI header.
+
+The products written (``_crf``, ``_i2d``) have the layout that
+``stdatamodels.jwst.datamodels.open`` reads as an ``ImageModel`` and that
+passes its strict schema validation, without stdatamodels being needed to
+write them: keywords sit in the header the schema maps them from, and
+step status keywords take only the schema's values.
+
 Writers go through a temporary file that is renamed into place only when
 complete, so a failure never leaves a partial product.
 """
 
+import importlib
 import io as _io
 import json
 import logging
@@ -30,7 +46,7 @@ from gwcs import WCS
 
 from .association import parse_association
 from .exposure import Exposure
-from .wcs_tools import distortion_model, sip_header, tangent_plane_wcs
+from .wcs_tools import distortion_model, footprint, local_pixel_scale, sip_header, tangent_plane_wcs
 
 __all__ = [
     "InputFileError",
@@ -43,6 +59,8 @@ __all__ = [
     "read_i2d",
     "write_segmentation",
     "read_wcs_file",
+    "read_user_output_wcs",
+    "read_skylist",
     "write_wcs_file",
     "read_table",
     "write_table",
@@ -71,12 +89,17 @@ ARRAY_EXTENSIONS = {
     "var_rnoise": ("VAR_RNOISE", np.float32),
     "var_flat": ("VAR_FLAT", np.float32),
 }
-# SCI-header keywords that describe the data rather than the WCS; read into
-# ``Exposure.meta`` next to the primary header.
+# SCI-header keywords that describe the data rather than the WCS (where the
+# JWST schema maps them from); read into ``Exposure.meta`` next to the primary
+# header.  Everything else in ``meta`` (BKGLEVEL, EFFEXPTM, S_*) goes to the
+# primary header.
 _SCI_KEYWORDS = (
-    "BUNIT", "PHOTMJSR", "PHOTUJA2", "PIXAR_SR", "PIXAR_A2", "BKGLEVEL", "BKGSUB", "BKGMETH",
-    "MT_RA", "MT_DEC", "MT_AVRA", "MT_AVDEC", "S_REGION", "RA_REF", "DEC_REF",
+    "BUNIT", "PHOTMJSR", "PHOTUJA2", "PIXAR_SR", "PIXAR_A2",
+    "MT_RA", "MT_DEC", "MT_AVRA", "MT_AVDEC", "S_REGION", "RA_REF", "DEC_REF", "XPOSURE", "TELAPSE",
 )
+# Values the JWST schema allows for step status keywords (``S_*``).
+_STEP_STATUSES = ("COMPLETE", "SKIPPED", "FAILED")
+_DATA_MODEL = "ImageModel"
 _WCS_KEY_PREFIXES = (
     "CRPIX", "CRVAL", "CTYPE", "CUNIT", "CDELT", "CD1_", "CD2_", "PC1_", "PC2_", "A_", "B_",
     "AP_", "BP_", "LONPOLE", "LATPOLE", "WCSAXES", "RADESYS", "EQUINOX", "MJDREF", "SIPMXERR",
@@ -189,15 +212,16 @@ def read_association(path):
 # WCS from files
 
 
-def _gwcs_from_asdf_hdu(hdu):
-    """Deserialize the gwcs in a JWST ASDF extension, or return None."""
+def _gwcs_from_asdf_hdu(hdul, path):
+    """Deserialize the gwcs in a JWST ASDF extension with plain asdf, or return None."""
+    hdu = hdul["ASDF"]
     if isinstance(hdu, fits.BinTableHDU):
         raw = hdu.data["ASDF_METADATA"][0].tobytes()
     else:
         raw = np.asarray(hdu.data).tobytes()
     with warnings.catch_warnings():
-        # Unknown JWST tags deserialize as plain dicts with a warning; we
-        # detect that below and fall back to the SIP header.
+        # Unknown JWST tags (stdatamodels not installed) deserialize as plain
+        # dicts with a warning; we detect that below and the caller falls back.
         warnings.simplefilter("ignore")
         with asdf.open(_io.BytesIO(raw), lazy_load=True, memmap=False) as af:
             tree = af.tree
@@ -254,24 +278,64 @@ def gwcs_from_fits_header(header, shape):
     return tangent_plane_wcs(shape, tuple(crpix), cd, tuple(crval), distortion)
 
 
+def _import_datamodels():
+    """``stdatamodels.jwst.datamodels``, imported on first need; None when not installed."""
+    try:
+        return importlib.import_module("stdatamodels.jwst.datamodels")
+    except ImportError:
+        return None
+
+
+def _gwcs_from_datamodel(hdul, path):
+    """The ``meta.wcs`` gwcs of a file read as a stdatamodels ``ImageModel``, or None.
+
+    Returns None, without error, when stdatamodels is not installed.
+    """
+    datamodels = _import_datamodels()
+    if datamodels is None:
+        log.info("%s: stdatamodels is not installed; cannot use it to read the ASDF extension",
+                 Path(path).name)
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # schema warnings on headers we do not use
+        with datamodels.ImageModel(hdul) as model:
+            wcs = model.meta.wcs if model.meta.hasattr("wcs") else None
+    return wcs if isinstance(wcs, WCS) else None
+
+
+def _with_bounding_box(wcs, shape):
+    if wcs.bounding_box is None:
+        ny, nx = shape
+        wcs.bounding_box = ((-0.5, nx - 0.5), (-0.5, ny - 0.5))
+    return wcs
+
+
 def _read_wcs(hdul, path, shape):
+    """The WCS of an open JWST image file and which reader gave it.
+
+    Returns
+    -------
+    wcs : gwcs.WCS
+    source : {'asdf', 'stdatamodels', 'sip'}
+        Plain asdf + gwcs, the stdatamodels ``ImageModel``, or the FITS SIP
+        approximation in the SCI header (see the module docstring).
+    """
+    name = Path(path).name
     if "ASDF" in hdul:
-        try:
-            wcs = _gwcs_from_asdf_hdu(hdul["ASDF"])
-        except Exception as exc:  # a damaged ASDF block should not hide the SIP WCS
-            log.warning("%s: ASDF extension unreadable (%s)", path, exc)
-            wcs = None
-        if wcs is not None:
-            if wcs.bounding_box is None:
-                ny, nx = shape
-                wcs.bounding_box = ((-0.5, nx - 0.5), (-0.5, ny - 0.5))
-            log.info("%s: WCS taken from the ASDF extension (gwcs)", Path(path).name)
-            return wcs, "asdf"
-        log.info("%s: ASDF extension has no gwcs this environment can deserialize", Path(path).name)
+        for source, reader in (("asdf", _gwcs_from_asdf_hdu), ("stdatamodels", _gwcs_from_datamodel)):
+            try:
+                wcs = reader(hdul, path)
+            except Exception as exc:  # a damaged ASDF block should not hide the SIP WCS
+                log.warning("%s: ASDF extension unreadable with %s (%s)", name, source, exc)
+                wcs = None
+            if wcs is not None:
+                log.info("%s: WCS taken from the ASDF extension (gwcs, read with %s)", name, source)
+                return _with_bounding_box(wcs, shape), source
+        log.info("%s: ASDF extension has no gwcs this environment can deserialize", name)
     wcs = gwcs_from_fits_header(hdul["SCI"].header, shape)
     if wcs is None:
         raise InputFileError(path, "no WCS: neither a gwcs in an ASDF extension nor a TAN/SIP WCS in the SCI header")
-    log.info("%s: WCS taken from the FITS SIP approximation in the SCI header", Path(path).name)
+    log.info("%s: WCS taken from the FITS SIP approximation in the SCI header", name)
     return wcs, "sip"
 
 
@@ -412,9 +476,49 @@ def _asdf_hdu(tree):
     return fits.BinTableHDU.from_columns([column], name="ASDF")
 
 
+def _step_status(value):
+    """A step status keyword's value as the JWST schema allows it, or None."""
+    status = str(value).strip().upper()
+    if status.startswith("FAILED"):
+        return "FAILED"
+    return status if status in _STEP_STATUSES else None
+
+
+def _primary_header(meta, path):
+    """Primary header of a JWST product: ``meta`` less SCI keywords, file name and model type.
+
+    Step status keywords (``S_*``) take the schema's values so that the
+    product validates: ``FAILED: reason`` becomes ``FAILED``, and a value
+    that is none of COMPLETE, SKIPPED, FAILED is left out with a warning.
+    """
+    header = _header_from_meta(meta, skip=_SCI_KEYWORDS)
+    for key in [k for k in header if k.startswith("S_")]:
+        status = _step_status(header[key])
+        if status is None:
+            log.warning("%s: step status %s=%r is not one of %s; not written", Path(path).name, key,
+                        header[key], _STEP_STATUSES)
+            del header[key]
+        else:
+            header[key] = status
+    header.setdefault("TELESCOP", "JWST")
+    header["DATAMODL"] = _DATA_MODEL
+    header["FILENAME"] = Path(path).name
+    return header
+
+
+def _s_region(wcs, shape):
+    """``S_REGION`` polygon (ICRS, degrees) of the four outer pixel corners."""
+    corners = footprint(wcs, shape)
+    return "POLYGON ICRS  " + " ".join(f"{ra:.9f} {dec:.9f}" for ra, dec in corners)
+
+
 def _sci_header(wcs, shape, meta, sip_max_pix_error):
     header = _header_from_meta({k: meta[k] for k in _SCI_KEYWORDS if k in meta})
     header.setdefault("BUNIT", "MJy/sr")
+    try:  # the footprint of the WCS written, which tweakreg may have changed
+        header["S_REGION"] = _s_region(wcs, shape)
+    except Exception as exc:  # a WCS that cannot reach the corners: keep the input's
+        log.warning("could not compute S_REGION: %s", exc)
     try:
         header.update(sip_header(wcs, shape, max_pix_error=sip_max_pix_error))
     except Exception as exc:  # the gwcs stays authoritative in the ASDF extension
@@ -422,8 +526,30 @@ def _sci_header(wcs, shape, meta, sip_max_pix_error):
     return header
 
 
+def _array_header(extname, bunit):
+    """Header of a non-SCI image extension: ``BUNIT`` as JWST writes it."""
+    if extname == "ERR":
+        return fits.Header([("BUNIT", bunit)])
+    if extname.startswith("VAR_"):
+        return fits.Header([("BUNIT", f"({bunit})^2")])
+    return None
+
+
+def _array_hdus(arrays, extensions, bunit):
+    """One ImageHDU per array present, in ``extensions`` order (SCI excluded)."""
+    hdus = []
+    for key, (extname, dtype) in extensions.items():
+        if key != "data" and arrays.get(key) is not None:
+            hdus.append(fits.ImageHDU(np.asarray(arrays[key], dtype=dtype), header=_array_header(extname, bunit),
+                                      name=extname))
+    return hdus
+
+
 def write_exposure(path, exposure, *, sip_max_pix_error=0.01):
     """Write an `Exposure` as a JWST-layout image FITS file (``_cal``/``_crf``).
+
+    The file opens as a stdatamodels ``ImageModel`` that passes strict
+    schema validation.
 
     Parameters
     ----------
@@ -432,21 +558,48 @@ def write_exposure(path, exposure, *, sip_max_pix_error=0.01):
     sip_max_pix_error : float
         Accuracy of the SIP approximation written in the SCI header, pixels.
     """
-    primary = fits.PrimaryHDU(header=_header_from_meta(exposure.meta, skip=_SCI_KEYWORDS))
-    primary.header["FILENAME"] = Path(path).name
-    hdus = [primary]
-    for attr, (extname, dtype) in ARRAY_EXTENSIONS.items():
-        array = getattr(exposure, attr)
-        if array is None:
-            continue
-        header = _sci_header(exposure.wcs, exposure.shape, exposure.meta, sip_max_pix_error) if extname == "SCI" else None
-        hdus.append(fits.ImageHDU(np.asarray(array, dtype=dtype), header=header, name=extname))
-    hdus.append(_asdf_hdu({"meta": {"wcs": exposure.wcs}}))
+    sci = _sci_header(exposure.wcs, exposure.shape, exposure.meta, sip_max_pix_error)
+    arrays = {attr: getattr(exposure, attr) for attr in ARRAY_EXTENSIONS}
+    hdus = [
+        fits.PrimaryHDU(header=_primary_header(exposure.meta, path)),
+        fits.ImageHDU(np.asarray(exposure.data, dtype=np.float32), header=sci, name="SCI"),
+        *_array_hdus(arrays, ARRAY_EXTENSIONS, sci["BUNIT"]),
+        _asdf_hdu({"meta": {"wcs": exposure.wcs}}),
+    ]
     _write_hdus(path, hdus)
+
+
+_I2D_EXTENSIONS = {
+    "err": ("ERR", np.float32),
+    "con": ("CON", np.int32),
+    "wht": ("WHT", np.float32),
+    "var_poisson": ("VAR_POISSON", np.float32),
+    "var_rnoise": ("VAR_RNOISE", np.float32),
+    "var_flat": ("VAR_FLAT", np.float32),
+}
+
+
+def _mosaic_sci_keywords(wcs, shape, meta):
+    """SCI keywords of a mosaic that can be derived when ``meta`` lacks them.
+
+    ``PIXAR_SR``/``PIXAR_A2`` from the pixel scale at the image centre and
+    ``XPOSURE`` (the SCI copy of the effective exposure time) from
+    ``EFFEXPTM``; values in ``meta`` win.
+    """
+    scale = local_pixel_scale(wcs, (shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0)  # deg / pixel
+    derived = {"PIXAR_SR": float(np.deg2rad(scale) ** 2), "PIXAR_A2": float((scale * 3600.0) ** 2)}
+    if "EFFEXPTM" in meta:
+        derived["XPOSURE"] = meta["EFFEXPTM"]
+    return derived | dict(meta)
 
 
 def write_i2d(path, arrays, wcs, meta, *, hdrtab=None, sip_max_pix_error=0.01):
     """Write a resampled mosaic in the JWST ``_i2d`` layout.
+
+    Extensions SCI, ERR, CON, WHT, VAR_POISSON, VAR_RNOISE, VAR_FLAT (those
+    present), HDRTAB and ASDF; the file opens as a stdatamodels
+    ``ImageModel`` (what jwst's resample writes) that passes strict schema
+    validation.
 
     Parameters
     ----------
@@ -458,23 +611,19 @@ def write_i2d(path, arrays, wcs, meta, *, hdrtab=None, sip_max_pix_error=0.01):
         Output WCS.
     meta : dict
         Primary header keywords (and SCI keywords such as PIXAR_SR).
+        ``PIXAR_SR``, ``PIXAR_A2``, ``XPOSURE`` and ``BUNIT`` are derived
+        from ``wcs`` and ``EFFEXPTM`` when absent; ``S_REGION`` is always
+        the footprint of ``wcs``.
     hdrtab : astropy.table.Table or None
         Key header values of the input exposures (the JWST HDRTAB).
     """
     shape = arrays["data"].shape
-    primary = fits.PrimaryHDU(header=_header_from_meta(meta, skip=_SCI_KEYWORDS))
-    primary.header["FILENAME"] = Path(path).name
-    hdus = [primary, fits.ImageHDU(arrays["data"].astype(np.float32), header=_sci_header(wcs, shape, meta, sip_max_pix_error), name="SCI")]
-    for key, extname, dtype in (
-        ("err", "ERR", np.float32),
-        ("con", "CON", np.int32),
-        ("wht", "WHT", np.float32),
-        ("var_poisson", "VAR_POISSON", np.float32),
-        ("var_rnoise", "VAR_RNOISE", np.float32),
-        ("var_flat", "VAR_FLAT", np.float32),
-    ):
-        if arrays.get(key) is not None:
-            hdus.append(fits.ImageHDU(np.asarray(arrays[key], dtype=dtype), name=extname))
+    sci = _sci_header(wcs, shape, _mosaic_sci_keywords(wcs, shape, meta), sip_max_pix_error)
+    hdus = [
+        fits.PrimaryHDU(header=_primary_header(meta, path)),
+        fits.ImageHDU(np.asarray(arrays["data"], dtype=np.float32), header=sci, name="SCI"),
+        *_array_hdus(arrays, _I2D_EXTENSIONS, sci["BUNIT"]),
+    ]
     if hdrtab is not None and len(hdrtab):
         hdus.append(fits.BinTableHDU(Table(hdrtab), name="HDRTAB"))
     hdus.append(_asdf_hdu({"meta": {"wcs": wcs}}))
@@ -661,3 +810,98 @@ def _json_default(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def read_user_output_wcs(path):
+    """A user-supplied output WCS (the JWST ``resample`` ``output_wcs`` file).
+
+    Parameters
+    ----------
+    path : str or Path
+        ASDF file with a gwcs under the ``"wcs"`` key and optionally
+        ``pixel_shape`` ``(nx, ny)`` or ``array_shape`` ``(ny, nx)``.
+
+    Returns
+    -------
+    wcs : gwcs.WCS
+    pixel_shape : tuple of int or None
+        ``(nx, ny)`` from ``pixel_shape``, else from ``array_shape``
+        reversed; None when the file has neither.
+
+    Raises
+    ------
+    InputFileError
+        When the file is missing, is not ASDF, or has no ``"wcs"``.
+    """
+    if not Path(path).is_file():
+        raise InputFileError(path, "output_wcs file does not exist")
+    try:
+        with asdf.open(path, lazy_load=False, memmap=False) as af:
+            tree = af.tree
+            wcs = tree.get("wcs")
+            pixel_shape = tree.get("pixel_shape")
+            array_shape = tree.get("array_shape")
+    except (OSError, ValueError) as exc:
+        raise InputFileError(path, f"output_wcs is not a readable ASDF file ({exc})") from None
+    if wcs is None or not hasattr(wcs, "forward_transform"):
+        raise InputFileError(path, "output_wcs file has no gwcs under the 'wcs' key")
+    if pixel_shape is None and array_shape is not None:
+        pixel_shape = tuple(array_shape)[::-1]
+    return wcs, (None if pixel_shape is None else tuple(int(v) for v in pixel_shape))
+
+
+def read_skylist(path):
+    """Read a skymatch ``skylist``: exposure file names and their sky levels.
+
+    The format jwst's skymatch reads for ``skymethod='user'``: one exposure
+    per line, its file name and its sky value (MJy/sr, the units of the
+    data) separated by white space; blank lines and text after ``#`` are
+    skipped.  An ECSV table (first line ``# %ECSV``) is read by its first
+    two columns, file name then sky value.
+
+    Returns
+    -------
+    names : list of str
+        File names as listed.
+    values : ndarray of float64
+        Sky value of each, same order.
+
+    Raises
+    ------
+    InputFileError
+        Missing or unreadable file, a line without exactly two fields, a
+        sky value that is not a number, or no entries at all.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, "skylist file does not exist")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputFileError(path, f"skylist is not a readable text file ({exc})") from None
+    if text.lstrip().startswith("# %ECSV"):
+        try:
+            table = Table.read(path, format="ascii.ecsv")
+        except Exception as exc:
+            raise InputFileError(path, f"skylist is not a valid ECSV table ({exc})") from None
+        if len(table.colnames) < 2:
+            raise InputFileError(path, f"skylist needs two columns (file name, sky value), found {table.colnames}")
+        rows = [(f"row {k + 1}", str(a), str(b)) for k, (a, b) in enumerate(zip(table.columns[0], table.columns[1]))]
+    else:
+        rows = []
+        for number, line in enumerate(text.splitlines(), 1):
+            fields = line.split("#", 1)[0].split()
+            if not fields:
+                continue
+            if len(fields) != 2:
+                raise InputFileError(path, f"skylist line {number}: expected a file name and a sky value, got {line.strip()!r}")
+            rows.append((f"line {number}", *fields))
+    if not rows:
+        raise InputFileError(path, "skylist has no entries")
+    values = []
+    for where, _, value in rows:
+        try:
+            values.append(float(value))
+        except ValueError:
+            raise InputFileError(path, f"skylist {where}: sky value {value!r} is not a number") from None
+    return [name for _, name, _ in rows], np.asarray(values, dtype=np.float64)
