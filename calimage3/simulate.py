@@ -96,6 +96,15 @@ class SimulationSettings:
     moving_target : bool
         Mark the exposures as a moving-target observation (TARGTYPE
         ``MOVING``, with MT_RA/MT_DEC per exposure).
+    detectors : int
+        Detectors per exposure, side by side along the detector x axis
+        with a ``detector_gap`` pixel gap (NRCB1, NRCB2, ...).  The
+        detectors of one dither position share the exposure numbers (one
+        JWST exposure group) and one pointing error, applied about the
+        pointing centre.  With None source counts, the counts scale with
+        the number of detectors.
+    detector_gap : float
+        Gap between adjacent detectors, pixels.
     seed : int
         Random seed; the same settings and seed give identical files.
     """
@@ -121,15 +130,21 @@ class SimulationSettings:
         position_angle=30.0,
         offsets=None,
         moving_target=False,
+        detectors=1,
+        detector_gap=40.0,
         seed=1,
     ):
         if int(n_exposures) < 1:
             raise ValueError(f"n_exposures must be at least 1, got {n_exposures}")
         if len(shape) != 2 or min(shape) < 64:
             raise ValueError(f"shape must be (ny, nx) with both at least 64, got {shape}")
+        if isinstance(detectors, bool) or int(detectors) != detectors or not 1 <= detectors <= 4:
+            raise ValueError(f"detectors must be an integer from 1 to 4, got {detectors!r}")
         self.n_exposures = int(n_exposures)
         self.shape = tuple(int(s) for s in shape)
-        area_scale = self.shape[0] * self.shape[1] / 512.0**2
+        self.detectors = int(detectors)
+        self.detector_gap = float(detector_gap)
+        area_scale = self.detectors * self.shape[0] * self.shape[1] / 512.0**2
         self.n_stars = int(n_stars if n_stars is not None else round(100 * area_scale))
         self.n_galaxies = int(n_galaxies if n_galaxies is not None else round(25 * area_scale))
         self.pixel_scale = float(pixel_scale)
@@ -141,7 +156,7 @@ class SimulationSettings:
         self.rotation_error = float(rotation_error)
         self.dither_fraction = float(dither_fraction)
         self.cr_density = float(cr_density)
-        self.n_hot = int(n_hot if n_hot is not None else round(5 * area_scale))
+        self.n_hot = int(n_hot if n_hot is not None else round(5 * area_scale / self.detectors))
         self.crval = tuple(float(c) for c in crval)
         self.position_angle = float(position_angle)
         self.offsets = offsets
@@ -356,26 +371,38 @@ def simulate_dither(output_dir, settings=None, **kwargs):
 
     # Stage 1-2: WCSs.  A detector offset (dx, dy) moves the pointing the
     # other way on the sky; rotate it by the position angle.
-    true_wcs, header_wcs, errors = [], [], []
+    # With several detectors, detector d sits (d - (D-1)/2) * (nx + gap)
+    # pixels from the pointing centre along x; one pointing error per
+    # dither position moves all of them rigidly about the pointing centre.
+    det_dx = [(d - (settings.detectors - 1) / 2.0) * (nx + settings.detector_gap) for d in range(settings.detectors)]
+    true_wcs, header_wcs, errors, positions = [], [], [], []
     for i, (dx, dy) in enumerate(offsets):
         exi = (-dx * np.cos(pa) + dy * np.sin(pa)) * scale_deg
         eeta = (dx * np.sin(pa) + dy * np.cos(pa)) * scale_deg
         crval = tuple(float(c) for c in from_tangent_plane(-exi, -eeta, ra0, dec0))
-        wcs = imaging_wcs(settings.shape, crval, settings.pixel_scale, settings.position_angle, distortion=distortion)
-        true_wcs.append(wcs)
         if i == 0:
             shift, rot = np.zeros(2), 0.0
         else:
             shift = rng.uniform(-settings.shift_error, settings.shift_error, 2)
             rot = float(rng.uniform(-settings.rotation_error, settings.rotation_error))
         c, s = np.cos(np.deg2rad(rot)), np.sin(np.deg2rad(rot))
-        header_wcs.append(tangent_plane_correction(wcs, crval[0], crval[1], [[c, -s], [s, c]], shift / 3600.0))
-        errors.append({"crval": crval, "shift_arcsec": shift.tolist(), "rotation_deg": rot})
+        for d in range(settings.detectors):
+            det_crval = crval
+            if settings.detectors > 1:
+                centre = imaging_wcs(settings.shape, crval, settings.pixel_scale, settings.position_angle)
+                det_crval = tuple(float(v) for v in centre.forward_transform((nx - 1) / 2.0 + det_dx[d], (ny - 1) / 2.0))
+            wcs = imaging_wcs(settings.shape, det_crval, settings.pixel_scale, settings.position_angle, distortion=distortion)
+            true_wcs.append(wcs)
+            header_wcs.append(tangent_plane_correction(wcs, crval[0], crval[1], [[c, -s], [s, c]], shift / 3600.0))
+            errors.append({"crval": det_crval, "shift_arcsec": shift.tolist(), "rotation_deg": rot})
+            positions.append((i, d))
 
     # Stage 3: sources over the union of footprints.
     extent = 0.5 * max(nx, ny) * scale_deg * np.sqrt(2) + max(np.hypot(*o) for o in offsets) * scale_deg
+    if settings.detectors > 1:
+        extent += max(abs(v) for v in det_dx) * scale_deg
     sources = _make_sources(settings, rng, extent)
-    sky_offsets = np.concatenate([[0.0], rng.normal(0.0, settings.sky_offset_rms, settings.n_exposures - 1)])
+    sky_offsets = np.concatenate([[0.0], rng.normal(0.0, settings.sky_offset_rms, len(true_wcs) - 1)])
     stamps = [
         _galaxy_stamp(row["r_eff"] / settings.pixel_scale, row["sersic_n"], row["axis_ratio"],
                       row["theta"] - settings.position_angle, psf_sigma)
@@ -384,8 +411,10 @@ def simulate_dither(output_dir, settings=None, **kwargs):
     pix_sr = scale_deg**2 * (np.pi / 180.0) ** 2
 
     cal_paths, outlier_rows, exposures_truth = [], [], []
-    for i, wcs in enumerate(true_wcs):
-        root = f"jw{program}001001_01101_{i + 1:05d}_nrcb1"
+    for k, wcs in enumerate(true_wcs):
+        i, d = positions[k]
+        detector = f"NRCB{d + 1}"
+        root = f"jw{program}001001_01101_{i + 1:05d}_{detector.lower()}"
         area = _pixel_area_ratio(wcs, settings.shape, scale_deg)
         image = np.zeros(settings.shape, dtype=np.float64)
         x, y = wcs.backward_transform(sources["ra"], sources["dec"])
@@ -395,7 +424,7 @@ def simulate_dither(output_dir, settings=None, **kwargs):
         _render_galaxies(image, x[~is_star], y[~is_star], flux_sb_pix[~is_star], stamps)
         # Flux per pixel -> surface brightness on the true pixel solid angle.
         image /= area
-        level = settings.sky + sky_offsets[i]
+        level = settings.sky + sky_offsets[k]
         model_e = (image + level) / conv
         observed_e = rng.poisson(np.clip(model_e, 0, None)).astype(np.float64)
         observed_e += rng.normal(0.0, READ_NOISE_E, settings.shape)
@@ -430,7 +459,7 @@ def simulate_dither(output_dir, settings=None, **kwargs):
 
         exp_start = 60300.0 + i * (settings.exptime + 60.0) / 86400.0
         meta = {
-            "TELESCOP": "JWST", "INSTRUME": "NIRCAM", "DETECTOR": "NRCB1", "MODULE": "B",
+            "TELESCOP": "JWST", "INSTRUME": "NIRCAM", "DETECTOR": detector, "MODULE": "B",
             "CHANNEL": "SHORT", "FILTER": "F200W", "PUPIL": "CLEAR", "EXP_TYPE": "NRC_IMAGE",
             "DATAMODL": "ImageModel", "PROGRAM": program, "OBSERVTN": "001", "VISIT": "001",
             "VISITGRP": "01", "SEQ_ID": "1", "ACT_ID": "01", "EXPOSURE": f"{i + 1:05d}",
@@ -452,7 +481,7 @@ def simulate_dither(output_dir, settings=None, **kwargs):
             meta["MT_RA"] = ra0 + drift / np.cos(np.deg2rad(dec0))
             meta["MT_DEC"] = dec0 + drift
         exposure = Exposure(
-            data=sci.astype(np.float32), err=err.astype(np.float32), dq=dq, wcs=header_wcs[i], meta=meta,
+            data=sci.astype(np.float32), err=err.astype(np.float32), dq=dq, wcs=header_wcs[k], meta=meta,
             var_poisson=var_poisson.astype(np.float32), var_rnoise=var_rnoise.astype(np.float32),
             var_flat=var_flat.astype(np.float32), area=area,
         )
@@ -462,7 +491,7 @@ def simulate_dither(output_dir, settings=None, **kwargs):
         cal_paths.append(path)
         exposures_truth.append({
             "root": root, "offset_pix": list(offsets[i]), "sky_level": float(level),
-            "sky_offset": float(sky_offsets[i]), **errors[i],
+            "sky_offset": float(sky_offsets[k]), **errors[k],
         })
 
     asn = {
@@ -494,9 +523,11 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=512, help="detector size in pixels (2048 for NIRCam)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--moving-target", action="store_true")
+    parser.add_argument("--detectors", type=int, default=1,
+                        help="detectors per exposure, side by side, sharing one pointing error")
     args = parser.parse_args(argv)
     result = simulate_dither(args.output_dir, n_exposures=args.n_exposures, shape=(args.size, args.size),
-                             seed=args.seed, moving_target=args.moving_target)
+                             seed=args.seed, moving_target=args.moving_target, detectors=args.detectors)
     print(f"wrote {len(result['cal'])} exposures and {result['asn']}")
     return 0
 

@@ -26,6 +26,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from astropy import units as u
 from scipy.ndimage import uniform_filter
 from scipy.spatial import cKDTree
 from scipy.special import erf
@@ -53,8 +54,14 @@ __all__ = [
     "STARFINDERS",
     "AlignmentResult",
     "TangentPlaneCorrector",
+    "REMOTE_CATALOGS",
+    "AbsoluteAlignment",
     "detect_sources",
     "align_exposures",
+    "align_to_reference_catalog",
+    "exposure_group_id",
+    "reference_catalog_path",
+    "reference_radec",
 ]
 
 log = logging.getLogger(__name__)
@@ -62,6 +69,13 @@ log = logging.getLogger(__name__)
 #: Fit geometries accepted by `align_exposures` and the least number of
 #: matched sources each one needs.
 FITGEOMETRIES = {"shift": 1, "rshift": 2, "rscale": 2, "general": 3}
+
+#: ``abs_refcat`` names that JWST resolves with a web query (not done here).
+REMOTE_CATALOGS = ("GAIADR1", "GAIADR2", "GAIADR3")
+
+#: Primary-header keywords whose values identify one exposure (all its
+#: detectors), in the order JWST builds ``meta.group_id`` from them.
+GROUP_KEYWORDS = ("PROGRAM", "OBSERVTN", "VISIT", "VISITGRP", "SEQ_ID", "ACT_ID", "EXPOSURE")
 
 #: Names accepted for ``starfinder`` (case-insensitive), as in JWST.
 STARFINDERS = {"iraf": "iraf", "irafstarfinder": "iraf", "dao": "dao", "daostarfinder": "dao"}
@@ -78,6 +92,9 @@ _MAX_MATCH_PASSES = 5
 _TOLERANCE_FLOOR_PIX = 0.5
 _MAX_HIST_BINS = 2048
 _MEDIAN_TO_RMS = 1.0 / math.sqrt(math.log(2.0))
+# Source ids handed to tweakwcs are ``exposure index * _ID_STRIDE + row + 1``
+# so that the matcher can tell which exposures a catalogue came from.
+_ID_STRIDE = 10_000_000
 
 
 # --------------------------------------------------------------------------
@@ -572,7 +589,10 @@ class _IterativeMatch(MatchCatalogs):
     """
 
     def __init__(self, *, searchrad, separation, tolerance, use2dhist, xoffset, yoffset,
-                 fitgeometry, nclip, sigma):
+                 fitgeometry, nclip, sigma, check=None):
+        self.check = check
+        #: Unit key -> reason, for fits that ``check`` rejected.
+        self.rejected = {}
         self.searchrad = float(searchrad)
         self.separation = float(separation)
         self.tolerance = float(tolerance)
@@ -644,6 +664,22 @@ class _IterativeMatch(MatchCatalogs):
             previous = (ref_idx, im_idx)
             log.debug("tweakreg: pass %d, tolerance %.4g, %d matches, fit RMS %.4g", npass,
                       tolerance, ref_idx.size, fit["rmse"])
+        if self.check is not None and ref_idx.size >= needed and "id" in imcat.colnames:
+            # 4. Sanity checks of the final fit, before tweakwcs applies it
+            #    (and, with expand_refcat, adds the unit to the reference).
+            try:
+                fit = iter_linear_fit(refxy[ref_idx], imxy[im_idx], fitgeom=self.fitgeometry,
+                                      nclip=self.nclip, sigma=(self.sigma, "rmse"))
+            except (ValueError, ArithmeticError, np.linalg.LinAlgError):
+                fit = None
+            if fit is not None:
+                exposures = np.unique(np.asarray(imcat["id"], dtype=np.int64) // _ID_STRIDE)
+                unit, reason = self.check(exposures, fit, ref_idx.size)
+                if reason:
+                    self.rejected[unit] = reason
+                    log.warning("tweakreg: fit of %s rejected: %s", name, reason)
+                    empty = np.array([], dtype=int)
+                    return empty, empty
         return ref_idx, im_idx
 
 
@@ -684,6 +720,13 @@ class AlignmentResult:
         True for the exposure(s) that defined the reference catalogue.
     message : str
         Human-readable summary or reason for skipping.
+    in_refcat : bool
+        True when the exposure's sources are in the final reference
+        catalogue (the reference exposure's; with ``expand_refcat`` also
+        every aligned exposure's).  False for a skipped exposure: a
+        fit that fails the sanity checks is rejected before ``tweakwcs``
+        could add its sources (``tweakwcs`` still adds the sources of a
+        failed exposure that overlaps no other).
     """
 
     wcs: object
@@ -695,10 +738,37 @@ class AlignmentResult:
     nmatch: int = 0
     is_reference: bool = False
     message: str = ""
+    in_refcat: bool = False
 
 
-def _validate_alignment(catalogs, wcs_list, shapes, group_ids, searchrad, separation, tolerance,
-                        xoffset, yoffset, fitgeometry, nclip, sigma, minobj):
+def _validate_match_parameters(prefix, searchrad, separation, tolerance, fitgeometry, nclip,
+                               sigma, minobj):
+    """Checks shared by relative (``prefix=''``) and absolute (``'abs_'``) alignment."""
+    _require_positive(f"{prefix}searchrad", searchrad)
+    _require_positive(f"{prefix}separation", separation)
+    _require_positive(f"{prefix}tolerance", tolerance)
+    if not separation > math.sqrt(2.0) * tolerance and not prefix:
+        raise ValueError(
+            "separation must exceed sqrt(2) * tolerance to avoid source confusion, got "
+            f"separation={separation!r}, tolerance={tolerance!r}"
+        )
+    if not isinstance(fitgeometry, str) or fitgeometry.lower() not in FITGEOMETRIES:
+        raise ValueError(
+            f"{prefix}fitgeometry must be one of {list(FITGEOMETRIES)}, got {fitgeometry!r}"
+        )
+    if isinstance(nclip, bool) or not isinstance(nclip, numbers.Integral) or nclip < 0:
+        raise ValueError(f"{prefix}nclip must be a non-negative integer, got {nclip!r}")
+    _require_positive(f"{prefix}sigma", sigma)
+    _require_positive(f"{prefix}minobj", minobj, integer=True)
+    needed = FITGEOMETRIES[fitgeometry.lower()]
+    if minobj < needed:
+        raise ValueError(
+            f"{prefix}minobj must be at least {needed} for {prefix}fitgeometry={fitgeometry!r}, "
+            f"got {minobj!r}"
+        )
+
+
+def _validate_inputs(catalogs, wcs_list, shapes, group_ids=None):
     n = len(catalogs)
     if len(wcs_list) != n or len(shapes) != n:
         raise ValueError(
@@ -714,28 +784,16 @@ def _validate_alignment(catalogs, wcs_list, shapes, group_ids, searchrad, separa
     for i, shape in enumerate(shapes):
         if len(shape) != 2:
             raise ValueError(f"shapes[{i}] must be (ny, nx), got {shape!r}")
-    _require_positive("searchrad", searchrad)
-    _require_positive("separation", separation)
-    _require_positive("tolerance", tolerance)
-    if not separation > math.sqrt(2.0) * tolerance:
-        raise ValueError(
-            "separation must exceed sqrt(2) * tolerance to avoid source confusion, got "
-            f"separation={separation!r}, tolerance={tolerance!r}"
-        )
+
+
+def _validate_alignment(catalogs, wcs_list, shapes, group_ids, searchrad, separation, tolerance,
+                        xoffset, yoffset, fitgeometry, nclip, sigma, minobj):
+    _validate_inputs(catalogs, wcs_list, shapes, group_ids)
+    _validate_match_parameters("", searchrad, separation, tolerance, fitgeometry, nclip, sigma,
+                               minobj)
     for name, value in (("xoffset", xoffset), ("yoffset", yoffset)):
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number (arcsec), got {value!r}")
-    if not isinstance(fitgeometry, str) or fitgeometry.lower() not in FITGEOMETRIES:
-        raise ValueError(f"fitgeometry must be one of {list(FITGEOMETRIES)}, got {fitgeometry!r}")
-    if isinstance(nclip, bool) or not isinstance(nclip, numbers.Integral) or nclip < 0:
-        raise ValueError(f"nclip must be a non-negative integer, got {nclip!r}")
-    _require_positive("sigma", sigma)
-    _require_positive("minobj", minobj, integer=True)
-    needed = FITGEOMETRIES[fitgeometry.lower()]
-    if minobj < needed:
-        raise ValueError(
-            f"minobj must be at least {needed} for fitgeometry={fitgeometry!r}, got {minobj!r}"
-        )
 
 
 def _tangent_point(wcs_list, shapes):
@@ -755,6 +813,92 @@ def _max_corner_motion(wcs_a, wcs_b, shape):
     xi, eta = to_tangent_plane(b[:, 0], b[:, 1], a[0, 0], a[0, 1])
     xa, ea = to_tangent_plane(a[:, 0], a[:, 1], a[0, 0], a[0, 1])
     return 3600.0 * float(np.max(np.hypot(xi - xa, eta - ea)))
+
+
+def _corrector(i, catalog, wcs, shape, ref_ra, ref_dec, group_id):
+    """`TangentPlaneCorrector` of exposure ``i`` with ids that encode ``i``."""
+    x = np.asarray(catalog["x"], float)
+    cat = Table(
+        [x, np.asarray(catalog["y"], float), i * _ID_STRIDE + np.arange(1, x.size + 1)],
+        names=("x", "y", "id"),
+    )
+    return TangentPlaneCorrector(
+        wcs, ref_ra, ref_dec, shape,
+        meta={"catalog": cat, "name": f"exposure {i}", "group_id": group_id},
+    )
+
+
+def _exposures_in(refcat):
+    """Indices of the exposures whose sources are in a tweakwcs reference catalogue."""
+    if refcat is None or "cat_name" not in getattr(refcat, "colnames", ()):
+        return set()
+    names = np.unique(np.asarray(refcat["cat_name"]).astype(str))
+    return {int(n.split()[-1]) for n in names if n.startswith("exposure ")}
+
+
+def _fill_fit(result, info, wcs, shape):
+    """Copy a tweakwcs ``fit_info`` into ``result`` (RMS in pixels of ``wcs``)."""
+    pscale = local_pixel_scale(wcs, (shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0) * 3600.0
+    result.shift = (float(info["shift"][0]), float(info["shift"][1]))
+    result.rotation = float(info["proper_rot"])
+    result.scale = float(info["<scale>"])
+    result.rms = float(info["rmse"]) / pscale
+    result.nmatch = int(info.get("nmatches", np.count_nonzero(info["fitmask"])))
+
+
+class _FitCheck:
+    """Sanity checks of a unit's fit, called by `_IterativeMatch` before tweakwcs applies it.
+
+    Called with the exposure indices of an image catalogue, the
+    ``iter_linear_fit`` result (image -> reference tangent plane, arcsec)
+    and the number of matches; returns ``(unit key, reason)`` with an
+    empty reason when the fit is acceptable.  Rejected: a correction that
+    moves any detector corner of the unit by more than ``max_corr``
+    arcsec, a fit RMS above ``tolerance`` arcsec, a fit keeping fewer than
+    ``minobj`` matches after clipping.  ``prefix`` ('' or 'abs_') names
+    the parameters in the reasons.
+    """
+
+    def __init__(self, keys, wcs_list, shapes, ref_ra, ref_dec, *, max_corr, tolerance, minobj,
+                 prefix):
+        self.keys = keys
+        self.corners = [
+            3600.0 * np.column_stack(to_tangent_plane(*footprint(w, s).T, ref_ra, ref_dec))
+            for w, s in zip(wcs_list, shapes)
+        ]
+        self.max_corr = max_corr
+        self.tolerance = tolerance
+        self.minobj = minobj
+        self.prefix = prefix
+
+    def __call__(self, exposures, fit, nmatch):
+        exposures = [int(e) for e in exposures if 0 <= e < len(self.keys)]
+        unit = self.keys[exposures[0]] if exposures else None
+        if nmatch < self.minobj:
+            return unit, ""  # tweakwcs reports "not enough matches"
+        matrix, shift, centre = (np.asarray(fit[k], dtype=float) for k in ("matrix", "shift", "center"))
+        corners = np.vstack([self.corners[i] for i in exposures]) if exposures else np.empty((0, 2))
+        moved = (corners - centre) @ matrix.T + shift + centre
+        motion = float(np.max(np.hypot(*(moved - corners).T), initial=0.0))
+        kept = int(np.count_nonzero(fit["fitmask"]))
+        p = self.prefix
+        if motion > self.max_corr:
+            return unit, (
+                f"fitted correction moves the footprint by {motion:.3g} arcsec, more than "
+                f"{self.max_corr:.3g} arcsec (2 * ({p}searchrad + {p}tolerance)); likely a "
+                "source mismatch"
+            )
+        if not float(fit["rmse"]) <= self.tolerance:
+            return unit, (
+                f"fit RMS {float(fit['rmse']):.3g} arcsec exceeds {p}tolerance={self.tolerance!r}; "
+                "likely a source mismatch"
+            )
+        if kept < self.minobj:
+            return unit, (
+                f"fit kept {kept} of {nmatch} matches after clipping, fewer than "
+                f"{p}minobj={self.minobj}"
+            )
+        return unit, ""
 
 
 def align_exposures(
@@ -922,26 +1066,64 @@ def align_exposures(
             )
         return results
 
+    # 2-5 (see Notes); repeated without failed units that tweakwcs added to
+    # the expanded reference catalogue anyway (it does so for a unit that
+    # overlaps nothing aligned before it), so they cannot poison the rest.
+    if use2dhist:
+        max_corr = 2.0 * (searchrad + tolerance)
+    else:
+        max_corr = 2.0 * (max(abs(xoffset), abs(yoffset)) + tolerance)
+    settings = dict(searchrad=searchrad, separation=separation, tolerance=tolerance,
+                    use2dhist=use2dhist, xoffset=xoffset, yoffset=yoffset,
+                    fitgeometry=fitgeometry, nclip=nclip, sigma=sigma, minobj=minobj,
+                    enforce_user_order=enforce_user_order, expand_refcat=expand_refcat)
+    active = usable
+    while True:
+        poisoned = _alignment_pass(active, keys, catalogs, wcs_list, shapes, group_ids, results,
+                                   max_corr, **settings)
+        if not poisoned:
+            return results
+        log.warning("tweakreg: re-aligning without %s, which failed but entered the reference "
+                    "catalogue", ", ".join(str(k[1]) for k in sorted(poisoned, key=str)))
+        for i in active:
+            if results[i].status == "SKIPPED":
+                results[i].in_refcat = False
+        active = [i for i in active if results[i].status == "COMPLETE"]
+        for i in active:
+            results[i] = AlignmentResult(wcs=wcs_list[i], status="SKIPPED")
+        if len(set(keys[i] for i in active)) < 2:
+            for i in active:
+                results[i].message = "fewer than two exposures (or groups) could be aligned"
+            return results
+
+
+def _alignment_pass(active, keys, catalogs, wcs_list, shapes, group_ids, results, max_corr, *,
+                    searchrad, separation, tolerance, use2dhist, xoffset, yoffset, fitgeometry,
+                    nclip, sigma, minobj, enforce_user_order, expand_refcat):
+    """One ``tweakwcs`` alignment of exposures ``active``; fills their ``results``.
+
+    Returns the keys of failed units whose sources are in the final
+    reference catalogue (empty when the pass is clean).
+    """
+    usable = active
     # 2. Correctors in one common tangent plane.
     ref_ra, ref_dec = _tangent_point([wcs_list[i] for i in usable], [shapes[i] for i in usable])
-    correctors = {}
-    for i in usable:
-        cat = Table(
-            [np.asarray(catalogs[i]["x"], float), np.asarray(catalogs[i]["y"], float)],
-            names=("x", "y"),
-        )
-        gid = None if group_ids is None else group_ids[i]
-        correctors[i] = TangentPlaneCorrector(
-            wcs_list[i], ref_ra, ref_dec, shapes[i],
-            meta={"catalog": cat, "name": f"exposure {i}", "group_id": gid},
-        )
+    correctors = {
+        i: _corrector(i, catalogs[i], wcs_list[i], shapes[i], ref_ra, ref_dec,
+                      None if group_ids is None else group_ids[i])
+        for i in usable
+    }
 
-    # 3. tweakwcs matching and fitting.
+    # 3. tweakwcs matching and fitting; the matcher rejects implausible fits
+    #    of a unit before tweakwcs applies them, so that with expand_refcat
+    #    a mismatched unit never enters the reference catalogue.
+    check = _FitCheck(keys, wcs_list, shapes, ref_ra, ref_dec, max_corr=max_corr,
+                      tolerance=tolerance, minobj=minobj, prefix="")
     match = _IterativeMatch(searchrad=searchrad, separation=separation, tolerance=tolerance,
                             use2dhist=use2dhist, xoffset=xoffset, yoffset=yoffset,
-                            fitgeometry=fitgeometry, nclip=nclip, sigma=sigma)
+                            fitgeometry=fitgeometry, nclip=nclip, sigma=sigma, check=check)
     try:
-        align_wcs(
+        refcat = align_wcs(
             [correctors[i] for i in usable],
             refcat=None,
             enforce_user_order=enforce_user_order,
@@ -955,21 +1137,18 @@ def align_exposures(
     except NotEnoughCatalogs as exc:
         for i in usable:
             results[i].message = f"alignment not possible: {exc}"
-        return results
+        return set()
     except MatchSourceConfusionError as exc:
         for i in usable:
             results[i].message = (
                 f"source confusion in matching ({exc}); adjust tolerance and/or separation"
             )
-        return results
-
-    if use2dhist:
-        max_corr = 2.0 * (searchrad + tolerance)
-    else:
-        max_corr = 2.0 * (max(abs(xoffset), abs(yoffset)) + tolerance)
+        return set()
+    in_refcat = _exposures_in(refcat)
 
     # 4. Collect results; revert implausible corrections (too large, RMS
-    #    above tolerance, too few sources kept) per unit.
+    #    above tolerance, too few sources kept) per unit, should any have
+    #    escaped the matcher's checks.
     too_large = set()
     for i in usable:
         info = correctors[i].meta.get("fit_info", {})
@@ -983,11 +1162,14 @@ def align_exposures(
         info = correctors[i].meta.get("fit_info", {})
         status = str(info.get("status", "FAILED: not aligned"))
         result = results[i]
+        result.in_refcat = i in in_refcat
         if status == "REFERENCE":
             result.status = "COMPLETE"
             result.is_reference = True
             result.rms = 0.0
             result.message = "reference exposure (defines the reference catalogue)"
+        elif keys[i] in match.rejected:
+            result.message = match.rejected[keys[i]]
         elif status != "SUCCESS":
             result.message = f"alignment failed: {status.removeprefix('FAILED: ')}"
         elif keys[i] in too_large:
@@ -1007,18 +1189,327 @@ def align_exposures(
                 f"minobj={minobj}"
             )
         else:
-            pscale = local_pixel_scale(wcs_list[i], (shapes[i][1] - 1) / 2.0,
-                                       (shapes[i][0] - 1) / 2.0) * 3600.0
             result.wcs = correctors[i].wcs
             result.status = "COMPLETE"
-            result.shift = (float(info["shift"][0]), float(info["shift"][1]))
-            result.rotation = float(info["proper_rot"])
-            result.scale = float(info["<scale>"])
-            result.rms = float(info["rmse"]) / pscale
-            result.nmatch = int(info.get("nmatches", np.count_nonzero(info["fitmask"])))
+            _fill_fit(result, info, wcs_list[i], shapes[i])
             result.message = (
                 f"{fitgeometry} fit of {result.nmatch} matches: shift "
                 f"({result.shift[0]:+.4f}, {result.shift[1]:+.4f}) arcsec, rotation "
                 f"{result.rotation:+.5f} deg, scale {result.scale:.6f}, RMS {result.rms:.4f} pix"
             )
-    return results
+        if result.status == "SKIPPED":
+            log.warning("tweakreg: exposure %d SKIPPED: %s", i, result.message)
+    return {keys[i] for i in usable if results[i].status == "SKIPPED" and results[i].in_refcat}
+
+
+# --------------------------------------------------------------------------
+# Exposure groups
+# --------------------------------------------------------------------------
+
+
+def exposure_group_id(meta):
+    """Exposure group of a JWST exposure from its header keywords, as JWST builds ``group_id``.
+
+    The detectors of one exposure share program, observation, visit, visit
+    group, sequence, activity and exposure numbers, so they get one group
+    and `align_exposures` moves them as a rigid unit.
+
+    Parameters
+    ----------
+    meta : mapping
+        Primary-header keywords (``PROGRAM``, ``OBSERVTN``, ``VISIT``,
+        ``VISITGRP``, ``SEQ_ID``, ``ACT_ID``, ``EXPOSURE``).
+
+    Returns
+    -------
+    str or None
+        ``'jw{program}{obs}{visit}_{visitgrp}{seq}{act}_{exposure}'``; None
+        when any keyword is missing or blank (the exposure is then aligned
+        on its own).
+    """
+    values = [meta.get(k) for k in GROUP_KEYWORDS]
+    if any(v is None or str(v).strip() == "" for v in values):
+        return None
+    program, obs, visit, visitgrp, seq, act, exposure = (str(v).strip() for v in values)
+    return f"jw{program}{obs}{visit}_{visitgrp}{seq}{act}_{exposure}"
+
+
+# --------------------------------------------------------------------------
+# Absolute astrometry
+# --------------------------------------------------------------------------
+
+
+def reference_catalog_path(abs_refcat):
+    """The catalog file named by ``abs_refcat``, or None when absolute alignment is off.
+
+    Parameters
+    ----------
+    abs_refcat : str or None
+        Path of an ECSV or FITS table with RA/Dec columns; ``''`` or None
+        turns absolute alignment off (the JWST default).
+
+    Raises
+    ------
+    ValueError
+        For a catalog name JWST fetches from the web (`REMOTE_CATALOGS`):
+        calimage3 runs offline, so the catalog must be supplied as a file.
+    """
+    if abs_refcat is None:
+        return None
+    if not isinstance(abs_refcat, str):
+        raise ValueError(f"abs_refcat must be a file path or '', got {abs_refcat!r}")
+    name = abs_refcat.strip()
+    if not name:
+        return None
+    if name.upper() in REMOTE_CATALOGS:
+        raise ValueError(
+            f"abs_refcat={abs_refcat!r} needs a web query, which calimage3 does not make: "
+            "download the catalog for the field and give its path (ECSV or FITS with RA and "
+            "Dec columns in degrees) as abs_refcat"
+        )
+    return name
+
+
+def reference_radec(table):
+    """RA and Dec (degrees) of a reference catalog table.
+
+    Parameters
+    ----------
+    table : astropy.table.Table
+        With columns named ``RA`` and ``Dec`` in any case (e.g. Gaia's
+        ``ra``, ``dec``), in degrees or with angle units.
+
+    Returns
+    -------
+    ra, dec : ndarray
+        Finite positions only.
+
+    Raises
+    ------
+    ValueError
+        When either column is missing.
+    """
+    lower = {c.lower(): c for c in table.colnames}
+    if "ra" not in lower or "dec" not in lower:
+        raise ValueError(f"abs_refcat needs RA and Dec columns, found {table.colnames}")
+    out = []
+    for name in ("ra", "dec"):
+        col = table[lower[name]]
+        if isinstance(col, u.Quantity):
+            values = col.to_value(u.deg)
+        elif getattr(col, "unit", None) is not None:
+            values = col.quantity.to_value(u.deg)
+        else:
+            values = np.asarray(col)
+        out.append(np.asarray(values, dtype=float))
+    ra, dec = out
+    good = np.isfinite(ra) & np.isfinite(dec)
+    return ra[good], dec[good]
+
+
+@dataclass
+class AbsoluteAlignment:
+    """Outcome of `align_to_reference_catalog`: one rigid fit of all exposures.
+
+    Attributes
+    ----------
+    wcs_list : list of gwcs.WCS
+        Corrected WCSs, in input order; the input WCSs when skipped.
+    status : str
+        ``'COMPLETE'`` or ``'SKIPPED'``.
+    shift : tuple of float
+        Fitted ``(xi, eta)`` shift, arcsec (east, north).
+    rotation : float
+        Fitted rotation, degrees (convention of `AlignmentResult`).
+    scale : float
+        Fitted scale factor.
+    rms : float
+        RMS of the fit residuals, arcsec; NaN when skipped.
+    nmatch : int
+        Sources matched to the reference catalog.
+    nref : int
+        Reference sources within the field (footprint padded by
+        ``abs_searchrad``).
+    message : str
+        Summary, or the reason for skipping.
+    """
+
+    wcs_list: list
+    status: str
+    shift: tuple = (0.0, 0.0)
+    rotation: float = 0.0
+    scale: float = 1.0
+    rms: float = math.nan
+    nmatch: int = 0
+    nref: int = 0
+    message: str = ""
+
+
+def align_to_reference_catalog(
+    catalogs,
+    wcs_list,
+    shapes,
+    ref_ra,
+    ref_dec,
+    *,
+    abs_minobj=15,
+    abs_searchrad=6.0,
+    abs_use2dhist=True,
+    abs_separation=0.1,
+    abs_tolerance=0.7,
+    abs_fitgeometry="rshift",
+    abs_nclip=3,
+    abs_sigma=3.0,
+):
+    """Align a (relatively aligned) set of exposures as one rigid unit to a reference catalog.
+
+    Parameters
+    ----------
+    catalogs : list of astropy.table.Table
+        One per exposure, zero-based pixel columns ``x``, ``y``.
+    wcs_list : list of gwcs.WCS
+        The exposures' WCSs after relative alignment; not modified.
+    shapes : list of tuple of int
+        ``(ny, nx)`` of each exposure.
+    ref_ra, ref_dec : array-like
+        Reference source positions (e.g. Gaia), degrees; see `reference_radec`.
+    abs_minobj : int
+        Fewest reference sources in the field, fewest matches, and fewest
+        matches kept after clipping.
+    abs_searchrad : float
+        Search radius of the initial-offset 2-D histogram, arcsec; also
+        pads the footprint when selecting reference sources.
+    abs_use2dhist : bool
+        Find the initial offset with a 2-D histogram; otherwise start
+        from zero offset (JWST has no ``abs_xoffset``).
+    abs_separation : float
+        Sources closer than this (arcsec) count as one: the same star seen
+        in overlapping exposures collapses to one position.
+    abs_tolerance : float
+        Matching tolerance, arcsec; a fit whose RMS exceeds it is rejected.
+    abs_fitgeometry : {'shift', 'rshift', 'rscale', 'general'}
+        Allowed correction of the whole set.
+    abs_nclip : int
+        Sigma-clipping iterations of the fit.
+    abs_sigma : float
+        Clipping limit in units of the fit RMS.
+
+    Returns
+    -------
+    AbsoluteAlignment
+        One correction for all exposures; ``status='SKIPPED'`` with the
+        input WCSs and the reason when the fit is not possible or not
+        plausible.
+
+    Raises
+    ------
+    ValueError
+        For an invalid parameter, mismatched lengths, or ``ref_ra`` and
+        ``ref_dec`` of different lengths.
+
+    Notes
+    -----
+    Stages, as in JWST ``tweakreg`` after relative alignment:
+
+    1. Reference sources within the combined footprint (padded by
+       ``abs_searchrad``) are selected; fewer than ``abs_minobj`` skips.
+    2. All exposures form one ``tweakwcs`` group, so their catalogs are
+       merged and matched together (duplicates within
+       ``abs_separation`` collapse) to the reference catalog with the
+       iterative matcher of `align_exposures`, using the ``abs_*``
+       parameters.
+    3. One ``abs_fitgeometry`` fit corrects every WCS.  As for relative
+       alignment, a fit moving a detector corner by more than
+       ``2 * (abs_searchrad + abs_tolerance)`` arcsec, with RMS above
+       ``abs_tolerance``, or keeping fewer than ``abs_minobj`` matches is
+       rejected and the input WCSs kept.
+    """
+    _validate_inputs(catalogs, wcs_list, shapes)
+    _validate_match_parameters("abs_", abs_searchrad, abs_separation, abs_tolerance,
+                               abs_fitgeometry, abs_nclip, abs_sigma, abs_minobj)
+    ref_ra = np.atleast_1d(np.asarray(ref_ra, dtype=float))
+    ref_dec = np.atleast_1d(np.asarray(ref_dec, dtype=float))
+    if ref_ra.shape != ref_dec.shape:
+        raise ValueError(f"ref_ra and ref_dec must have equal lengths, got {ref_ra.size} and "
+                         f"{ref_dec.size}")
+    fitgeometry = abs_fitgeometry.lower()
+    result = AbsoluteAlignment(wcs_list=list(wcs_list), status="SKIPPED")
+    n = len(catalogs)
+    if n == 0:
+        result.message = "no exposures to align"
+        return result
+    nsrc = sum(len(c) for c in catalogs)
+    if nsrc < abs_minobj:
+        result.message = f"exposures have {nsrc} sources, fewer than abs_minobj={abs_minobj}"
+        return result
+
+    # 1. Reference sources in the field.
+    tp_ra, tp_dec = _tangent_point(wcs_list, shapes)
+    corners = np.vstack([footprint(w, s) for w, s in zip(wcs_list, shapes)])
+    cxi, ceta = (3600.0 * v for v in to_tangent_plane(corners[:, 0], corners[:, 1], tp_ra, tp_dec))
+    rxi, reta = (3600.0 * v for v in to_tangent_plane(ref_ra, ref_dec, tp_ra, tp_dec))
+    near = ((rxi >= cxi.min() - abs_searchrad) & (rxi <= cxi.max() + abs_searchrad)
+            & (reta >= ceta.min() - abs_searchrad) & (reta <= ceta.max() + abs_searchrad))
+    result.nref = int(np.count_nonzero(near))
+    if result.nref < abs_minobj:
+        result.message = (
+            f"reference catalog has {result.nref} sources in the field, fewer than "
+            f"abs_minobj={abs_minobj}"
+        )
+        return result
+    refcat = Table([ref_ra[near], ref_dec[near]], names=("RA", "DEC"), meta={"name": "abs_refcat"})
+
+    # 2. One group, matched to the reference catalog.
+    correctors = [_corrector(i, catalogs[i], wcs_list[i], shapes[i], tp_ra, tp_dec, "abs_refcat")
+                  for i in range(n)]
+    max_corr = 2.0 * (abs_searchrad + abs_tolerance)
+    keys = ["abs_refcat"] * n
+    check = _FitCheck(keys, wcs_list, shapes, tp_ra, tp_dec, max_corr=max_corr,
+                      tolerance=abs_tolerance, minobj=abs_minobj, prefix="abs_")
+    match = _IterativeMatch(searchrad=abs_searchrad, separation=abs_separation,
+                            tolerance=abs_tolerance, use2dhist=abs_use2dhist, xoffset=0.0,
+                            yoffset=0.0, fitgeometry=fitgeometry, nclip=abs_nclip,
+                            sigma=abs_sigma, check=check)
+    try:
+        align_wcs(correctors, refcat=refcat, enforce_user_order=True, expand_refcat=False,
+                  minobj=abs_minobj, match=match, fitgeom=fitgeometry, nclip=abs_nclip,
+                  sigma=(abs_sigma, "rmse"))
+    except (NotEnoughCatalogs, MatchSourceConfusionError) as exc:
+        result.message = f"alignment to the reference catalog not possible: {exc}"
+        return result
+
+    # 3. Result, with the sanity checks.
+    info = next((c.meta["fit_info"] for c in correctors
+                 if c.meta.get("fit_info", {}).get("status") == "SUCCESS"), None)
+    if "abs_refcat" in match.rejected:
+        result.message = match.rejected["abs_refcat"]
+        return result
+    if info is None:
+        status = str(correctors[0].meta.get("fit_info", {}).get("status", "FAILED: not aligned"))
+        result.message = f"alignment to the reference catalog failed: {status.removeprefix('FAILED: ')}"
+        return result
+    motion = max(_max_corner_motion(w, c.wcs, s) for w, c, s in zip(wcs_list, correctors, shapes))
+    kept = int(np.count_nonzero(info["fitmask"]))
+    if motion > max_corr:
+        result.message = (f"fitted correction moves the footprint by {motion:.3g} arcsec, more "
+                          f"than {max_corr:.3g} arcsec; likely a source mismatch")
+    elif not float(info["rmse"]) <= abs_tolerance:
+        result.message = (f"fit RMS {float(info['rmse']):.3g} arcsec exceeds "
+                          f"abs_tolerance={abs_tolerance!r}; likely a source mismatch")
+    elif kept < abs_minobj:
+        result.message = (f"fit kept {kept} of {int(info.get('nmatches', 0))} matches after "
+                          f"clipping, fewer than abs_minobj={abs_minobj}")
+    else:
+        result.wcs_list = [c.wcs for c in correctors]
+        result.status = "COMPLETE"
+        result.shift = (float(info["shift"][0]), float(info["shift"][1]))
+        result.rotation = float(info["proper_rot"])
+        result.scale = float(info["<scale>"])
+        result.rms = float(info["rmse"])
+        result.nmatch = int(info.get("nmatches", kept))
+        result.message = (
+            f"{fitgeometry} fit of {result.nmatch} matches to {result.nref} reference sources: "
+            f"shift ({result.shift[0]:+.4f}, {result.shift[1]:+.4f}) arcsec, rotation "
+            f"{result.rotation:+.5f} deg, scale {result.scale:.6f}, RMS {result.rms:.4f} arcsec"
+        )
+    return result

@@ -1,6 +1,7 @@
 # tweakreg: sources are detected per exposure (one job each, shared by every
 # association that has the exposure), then each association's catalogs are
-# matched and the WCS corrections fitted in one group job.
+# matched and the WCS corrections fitted in one group job (exposure groups
+# from the headers; then, with abs_refcat, one rigid fit to that catalog).
 
 TWEAKREG_DETECTION = (
     "snr_threshold", "kernel_fwhm", "bkg_boxsize", "brightest", "peakmax",
@@ -9,7 +10,24 @@ TWEAKREG_DETECTION = (
 TWEAKREG_ALIGNMENT = (
     "skip", "searchrad", "separation", "tolerance", "use2dhist", "xoffset", "yoffset",
     "fitgeometry", "nclip", "sigma", "minobj", "enforce_user_order", "expand_refcat",
+    "abs_refcat", "abs_minobj", "abs_searchrad", "abs_use2dhist", "abs_separation",
+    "abs_tolerance", "abs_fitgeometry", "abs_nclip", "abs_sigma",
 )
+
+from calimage3.tweakreg import reference_catalog_path as _reference_catalog_path
+
+# Checked at startup: a web catalog name (GAIADR3...) is a clear error here.
+try:
+    ABS_REFCAT = _reference_catalog_path(config["tweakreg"].get("abs_refcat"))
+except ValueError as _exc:
+    raise _io.InputFileError("config tweakreg.abs_refcat", str(_exc)) from None
+
+
+def abs_refcat_input():
+    """The absolute-astrometry reference catalog (a rerun trigger), if any."""
+    if config["tweakreg"].get("skip") or not ABS_REFCAT:
+        return []
+    return [ABS_REFCAT]
 
 
 rule tweakreg_detect:
@@ -41,10 +59,13 @@ for P in PRODUCTS:
         input:
             sources=P.tweakreg_catalogs(),
             wcs=[P.mtwcs(r) for r in P.roots],
+            cal=P.all_cal(),
+            refcat=abs_refcat_input(),
         output:
             wcs=P.all_tweakreg_wcs(),
         params:
             step=step_params("tweakreg", TWEAKREG_ALIGNMENT),
+            asn_group_ids=[m.group_id for m in P.asn.members],
         log:
             f"{P.logs}/tweakreg_align.log",
         benchmark:
