@@ -3,10 +3,12 @@
 Computes, for each exposure of an association, the sky level to subtract so
 that the backgrounds of overlapping exposures agree, as the JWST
 ``SkyMatchStep`` does with its four methods ``'local'``, ``'global'``,
-``'match'`` and ``'global+match'``.  Arrays and ``gwcs`` objects come in; a
+``'match'`` and ``'global+match'``, or takes them from the user's list
+(``'user'``, `user_sky_levels`).  Arrays and ``gwcs`` objects come in; a
 `SkyMatchResult` with one level per exposure (MJy/sr) comes out.  Nothing
-here reads or writes files, and the caller turns DQ arrays into the boolean
-``masks`` (True = usable pixel).
+here reads or writes files.  `SkyMatcher` takes the images one at a time
+and keeps only their statistics, so memory does not grow with their
+number; `match_sky` is the same on a list of arrays.
 
 The sky statistic is that of ``stsci.imagestats`` as the JWST step uses it:
 iterative mean +- sigma clipping of the usable values between optional
@@ -17,12 +19,15 @@ cumulative histogram).
 """
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 from astropy.table import Table
 
+from .association import exposure_root
+from .dqflags import good_pixel_mask, interpret_bit_flags
 from .wcs_tools import to_tangent_plane
 
 __all__ = [
@@ -30,15 +35,16 @@ __all__ = [
     "SKYSTATS",
     "SkyStat",
     "SkyMatchResult",
+    "SkyMatcher",
     "sky_statistic",
     "match_sky",
+    "user_sky_levels",
 ]
 
+# Methods that measure the sky ('user' reads it: see user_sky_levels).
 SKYMETHODS = ("local", "global", "match", "global+match")
 SKYSTATS = ("mode", "median", "mean", "midpt")
 
-# Points per image edge of the outline that is mapped into other images.
-_EDGE_SAMPLES = 16
 # Safety margin, in pixels, cut off the inside of every overlap region.
 _MARGIN = 2.0
 # Width of the "core" of a sigma-clipping window (fraction of the window)
@@ -48,6 +54,9 @@ _CORE_FRACTION = 0.6
 _ROUNDOFF = 1e-14
 # Half-width, in standard deviations, of the values partitioned for a median.
 _MEDIAN_SPREAD = 0.1
+
+_PAIR_COLUMNS = ("i", "j", "npix_i", "npix_j", "sky_i", "sky_j", "weight", "used")
+_PAIR_DTYPES = (int, int, int, int, float, float, float, bool)
 
 log = logging.getLogger(__name__)
 
@@ -348,26 +357,19 @@ def sky_statistic(
     return SkyStat(center + float(_histogram_stat(y, vmin, vmax, hwidth, skystat)), npix)
 
 
-def _backward(wcs, ra, dec):
-    """Sky to pixel with a gwcs, through its analytic inverse when it has one."""
-    try:
-        return wcs.backward_transform(ra, dec)
-    except NotImplementedError:
-        return wcs.invert(ra, dec, with_bounding_box=False)
-
-
 class _Footprint:
     """Outline of one image on the sky, for the overlap geometry."""
 
-    def __init__(self, shape, wcs, ref):
+    def __init__(self, shape, wcs, ref, stepsize=None):
         ny, nx = shape
         self.shape = shape
         self.wcs = wcs
-        bx, by = _outline(nx, ny, _EDGE_SAMPLES)
+        self._inverse = None  # backward transform, built on first use
+        bx, by = _outline(nx, ny, stepsize)
         self.ra, self.dec = (np.asarray(c, float) for c in wcs.forward_transform(bx, by))
         # Bounding box in the common tangent plane, for a cheap pre-filter
         # before any backward transform; padded for the bulge of curved
-        # edges between the outline samples.
+        # edges between the outline vertices.
         xi, eta = to_tangent_plane(self.ra, self.dec, *ref)
         pad = 0.02 * max(np.nanmax(xi) - np.nanmin(xi), np.nanmax(eta) - np.nanmin(eta))
         self.box = (np.nanmin(xi) - pad, np.nanmax(xi) + pad, np.nanmin(eta) - pad, np.nanmax(eta) + pad)
@@ -376,22 +378,37 @@ class _Footprint:
         a, b = self.box, other.box
         return a[0] <= b[1] and b[0] <= a[1] and a[2] <= b[3] and b[2] <= a[3]
 
+    def to_pixels(self, ra, dec):
+        """Sky to this image's pixels, with its backward transform built once."""
+        if self._inverse is None:
+            try:
+                self._inverse = self.wcs.backward_transform
+            except NotImplementedError:
+                self._inverse = False
+        if self._inverse is False:
+            return self.wcs.invert(ra, dec, with_bounding_box=False)
+        return self._inverse(ra, dec)
+
     def outline_in(self, other):
         """This image's outline in the pixel coordinates of ``other``: (x, y)."""
-        x, y = _backward(other.wcs, self.ra, self.dec)
+        x, y = other.to_pixels(self.ra, self.dec)
         return np.asarray(x, float), np.asarray(y, float)
 
 
-def _outline(nx, ny, per_edge):
+def _outline(nx, ny, stepsize=None):
     """Closed outline of an image along its outer pixel edges, (x, y).
 
-    ``per_edge`` points per edge (corners included once), counter-clockwise
+    Vertices are evenly spaced along each edge, at most ``stepsize`` pixels
+    apart (JWST ``stepsize``); None: the four corners only.  Counter-clockwise
     from the corner ``(-0.5, -0.5)``; the last point is not repeated.
     """
-    t = np.arange(per_edge) / per_edge
+    n_x = 1 if stepsize is None else max(1, int(np.ceil(nx / stepsize)))
+    n_y = 1 if stepsize is None else max(1, int(np.ceil(ny / stepsize)))
     x0, x1, y0, y1 = -0.5, nx - 0.5, -0.5, ny - 0.5
-    x = np.concatenate([x0 + t * (x1 - x0), np.full(per_edge, x1), x1 - t * (x1 - x0), np.full(per_edge, x0)])
-    y = np.concatenate([np.full(per_edge, y0), y0 + t * (y1 - y0), np.full(per_edge, y1), y1 - t * (y1 - y0)])
+    xs = np.linspace(x0, x1, n_x + 1)[:-1]  # n_x intervals along x, far corner left out
+    ys = np.linspace(y0, y1, n_y + 1)[:-1]
+    x = np.concatenate([xs, np.full(n_y, x1), x1 + x0 - xs, np.full(n_y, x0)])
+    y = np.concatenate([np.full(n_x, y0), ys, np.full(n_x, y1), y1 + y0 - ys])
     return x, y
 
 
@@ -521,43 +538,241 @@ def _region_values(data, usable, region):
     return data[rows, cols][inside & usable[rows, cols]]
 
 
-def _validate_inputs(images, wcs_list, masks, skymethod, match_down, subtract, stride):
-    if skymethod not in SKYMETHODS:
-        raise ValueError(f"skymethod must be one of {SKYMETHODS}, got {skymethod!r}")
-    for name, value in (("match_down", match_down), ("subtract", subtract)):
-        if not isinstance(value, (bool, np.bool_)):
-            raise ValueError(f"{name} must be True or False, got {value!r}")
+def _check_flag(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def _check_geometry_params(stepsize, stride):
+    if stepsize is not None and (
+        isinstance(stepsize, bool) or not isinstance(stepsize, (int, np.integer)) or stepsize < 1
+    ):
+        raise ValueError(f"stepsize must be a positive integer or None, got {stepsize!r}")
     if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:
         raise ValueError(f"stride must be a positive integer, got {stride!r}")
-    images = list(images)
-    if not images:
-        raise ValueError("images must contain at least one image")
-    wcs_list = list(wcs_list)
-    if len(wcs_list) != len(images):
-        raise ValueError(f"wcs_list has {len(wcs_list)} entries for {len(images)} images")
-    arrays = []
-    for k, img in enumerate(images):
-        arr = np.asarray(img)
-        if arr.ndim != 2:
-            raise ValueError(f"images[{k}] must be 2-D, got shape {arr.shape}")
-        arrays.append(arr)
-    if masks is None:
-        masks = [None] * len(arrays)
-    masks = list(masks)
-    if len(masks) != len(arrays):
-        raise ValueError(f"masks has {len(masks)} entries for {len(arrays)} images")
-    usable = []
-    for k, (arr, m) in enumerate(zip(arrays, masks)):
-        good = np.isfinite(arr)
-        if m is not None:
-            m = np.asarray(m)
-            if m.shape != arr.shape:
-                raise ValueError(f"masks[{k}] has shape {m.shape}, images[{k}] has {arr.shape}")
-            if m.dtype != bool:
-                raise ValueError(f"masks[{k}] must be boolean (True = usable), got dtype {m.dtype}")
-            good &= m
-        usable.append(good)
-    return arrays, wcs_list, usable
+
+
+def _check_skymethod(skymethod):
+    if skymethod == "user":
+        raise ValueError("skymethod 'user' takes its levels from a skylist: use user_sky_levels")
+    if skymethod not in SKYMETHODS:
+        raise ValueError(f"skymethod must be one of {SKYMETHODS + ('user',)}, got {skymethod!r}")
+
+
+class SkyMatcher:
+    """Sky levels of a set of exposures, measured one exposure at a time.
+
+    The overlap geometry comes from the WCSs and shapes alone; each image is
+    then given once to `add_image`, which measures the statistics this
+    image contributes (its sky in each overlap with another image, its own
+    sky over all usable pixels) and keeps only those numbers.  `evaluate`
+    solves for the levels.  Memory is that of one image at a time, whatever
+    the number of images; each image is needed once, in any order.
+
+    Parameters
+    ----------
+    wcs_list : list of gwcs.WCS
+        WCS of each image: zero-based pixel ``(x, y)`` to ``(RA, Dec)``
+        degrees, with a ``backward_transform`` (or invertible).
+    shapes : list of tuple of int
+        ``(ny, nx)`` of each image.
+    skymethod, match_down, skystat, dqbits, lower, upper, nclip, lsigma, usigma, binwidth, stepsize, stride
+        As in `match_sky`.
+
+    Raises
+    ------
+    ValueError
+        For a bad parameter (named, with its value) or inconsistent lists.
+    """
+
+    def __init__(
+        self,
+        wcs_list,
+        shapes,
+        *,
+        skymethod="match",
+        match_down=True,
+        skystat="mode",
+        dqbits="~DO_NOT_USE+NON_SCIENCE",
+        lower=None,
+        upper=None,
+        nclip=5,
+        lsigma=4.0,
+        usigma=4.0,
+        binwidth=0.1,
+        stepsize=None,
+        stride=1,
+    ):
+        skymethod = skymethod.lower() if isinstance(skymethod, str) else skymethod
+        _check_skymethod(skymethod)
+        _check_flag("match_down", match_down)
+        _check_stat_params(skystat, lower, upper, nclip, lsigma, usigma, binwidth)
+        _check_geometry_params(stepsize, stride)
+        self._good_bits = None if dqbits is None else interpret_bit_flags(dqbits)
+        wcs_list, shapes = list(wcs_list), list(shapes)
+        if not wcs_list:
+            raise ValueError("wcs_list must contain at least one WCS")
+        if len(shapes) != len(wcs_list):
+            raise ValueError(f"shapes has {len(shapes)} entries for {len(wcs_list)} WCSs")
+        for k, shape in enumerate(shapes):
+            if len(shape) != 2 or min(shape) < 1:
+                raise ValueError(f"shapes[{k}] must be (ny, nx) of a 2-D image, got {shape!r}")
+        self.skymethod = skymethod
+        self.match_down = bool(match_down)
+        self.shapes = [(int(s[0]), int(s[1])) for s in shapes]
+        self._stride = int(stride)
+        self._stat_kwargs = dict(
+            skystat=skystat, lower=lower, upper=upper, nclip=nclip, lsigma=lsigma, usigma=usigma, binwidth=binwidth
+        )
+        n = len(wcs_list)
+        self._do_match = "match" in skymethod
+        self._do_local = "global" in skymethod or not self._do_match
+        self._neighbours = [[] for _ in range(n)]
+        if self._do_match:
+            ny, nx = self.shapes[0]
+            ref = wcs_list[0].forward_transform((nx - 1) / 2.0, (ny - 1) / 2.0)
+            ref = (float(ref[0]), float(ref[1]))
+            self._footprints = [_Footprint(s, w, ref, stepsize) for s, w in zip(self.shapes, wcs_list)]
+            for i in range(n):
+                for j in range(i + 1, n):
+                    if self._footprints[i].overlaps_box(self._footprints[j]):
+                        self._neighbours[i].append(j)
+                        self._neighbours[j].append(i)
+        # (i, j) -> (statistic of image i in its overlap with j, overlap empty)
+        self._overlap = {}
+        self._own_sky = np.full(n, np.nan)
+        self._added = np.zeros(n, bool)
+
+    def add_image(self, k, data, dq=None, mask=None):
+        """Measure the sky statistics of image ``k``; no array is kept.
+
+        Parameters
+        ----------
+        k : int
+            Index of the image in ``wcs_list``.
+        data : ndarray, shape ``shapes[k]``
+            Science array, MJy/sr.  Not modified.
+        dq : ndarray of int or None
+            Data-quality array, same shape: pixels with a bit set outside
+            ``dqbits`` are not used.  None (or ``dqbits=None``): DQ ignored.
+        mask : ndarray of bool or None
+            Same shape: True where a pixel may be used.  Non-finite pixels
+            are never used.
+
+        Raises
+        ------
+        ValueError
+            Index out of range or already added, or a shape or dtype that
+            does not fit.
+        """
+        n = len(self.shapes)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < n:
+            raise ValueError(f"image index must be an integer in [0, {n}), got {k!r}")
+        if self._added[k]:
+            raise ValueError(f"image {k} was already added")
+        data = np.asarray(data)
+        if data.shape != self.shapes[k]:
+            raise ValueError(f"images[{k}] has shape {data.shape}, expected {self.shapes[k]}")
+        usable = np.isfinite(data)
+        if dq is not None and self._good_bits is not None:
+            dq = np.asarray(dq)
+            if dq.shape != data.shape:
+                raise ValueError(f"dq[{k}] has shape {dq.shape}, images[{k}] has {data.shape}")
+            usable &= good_pixel_mask(dq, self._good_bits)
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.shape != data.shape:
+                raise ValueError(f"masks[{k}] has shape {mask.shape}, images[{k}] has {data.shape}")
+            if mask.dtype != bool:
+                raise ValueError(f"masks[{k}] must be boolean (True = usable), got dtype {mask.dtype}")
+            usable &= mask
+        if self._do_match:
+            here = self._footprints[k]
+            for j in self._neighbours[k]:
+                region = _overlap_region(*self._footprints[j].outline_in(here), data.shape, stride=self._stride)
+                if region[2] is None:
+                    self._overlap[(k, j)] = (SkyStat(float("nan"), 0), True)
+                else:
+                    values = _region_values(data, usable, region)
+                    self._overlap[(k, j)] = (sky_statistic(values, **self._stat_kwargs), False)
+        if self._do_local:
+            self._own_sky[k] = sky_statistic(data[usable], **self._stat_kwargs).value
+        self._added[k] = True
+
+    def _pairs(self):
+        rows = []
+        for i in range(len(self.shapes)):
+            for j in self._neighbours[i]:
+                if j < i:
+                    continue
+                s_i, empty_i = self._overlap[(i, j)]
+                s_j, empty_j = self._overlap[(j, i)]
+                if empty_i and empty_j:
+                    continue
+                used = s_i.npix > 0 and s_j.npix > 0 and np.isfinite(s_i.value) and np.isfinite(s_j.value)
+                weight = 0.5 * (s_i.npix + s_j.npix) if used else 0.0
+                rows.append((i, j, s_i.npix, s_j.npix, s_i.value, s_j.value, weight, used))
+        return Table(rows=rows or None, names=_PAIR_COLUMNS, dtype=_PAIR_DTYPES)
+
+    def evaluate(self):
+        """Solve for the sky levels once every image has been added.
+
+        Returns
+        -------
+        SkyMatchResult
+            With ``subtracted`` None.
+
+        Raises
+        ------
+        ValueError
+            When some image was never added.
+        """
+        if not self._added.all():
+            raise ValueError(f"images {np.flatnonzero(~self._added).tolist()} were never added")
+        n = len(self.shapes)
+        skymethod = self.skymethod
+        notes = []
+        offsets = np.full(n, np.nan)
+        pairs = Table(names=_PAIR_COLUMNS, dtype=_PAIR_DTYPES)
+        levels = np.zeros(n)
+        valid = np.ones(n, bool)
+        if self._do_match:
+            pairs = self._pairs()
+            offsets = _match_offsets(n, pairs, notes)
+            valid = np.isfinite(offsets)
+            if valid.any():
+                offsets[valid] -= offsets[valid].min() if self.match_down else offsets[valid].max()
+            levels = np.where(valid, offsets, 0.0)
+
+        local = np.full(n, np.nan)
+        if self._do_local:
+            local = self._own_sky - levels
+            ok = np.isfinite(local)
+            for k in np.flatnonzero(~ok):
+                notes.append(f"{skymethod}: no usable pixels left for the sky of image {k}")
+            if "global" in skymethod:
+                if ok.any():
+                    levels = levels + local[ok].min()
+                    valid = valid if self._do_match else np.ones(n, bool)
+                else:
+                    notes.append(f"{skymethod}: unable to compute a global sky value; levels left unchanged")
+                    valid = valid if self._do_match else np.zeros(n, bool)
+            else:
+                valid = ok
+                levels = np.where(ok, local, 0.0)
+
+        for note in notes:
+            log.warning(note)
+        return SkyMatchResult(
+            levels=levels,
+            method=skymethod,
+            match_down=self.match_down,
+            valid=valid,
+            local_skies=local,
+            match_offsets=offsets if self._do_match else np.full(n, np.nan),
+            pairs=pairs,
+            notes=notes,
+        )
 
 
 def _components(n, edges):
@@ -576,39 +791,13 @@ def _components(n, edges):
     return [np.flatnonzero(roots == r) for r in np.unique(roots)]
 
 
-def _match_offsets(arrays, wcs_list, usable, stride, stat_kwargs, notes):
-    """Relative sky offsets from the pairwise overlaps (JWST 'match')."""
-    n = len(arrays)
-    first = arrays[0].shape
-    ref = wcs_list[0].forward_transform((first[1] - 1) / 2.0, (first[0] - 1) / 2.0)
-    ref = (float(ref[0]), float(ref[1]))
-    outlines = [_Footprint(a.shape, w, ref) for a, w in zip(arrays, wcs_list)]
-
-    rows = []
-    for i in range(n):
-        for j in range(i + 1, n):
-            if not outlines[i].overlaps_box(outlines[j]):
-                continue
-            region_i = _overlap_region(*outlines[j].outline_in(outlines[i]), arrays[i].shape, stride=stride)
-            region_j = _overlap_region(*outlines[i].outline_in(outlines[j]), arrays[j].shape, stride=stride)
-            if region_i[2] is None and region_j[2] is None:
-                continue
-            s_i = sky_statistic(_region_values(arrays[i], usable[i], region_i), **stat_kwargs)
-            s_j = sky_statistic(_region_values(arrays[j], usable[j], region_j), **stat_kwargs)
-            used = s_i.npix > 0 and s_j.npix > 0 and np.isfinite(s_i.value) and np.isfinite(s_j.value)
-            weight = 0.5 * (s_i.npix + s_j.npix) if used else 0.0
-            rows.append((i, j, s_i.npix, s_j.npix, s_i.value, s_j.value, weight, used))
-
-    pairs = Table(
-        rows=rows or None,
-        names=("i", "j", "npix_i", "npix_j", "sky_i", "sky_j", "weight", "used"),
-        dtype=(int, int, int, int, float, float, float, bool),
-    )
+def _match_offsets(n, pairs, notes):
+    """Relative sky offsets from the pairwise overlap statistics (JWST 'match')."""
     good = pairs[pairs["used"]]
     offsets = np.full(n, np.nan)
     if len(good) == 0:
         notes.append("match: no pair of images has usable pixels in common; no offsets computed")
-        return offsets, pairs
+        return offsets
 
     # One equation per pair: w * (d_i - d_j) = w * (sky_i - sky_j), with the
     # JWST weight w = mean number of samples; minimum-norm least squares.
@@ -632,7 +821,7 @@ def _match_offsets(arrays, wcs_list, usable, stride, stat_kwargs, notes):
             f"match: the overlapping images form {len(groups)} disconnected groups "
             f"({[c.tolist() for c in groups]}); sky is matched within each group only"
         )
-    return offsets, pairs
+    return offsets
 
 
 def match_sky(
@@ -640,16 +829,19 @@ def match_sky(
     wcs_list,
     masks=None,
     *,
+    dq=None,
     skymethod="match",
     match_down=True,
     subtract=False,
     skystat="mode",
+    dqbits="~DO_NOT_USE+NON_SCIENCE",
     lower=None,
     upper=None,
     nclip=5,
     lsigma=4.0,
     usigma=4.0,
     binwidth=0.1,
+    stepsize=None,
     stride=1,
 ):
     """Sky levels that make overlapping exposures agree (JWST ``skymatch``).
@@ -662,16 +854,18 @@ def match_sky(
         WCS of each image: zero-based pixel ``(x, y)`` to ``(RA, Dec)``
         degrees, with a ``backward_transform`` (or invertible).
     masks : list of (ndarray of bool or None) or None
-        True where a pixel may be used (the caller builds it from DQ, e.g.
-        with ``dqflags.good_pixel_mask``); non-finite pixels are always
+        True where a pixel may be used; non-finite pixels are always
         excluded.  None: all finite pixels are usable.
+    dq : list of (ndarray of int or None) or None
+        Data-quality arrays; with ``dqbits`` they exclude flagged pixels too.
     skymethod : {'match', 'local', 'global', 'global+match'}
         ``'local'``: each image's own sky statistic over all its usable
         pixels.  ``'global'``: the minimum of the local skies, the same for
         every image.  ``'match'``: relative offsets that equalise the sky in
         the overlaps (see Notes), 0 for the lowest sky.  ``'global+match'``:
         ``'match'``, then the minimum local sky of the matched images is
-        added to all levels.
+        added to all levels.  (JWST's ``'user'`` method reads the levels
+        from a ``skylist``: see `user_sky_levels`.)
     match_down : bool
         For the ``match`` methods: shift the offsets so the smallest is 0
         (match down to the lowest sky; levels >= 0), or with False so the
@@ -682,10 +876,17 @@ def match_sky(
     skystat, lower, upper, nclip, lsigma, usigma, binwidth
         Sky statistic and its settings; see `sky_statistic`.  ``lower`` and
         ``upper`` apply to the input pixel values.
+    dqbits : int, str or None
+        DQ bits a usable pixel may have (JWST ``dqbits``, see
+        `dqflags.interpret_bit_flags`); None: DQ is ignored, as in JWST.
+    stepsize : int or None
+        Largest spacing, in pixels, between the vertices of each image's
+        outline along its edges (JWST ``stepsize``); None: the four corners
+        only.  Smaller values follow a distorted outline more closely.
     stride : int
         Only every ``stride``-th pixel along x and y (those with ``x`` and
         ``y`` multiples of ``stride``) enters the ``match`` overlap
-        statistics (1: every pixel, the default).
+        statistics (1: every pixel, the default).  Not a JWST parameter.
 
     Returns
     -------
@@ -698,18 +899,20 @@ def match_sky(
     ------
     ValueError
         For an unknown ``skymethod`` or ``skystat``, non-positive ``stride``,
-        ``lsigma``, ``usigma`` or ``binwidth``, negative ``nclip``,
-        ``lower >= upper``, or inconsistent lists/shapes.
+        ``stepsize``, ``lsigma``, ``usigma`` or ``binwidth``, negative
+        ``nclip``, ``lower >= upper``, or inconsistent lists/shapes.
 
     Notes
     -----
-    The ``match`` algorithm, after JWST ``skymatch`` (``skypac``), which
+    A wrapper around `SkyMatcher`, which measures one image at a time (use
+    it directly to read images one by one and bound the memory).  The
+    ``match`` algorithm, after JWST ``skymatch`` (``skypac``), which
     intersects sky footprints:
 
-    1. For every image, map its outline (its outer pixel edges, 16 points
-       per edge so that the distortion is followed) to the sky with its
-       forward WCS; a bounding box of it in a common tangent plane serves
-       as a cheap pre-filter of the pairs.
+    1. For every image, map its outline (its outer pixel edges, vertices
+       ``stepsize`` apart) to the sky with its forward WCS; a bounding box
+       of it in a common tangent plane serves as a cheap pre-filter of the
+       pairs.
     2. For each pair ``(i, j)`` whose boxes intersect, map the outline of
        ``j`` into the pixels of ``i`` with ``i``'s backward transform.
        The overlap in ``i`` is the pixels of ``i`` inside that polygon and
@@ -717,9 +920,9 @@ def match_sky(
        (the same piece of sky, up to the margin, as the overlap found the
        other way round in ``j``).  It is rasterized row by row
        (`_overlap_region`), with no per-pixel WCS evaluation.
-    3. The statistic ``s_i`` is that of ``i``'s usable pixels (``masks``)
-       in its overlap, ``s_j`` likewise; with ``n_i``, ``n_j`` the numbers
-       of pixels the statistics kept, the pair gives the equation
+    3. The statistic ``s_i`` is that of ``i``'s usable pixels in its
+       overlap, ``s_j`` likewise; with ``n_i``, ``n_j`` the numbers of
+       pixels the statistics kept, the pair gives the equation
        ``w (d_i - d_j) = w (s_i - s_j)`` with ``w = (n_i + n_j) / 2``.
     4. Solve all equations for the offsets ``d`` by minimum-norm least
        squares (pseudo-inverse) and subtract the smallest offset
@@ -729,15 +932,15 @@ def match_sky(
     each group (a note says so), as in JWST.  For ``'global+match'`` the
     local sky of image ``k`` is ``stat(image_k) - d_k``.  As in JWST, the
     pixels masked in one image are not removed from the other image's
-    overlap.
+    overlap, so ``s_i`` needs only image ``i``.
 
-    Cost: 64 WCS evaluations per image and per ordered pair, then per
+    Cost: a few WCS evaluations per image and per ordered pair, then per
     ordered overlapping pair one pass over the overlap to select its pixels
     and a few for the statistic (`sky_statistic`); no loop over pixels.
     For 8 exposures of 2048x2048 at ``stride=1`` (28 pairs of ~3.7 million
     pixels each) ``match`` takes about 1.5 s of one CPU core with
     ``skystat='mean'`` and about 3 s with ``'median'``, ``'mode'`` or
-    ``'midpt'``; memory is a few overlap-sized arrays at a time.
+    ``'midpt'``.
 
     The statistical precision of an overlap level is about
     ``stride * sigma / sqrt(N_overlap)`` for the mean or median: on 4
@@ -749,63 +952,87 @@ def match_sky(
     ``N**-0.25``); prefer ``'mean'`` or ``'median'`` where the overlaps are
     mostly empty sky.
     """
-    skymethod = skymethod.lower() if isinstance(skymethod, str) else skymethod
-    _check_stat_params(skystat, lower, upper, nclip, lsigma, usigma, binwidth)
-    arrays, wcs_list, usable = _validate_inputs(images, wcs_list, masks, skymethod, match_down, subtract, stride)
-    stat_kwargs = dict(
-        skystat=skystat, lower=lower, upper=upper, nclip=nclip, lsigma=lsigma, usigma=usigma, binwidth=binwidth
+    _check_flag("subtract", subtract)
+    images = list(images)
+    if not images:
+        raise ValueError("images must contain at least one image")
+    wcs_list = list(wcs_list)
+    if len(wcs_list) != len(images):
+        raise ValueError(f"wcs_list has {len(wcs_list)} entries for {len(images)} images")
+    arrays = []
+    for k, img in enumerate(images):
+        arr = np.asarray(img)
+        if arr.ndim != 2:
+            raise ValueError(f"images[{k}] must be 2-D, got shape {arr.shape}")
+        arrays.append(arr)
+    extras = {}
+    for name, value in (("masks", masks), ("dq", dq)):
+        extras[name] = [None] * len(arrays) if value is None else list(value)
+        if len(extras[name]) != len(arrays):
+            raise ValueError(f"{name} has {len(extras[name])} entries for {len(arrays)} images")
+    matcher = SkyMatcher(
+        wcs_list, [a.shape for a in arrays], skymethod=skymethod, match_down=match_down, skystat=skystat,
+        dqbits=dqbits, lower=lower, upper=upper, nclip=nclip, lsigma=lsigma, usigma=usigma, binwidth=binwidth,
+        stepsize=stepsize, stride=stride,
     )
-    n = len(arrays)
-    notes = []
-    do_match = "match" in skymethod
-    do_global = "global" in skymethod
-
-    offsets = np.full(n, np.nan)
-    pairs = Table(
-        names=("i", "j", "npix_i", "npix_j", "sky_i", "sky_j", "weight", "used"),
-        dtype=(int, int, int, int, float, float, float, bool),
-    )
-    levels = np.zeros(n)
-    valid = np.ones(n, bool)
-    if do_match:
-        offsets, pairs = _match_offsets(arrays, wcs_list, usable, stride, stat_kwargs, notes)
-        valid = np.isfinite(offsets)
-        if valid.any():
-            offsets[valid] -= offsets[valid].min() if match_down else offsets[valid].max()
-        levels = np.where(valid, offsets, 0.0)
-
-    local = np.full(n, np.nan)
-    if do_global or not do_match:
-        for k, (arr, good) in enumerate(zip(arrays, usable)):
-            value = sky_statistic(arr[good], **stat_kwargs).value
-            local[k] = value - levels[k]
-        ok = np.isfinite(local)
-        for k in np.flatnonzero(~ok):
-            notes.append(f"{skymethod}: no usable pixels left for the sky of image {k}")
-        if do_global:
-            if ok.any():
-                levels = levels + local[ok].min()
-                valid = np.ones(n, bool) if not do_match else valid
-            else:
-                notes.append(f"{skymethod}: unable to compute a global sky value; levels left unchanged")
-                valid = np.zeros(n, bool) if not do_match else valid
-        else:
-            valid = ok
-            levels = np.where(ok, local, 0.0)
-
-    subtracted = None
+    for k, arr in enumerate(arrays):
+        matcher.add_image(k, arr, dq=extras["dq"][k], mask=extras["masks"][k])
+    result = matcher.evaluate()
     if subtract:
-        subtracted = [(a - lev).astype(a.dtype, copy=False) for a, lev in zip(arrays, levels)]
-    for note in notes:
-        log.warning(note)
-    return SkyMatchResult(
-        levels=levels,
-        method=skymethod,
-        match_down=bool(match_down),
-        valid=valid,
-        local_skies=local,
-        match_offsets=offsets if do_match else np.full(n, np.nan),
-        pairs=pairs,
-        notes=notes,
-        subtracted=subtracted,
-    )
+        result.subtracted = [(a - lev).astype(a.dtype, copy=False) for a, lev in zip(arrays, result.levels)]
+    return result
+
+
+def user_sky_levels(names, listed_names, listed_values, *, source="skylist"):
+    """Sky levels given by the user (JWST ``skymethod='user'`` with ``skylist``).
+
+    Parameters
+    ----------
+    names : list of str
+        File names of the exposures, in order.
+    listed_names, listed_values : sequence of str, sequence of float
+        The skylist: one file name and one sky level (MJy/sr) per exposure.
+        Names are compared by exposure root, so folders, ``.fits`` and
+        the ``_cal``/``_crf`` suffixes do not matter.
+    source : str
+        Name of the list, for the error messages.
+
+    Returns
+    -------
+    ndarray of float64, shape (len(names),)
+        The listed level of each exposure.
+
+    Raises
+    ------
+    ValueError
+        When an exposure is missing from the list, the list names a file
+        that is not an exposure, names one twice, or has a non-finite value;
+        the message names ``source`` and the exposures concerned.
+    """
+    roots = [exposure_root(n) for n in names]
+    listed = [exposure_root(str(n)) for n in listed_names]
+    values = np.asarray(listed_values, dtype=float)
+    if values.shape != (len(listed),):
+        raise ValueError(f"{source}: {len(listed)} file names but {values.size} sky values")
+    counts = Counter(listed)
+    twice = [r for r, c in counts.items() if c > 1]
+    if twice:
+        raise ValueError(f"{source}: exposure {twice[0]!r} is listed {counts[twice[0]]} times")
+    missing = [r for r in roots if r not in counts]
+    if missing:
+        raise ValueError(
+            f"{source}: no sky value for exposure(s) {missing} "
+            f"({len(listed)} entries for {len(roots)} exposures)"
+        )
+    known = set(roots)
+    extra = [r for r in listed if r not in known]
+    if extra:
+        raise ValueError(
+            f"{source}: lists {extra}, not exposure(s) of this association "
+            f"({len(listed)} entries for {len(roots)} exposures)"
+        )
+    bad = [r for r, v in zip(listed, values) if not np.isfinite(v)]
+    if bad:
+        raise ValueError(f"{source}: sky value of {bad[0]!r} is not a finite number")
+    index = {r: i for i, r in enumerate(listed)}
+    return values[[index[r] for r in roots]]

@@ -1,6 +1,13 @@
 # skymatch: sky levels of an association's exposures, matched in their
 # overlaps (one job per association).
 
+
+def skylist_file():
+    """The user's sky-level list when skymethod is 'user' (an input, so edits rerun skymatch), else nothing."""
+    step = config.get("skymatch", {})
+    return [step["skylist"]] if step.get("skymethod") == "user" and step.get("skylist") else []
+
+
 for P in PRODUCTS:
 
     rule:
@@ -9,6 +16,7 @@ for P in PRODUCTS:
         input:
             cal=P.all_cal(),
             wcs=P.all_tweakreg_wcs(),
+            skylist=skylist_file(),
         output:
             levels=P.skymatch(),
         params:

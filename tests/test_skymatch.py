@@ -1,13 +1,27 @@
 """Tests of sky statistics and sky matching of overlapping exposures."""
 
+import tracemalloc
+
 import numpy as np
 import pytest
+import yaml
+from jsonschema import Draft202012Validator
 from scipy import stats
 
+from astropy.table import Table
+
 from calimage3 import io
+from calimage3.association import exposure_root
 from calimage3.dqflags import good_pixel_mask
 from calimage3.simulate import simulate_dither
-from calimage3.skymatch import _Footprint, _overlap_region, match_sky, sky_statistic
+from calimage3.skymatch import (
+    SkyMatcher,
+    _Footprint,
+    _overlap_region,
+    match_sky,
+    sky_statistic,
+    user_sky_levels,
+)
 from calimage3.wcs_tools import distortion_model, from_tangent_plane, imaging_wcs
 
 CRVAL = (53.16, -27.78)
@@ -205,7 +219,7 @@ def test_overlap_region_matches_brute_force_mapping(stride):
     dist_j = distortion_model({"c2_0": -4e-5}, {"c1_1": 5e-5, "c0_2": -3e-5}, shape_j)
     wcs_i = _wcs(0.0, 0.0, 0.0, shape=shape_i, distortion=dist_i)
     wcs_j = _wcs(110.0, -70.0, 25.0, shape=shape_j, distortion=dist_j)
-    outline = _Footprint(shape_j, wcs_j, CRVAL).outline_in(_Footprint(shape_i, wcs_i, CRVAL))
+    outline = _Footprint(shape_j, wcs_j, CRVAL, 20).outline_in(_Footprint(shape_i, wcs_i, CRVAL, 20))
     rows, cols, inside = _overlap_region(*outline, shape_i, stride=stride)
     region = np.zeros(shape_i, bool)
     region[rows, cols] = inside
@@ -359,3 +373,227 @@ def test_match_sky_rejects_inconsistent_inputs():
         match_sky([img], [wcs], [np.ones((4, 4), bool)])
     with pytest.raises(ValueError, match=r"masks\[0\] must be boolean"):
         match_sky([img], [wcs], [np.ones((8, 8), np.uint32)])
+
+
+# --- parameters: each changes the result as the JWST docs say --------------------
+
+
+def _flat(value=1.0, shape=(8, 8), block=5.0):
+    """A flat image of ``value`` whose first 2 rows (25% of pixels) hold ``block``."""
+    image = np.full(shape, value)
+    image[:2] = block
+    return image
+
+
+def test_binwidth_moves_histogram_mode():
+    """Wider bins (1 sigma instead of 0.1) pull the Gamma(5) mode from its peak, 4, towards the mean, 5."""
+    values = _gamma_quantiles()
+    narrow = sky_statistic(values, skystat="mode", binwidth=0.1).value
+    wide = sky_statistic(values, skystat="mode", binwidth=1.0).value
+    assert narrow == pytest.approx(4.0, abs=0.02)
+    assert 4.1 < wide < 5.0
+
+
+def test_upper_excludes_bright_pixels_from_sky():
+    """upper=2 leaves the 5.0 block out of the sky of an image of 1.0: mean 2.0 becomes 1.0."""
+    wcs = [_wcs(0, 0, shape=(8, 8))]
+    kwargs = dict(skymethod="local", skystat="mean", nclip=0)
+    assert match_sky([_flat()], wcs, **kwargs).levels[0] == pytest.approx(2.0)
+    assert match_sky([_flat()], wcs, upper=2.0, **kwargs).levels[0] == pytest.approx(1.0)
+
+
+def test_lower_excludes_faint_pixels_from_sky():
+    """lower=0 leaves a -3.0 block out of the sky of an image of 1.0: mean 0.0 becomes 1.0."""
+    wcs = [_wcs(0, 0, shape=(8, 8))]
+    kwargs = dict(skymethod="local", skystat="mean", nclip=0)
+    assert match_sky([_flat(block=-3.0)], wcs, **kwargs).levels[0] == pytest.approx(0.0)
+    assert match_sky([_flat(block=-3.0)], wcs, lower=0.0, **kwargs).levels[0] == pytest.approx(1.0)
+
+
+def test_dqbits_exclude_flagged_pixels():
+    """DO_NOT_USE pixels are left out by the default dqbits and by 0, used when that bit is good or DQ is ignored."""
+    wcs = [_wcs(0, 0, shape=(8, 8))]
+    dq = np.zeros((8, 8), np.uint32)
+    dq[:2] = 1  # DO_NOT_USE on the 5.0 block
+    kwargs = dict(skymethod="local", skystat="mean", nclip=0)
+    assert match_sky([_flat()], wcs, dq=[dq], **kwargs).levels[0] == pytest.approx(1.0)
+    assert match_sky([_flat()], wcs, dq=[dq], dqbits=0, **kwargs).levels[0] == pytest.approx(1.0)
+    assert match_sky([_flat()], wcs, dq=[dq], dqbits="~NON_SCIENCE", **kwargs).levels[0] == pytest.approx(2.0)
+    assert match_sky([_flat()], wcs, dq=[dq], dqbits=None, **kwargs).levels[0] == pytest.approx(2.0)
+
+
+def test_stepsize_follows_distorted_outline():
+    """stepsize=20 keeps the overlap 2 pixels inside a distorted edge; corners only (None) cut across it."""
+    shape_i, shape_j = (300, 340), (280, 360)
+    dist_i = distortion_model({"c2_0": 5e-5, "c1_1": -3e-5}, {"c0_2": 4e-5}, shape_i)
+    dist_j = distortion_model({"c2_0": -4e-5}, {"c1_1": 5e-5, "c0_2": -3e-5}, shape_j)
+    wcs_i = _wcs(0.0, 0.0, 0.0, shape=shape_i, distortion=dist_i)
+    wcs_j = _wcs(110.0, -70.0, 25.0, shape=shape_j, distortion=dist_j)
+    y, x = np.indices(shape_i, dtype=float)
+    xj, yj = wcs_j.backward_transform(*wcs_i.forward_transform(x, y))
+    depth = np.minimum(_distance_inside(x, y, shape_i), _distance_inside(xj, yj, shape_j))
+    shallowest = {}
+    for stepsize in (None, 20):
+        foot_i, foot_j = _Footprint(shape_i, wcs_i, CRVAL, stepsize), _Footprint(shape_j, wcs_j, CRVAL, stepsize)
+        rows, cols, inside = _overlap_region(*foot_j.outline_in(foot_i), shape_i)
+        region = np.zeros(shape_i, bool)
+        region[rows, cols] = inside
+        shallowest[stepsize] = depth[region].min()
+    assert foot_j.ra.size == 2 * (18 + 14)  # 360/20 and 280/20 intervals per edge
+    assert shallowest[20] > 1.9
+    assert shallowest[None] < 1.5
+
+
+def test_match_down_false_matches_up(dither):
+    """match_down=False gives levels <= 0 that differ from match_down=True by a constant."""
+    images, wcs_list, _ = dither
+    down = match_sky(images, wcs_list, skystat="mean", stride=2).levels
+    up = match_sky(images, wcs_list, skystat="mean", stride=2, match_down=False).levels
+    assert up.max() == 0.0 and (up <= 0).all()
+    np.testing.assert_allclose(down - up, OFFSETS.max() - OFFSETS.min(), rtol=0, atol=STRIDE2_ATOL)
+
+
+# --- SkyMatcher: one image at a time ----------------------------------------------
+
+
+def test_matcher_in_any_order_equals_match_sky(dither):
+    """Adding the images one by one, in reverse order, gives exactly the levels of match_sky."""
+    images, wcs_list, _ = dither
+    expected = match_sky(images, wcs_list, skymethod="global+match", skystat="mean", stride=2)
+    matcher = SkyMatcher(wcs_list, [im.shape for im in images], skymethod="global+match", skystat="mean", stride=2)
+    for k in reversed(range(len(images))):
+        matcher.add_image(k, images[k])
+    np.testing.assert_array_equal(matcher.evaluate().levels, expected.levels)
+
+
+def test_matcher_keeps_no_image_memory():
+    """After four add_image calls the matcher holds less than a tenth of one image: no pixel array is kept."""
+    rng = np.random.default_rng(3)
+    shape = (512, 512)
+    wcs_list = [_wcs(dx, 0.0, shape=shape) for dx in (0.0, 100.0, 200.0, 300.0)]
+    matcher = SkyMatcher(wcs_list, [shape] * 4, skystat="mean")
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for k in range(4):
+            matcher.add_image(k, SKY + rng.normal(0.0, NOISE, shape))
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 0.1 * 512 * 512 * 8  # numbers and WCS inverses only
+    assert matcher.evaluate().valid.all()
+
+
+def test_matcher_needs_every_image():
+    """evaluate() before all images are added, or adding one twice, raises a clear error."""
+    wcs_list = [_wcs(0, 0, shape=(8, 8)), _wcs(2, 0, shape=(8, 8))]
+    matcher = SkyMatcher(wcs_list, [(8, 8), (8, 8)], skystat="mean")
+    matcher.add_image(0, np.ones((8, 8)))
+    with pytest.raises(ValueError, match="image 0 was already added"):
+        matcher.add_image(0, np.ones((8, 8)))
+    with pytest.raises(ValueError, match=r"images \[1\] were never added"):
+        matcher.evaluate()
+    with pytest.raises(ValueError, match=r"images\[1\] has shape \(4, 4\), expected \(8, 8\)"):
+        matcher.add_image(1, np.ones((4, 4)))
+
+
+def test_stepsize_and_user_method_rejected_by_match_sky():
+    """stepsize must be a positive integer; skymethod 'user' points to user_sky_levels."""
+    img, wcs = [np.zeros((8, 8))], [_wcs(0, 0, shape=(8, 8))]
+    with pytest.raises(ValueError, match="stepsize must be a positive integer or None, got 0"):
+        match_sky(img, wcs, stepsize=0)
+    with pytest.raises(ValueError, match="skymethod 'user' takes its levels from a skylist"):
+        match_sky(img, wcs, skymethod="user")
+
+
+# --- skymethod 'user' and skylist -------------------------------------------------
+
+NAMES = ["data/jw01_nrca1_cal.fits", "data/jw02_nrca1_cal.fits"]
+
+
+def test_user_sky_levels_by_exposure_root():
+    """Listed levels are matched to exposures by root, whatever the order, folder or suffix."""
+    levels = user_sky_levels(NAMES, ["jw02_nrca1_crf.fits", "/x/jw01_nrca1_cal.fits"], [0.25, 0.125])
+    np.testing.assert_array_equal(levels, [0.125, 0.25])
+
+
+@pytest.mark.parametrize(
+    "listed, values, message",
+    [
+        (["jw01_nrca1_cal.fits"], [0.1], r"no sky value for exposure\(s\) \['jw02_nrca1'\] \(1 entries for 2"),
+        (["jw01_nrca1_cal.fits", "jw02_nrca1_cal.fits", "jw03_nrca1_cal.fits"], [0.1, 0.2, 0.3],
+         r"lists \['jw03_nrca1'\], not exposure\(s\) of this association \(3 entries for 2"),
+        (["jw01_nrca1_cal.fits", "jw01_nrca1_crf.fits"], [0.1, 0.2], "exposure 'jw01_nrca1' is listed 2 times"),
+        (["jw01_nrca1_cal.fits", "jw02_nrca1_cal.fits"], [0.1, np.nan], "sky value of 'jw02_nrca1' is not a finite"),
+    ],
+)
+def test_user_sky_levels_rejects_mismatched_list(listed, values, message):
+    """A missing, extra, repeated or non-finite entry raises ValueError naming the exposure."""
+    with pytest.raises(ValueError, match=message):
+        user_sky_levels(NAMES, listed, values)
+
+
+def test_read_skylist_text_and_ecsv(tmp_path):
+    """A two-column text file (with comments) and an ECSV table give the same names and values."""
+    text = tmp_path / "sky.txt"
+    text.write_text("# file  sky\njw01_nrca1_cal.fits 0.125  # first\n\njw02_nrca1_cal.fits -2.5e-2\n")
+    ecsv = tmp_path / "sky.ecsv"
+    io.write_table(ecsv, Table({"file": ["jw01_nrca1_cal.fits", "jw02_nrca1_cal.fits"], "sky": [0.125, -0.025]}))
+    for path in (text, ecsv):
+        names, values = io.read_skylist(path)
+        assert names == ["jw01_nrca1_cal.fits", "jw02_nrca1_cal.fits"]
+        np.testing.assert_array_equal(values, [0.125, -0.025])
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("jw01_cal.fits 0.1 extra\n", "skylist line 1: expected a file name and a sky value"),
+        ("# only a comment\n", "skylist has no entries"),
+        ("jw01_cal.fits 0.1\njw02_cal.fits sky\n", "skylist line 2: sky value 'sky' is not a number"),
+    ],
+)
+def test_read_skylist_rejects_bad_file(tmp_path, content, message):
+    """A malformed skylist raises InputFileError naming the file and the line."""
+    path = tmp_path / "sky.txt"
+    path.write_text(content)
+    with pytest.raises(io.InputFileError, match=f"sky.txt: {message}"):
+        io.read_skylist(path)
+    with pytest.raises(io.InputFileError, match="missing.txt: skylist file does not exist"):
+        io.read_skylist(tmp_path / "missing.txt")
+
+
+def test_schema_requires_skylist_for_user_method():
+    """The config schema rejects skymethod 'user' without a skylist and accepts it with one."""
+    with open("config/schema.yaml") as fh:
+        section = yaml.safe_load(fh)["properties"]["skymatch"]
+    validator = Draft202012Validator(section)
+    assert not validator.is_valid({"skymethod": "user", "skylist": None})
+    assert validator.is_valid({"skymethod": "user", "skylist": "sky.txt"})
+    assert validator.is_valid({"skymethod": "match", "skylist": None, "stepsize": 64})
+    assert not validator.is_valid({"skymethod": "match", "stepsize": 0})
+
+
+# --- subtract ---------------------------------------------------------------------
+
+
+def test_subtract_true_changes_data_false_only_records(tmp_path):
+    """With subtract=True the level is taken out of the data (BKGSUB True); with False only BKGLEVEL records it."""
+    sim = simulate_dither(tmp_path, n_exposures=2, shape=(64, 64), seed=3)
+    cal = sim["cal"][0]
+    wcs_path = tmp_path / "wcs.asdf"
+    wcs, shape, _ = io.read_exposure_wcs(cal)
+    io.write_wcs_file(wcs_path, wcs, shape)
+    raw = io.read_exposure(cal).data
+    results = {}
+    for subtract in (False, True):
+        sky = tmp_path / f"sky_{subtract}.json"
+        io.write_json(sky, {"status": "COMPLETE", "method": "match", "subtract": subtract,
+                            "levels": {exposure_root(cal): 0.25}})
+        results[subtract] = io.read_aligned_exposure(cal, wcs_path, sky)
+    recorded, still_in = results[False]
+    subtracted, left = results[True]
+    np.testing.assert_array_equal(recorded.data, raw)
+    assert recorded.meta["BKGLEVEL"] == 0.25 and recorded.meta["BKGSUB"] is False and still_in == 0.25
+    np.testing.assert_allclose(subtracted.data, raw - 0.25, rtol=0, atol=1e-6)
+    assert subtracted.meta["BKGSUB"] is True and left == 0.0
