@@ -166,10 +166,15 @@ class Product:
 
     def final_products(self):
         """Every product of this association, as JWST names them."""
-        products = [self.i2d(), self.cat(), self.segm()]
+        single_images = bool(config["resample"].get("single"))
+        if single_images:
+            # JWST resample single=true: one resampled image per exposure, no mosaic or catalog
+            products = all_single_resampled(self)  # rules/resample.smk
+        else:
+            products = [self.i2d(), self.cat(), self.segm()]
         if not self.single:
             products += self.all_crf()
-        if config["qa_figures"]:
+        if config["qa_figures"] and not single_images:  # the QA figures are of the mosaic
             products += qa_figure_paths(self)  # rules/qa_common.smk
         return products
 

@@ -1,9 +1,28 @@
-# resample: the output grid (one job), each exposure drizzled onto its part of
-# it (one job each), then the contributions added one at a time into the
-# _i2d mosaic (one job).  Rules per association (rules/common.smk: Product).
+# resample: the output grid (one job; the user's output_wcs file when given),
+# each exposure drizzled onto its part of it (one job each), then the
+# contributions added one at a time into the _i2d mosaic (one job).  With
+# single=true each contribution becomes its own <root>_outlier_i2d.fits
+# instead (JWST's single-image outputs).  Rules per association
+# (rules/common.smk: Product).
 
-RESAMPLE_GRID = ("pixel_scale_ratio", "pixel_scale", "rotation", "crval", "crpix", "output_shape")
+RESAMPLE_GRID = ("pixel_scale_ratio", "pixel_scale", "rotation", "crval", "crpix", "output_shape", "output_wcs")
 RESAMPLE_DRIZZLE = ("pixfrac", "kernel", "weight_type", "good_bits")
+
+
+def user_output_wcs():
+    """The user's output_wcs file as a rule input (reruns the grid when it changes); none when unset."""
+    path = config["resample"].get("output_wcs")
+    return [path] if path else []
+
+
+def single_resampled(P, root):
+    """Exposure ``root`` resampled alone onto the mosaic grid, named as JWST names single outputs."""
+    return f"{P.out}/{root}_outlier_i2d.fits"
+
+
+def all_single_resampled(P):
+    """Every exposure's single resampled image (resample single=true), in association order."""
+    return [single_resampled(P, r) for r in P.roots]
 
 
 for P in PRODUCTS:
@@ -13,6 +32,7 @@ for P in PRODUCTS:
             P.rule("resample_grid")
         input:
             wcs=P.resample_wcs_inputs(),
+            user_wcs=user_output_wcs(),
         output:
             grid=P.resample_grid(),
         params:
@@ -71,6 +91,29 @@ for P in PRODUCTS:
         threads: 1
         resources:
             mem_mb=mem_mb_group,
+            runtime=runtime_minutes,
+        conda:
+            "../envs/calimage3.yaml"
+        script:
+            "../scripts/resample.py"
+
+    rule:
+        name:
+            P.rule("resample_single")
+        input:
+            contributions=[P.contribution("{root}")],
+            grid=P.resample_grid(),
+        output:
+            i2d=single_resampled(P, "{root}"),
+        params:
+            step=step_params("resample"),
+        log:
+            f"{P.logs}/resample_single/{{root}}.log",
+        benchmark:
+            f"{P.bench}/resample_single/{{root}}.tsv"
+        threads: 1
+        resources:
+            mem_mb=mem_mb_exposure,
             runtime=runtime_minutes,
         conda:
             "../envs/calimage3.yaml"

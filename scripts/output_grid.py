@@ -20,8 +20,59 @@ def read_any_wcs(path):
     return wcs, shape
 
 
-def output_grid(wcs_paths, grid_path, **params):
-    """Compute the JWST default (or user-set) output grid covering all inputs."""
+def user_grid_shape(wcs, pixel_shape=None, output_shape=None, *, source="output_wcs"):
+    """``(ny, nx)`` of a user-supplied output WCS, by the JWST ``resample`` rules.
+
+    Parameters
+    ----------
+    wcs : gwcs.WCS
+        The user's output WCS.
+    pixel_shape : tuple of int or None
+        ``(nx, ny)`` stored with the WCS (``pixel_shape``/``array_shape`` keys).
+    output_shape : sequence of int or None
+        The ``output_shape`` parameter, ``(nx, ny)``; overrides everything else.
+    source : str
+        Name of the WCS in error messages.
+
+    Returns
+    -------
+    tuple of int
+        ``(ny, nx)``: from ``output_shape``, else ``pixel_shape``, else the
+        gwcs' own ``pixel_shape``, else the upper edges of its bounding box.
+
+    Raises
+    ------
+    ValueError
+        When none of these gives a shape, or a dimension is not positive.
+    """
+    for candidate in (output_shape, pixel_shape, getattr(wcs, "pixel_shape", None)):
+        if candidate is not None:
+            nx, ny = (int(v) for v in candidate)
+            break
+    else:
+        bbox = getattr(wcs, "bounding_box", None)
+        if bbox is None:
+            raise ValueError(f"{source}: the WCS has no pixel_shape, array_shape or bounding_box; "
+                             "give output_shape")
+        try:
+            (_, x2), (_, y2) = bbox.bounding_box(order="F")
+        except AttributeError:
+            (_, x2), (_, y2) = bbox
+        nx, ny = int(x2 + 0.5), int(y2 + 0.5)
+    if nx < 1 or ny < 1:
+        raise ValueError(f"{source}: output shape (nx, ny) must be positive, got {(nx, ny)}")
+    return ny, nx
+
+
+def output_grid(wcs_paths, grid_path, *, output_wcs_file="", **params):
+    """Write the output grid: the user's ``output_wcs`` file, or the JWST default (or user-set) one covering all inputs."""
+    if output_wcs_file:
+        wcs, pixel_shape = io.read_user_output_wcs(output_wcs_file)
+        shape = user_grid_shape(wcs, pixel_shape, params.get("output_shape"), source=str(output_wcs_file))
+        io.write_wcs_file(grid_path, wcs, shape)
+        log.info("output grid: %d x %d pixels from %s (grid parameters other than output_shape ignored)",
+                 shape[1], shape[0], output_wcs_file)
+        return
     pairs = [read_any_wcs(p) for p in wcs_paths]
     grid_args = {k: params[k] for k in GRID_PARAMETERS if params.get(k) is not None}
     wcs, shape = output_wcs([w for w, _ in pairs], [s for _, s in pairs], **grid_args)
@@ -32,4 +83,5 @@ def output_grid(wcs_paths, grid_path, **params):
 if "snakemake" in globals():
     configure_logging(snakemake.log[0])
     params = dict(snakemake.params.step) if hasattr(snakemake.params, "step") else {}
-    output_grid(snakemake.input.wcs, snakemake.output.grid, **params)
+    output_grid(snakemake.input.wcs, snakemake.output.grid,
+                output_wcs_file=params.pop("output_wcs", "") or "", **params)
