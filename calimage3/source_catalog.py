@@ -723,18 +723,21 @@ def _column_spec(aperture_ee):
         ("aper_bkg_flux_err", u.Jy, "float",
          "The standard error of the sigma-clipped median background value"),
     ]
-    for kind, unit, label in (("flux", u.Jy, "Flux"), ("abmag", None, "AB magnitude"),
-                              ("vegamag", None, "Vega magnitude")):
+    # (column kind, unit, label at the start of a description, label inside one):
+    # JWST writes "Total aperture-corrected flux" but "... AB magnitude".
+    for kind, unit, label, inner in (("flux", u.Jy, "Flux", "flux"),
+                                     ("abmag", None, "AB magnitude", "AB magnitude"),
+                                     ("vegamag", None, "Vega magnitude", "Vega magnitude")):
         for e in ee:
             spec.append((f"aper{e}_{kind}", unit, "float",
                          f"{label} within the {e}% encircled energy circular aperture"))
             spec.append((f"aper{e}_{kind}_err", unit, "float",
                          f"{label} error within the {e}% encircled energy circular aperture"))
         spec.append((f"aper_total_{kind}", unit, "float",
-                     f"Total aperture-corrected {label.lower()} based on the {big}% encircled "
+                     f"Total aperture-corrected {inner} based on the {big}% encircled "
                      "energy circular aperture; should be used only for unresolved sources."))
         spec.append((f"aper_total_{kind}_err", unit, "float",
-                     f"Total aperture-corrected {label.lower()} error based on the {big}% "
+                     f"Total aperture-corrected {inner} error based on the {big}% "
                      "encircled energy circular aperture; should be used only for unresolved "
                      "sources."))
     for i, j in ((0, 1), (1, 2), (0, 2)):
@@ -759,7 +762,8 @@ def _column_spec(aperture_ee):
         ("semiminor_sigma", u.pix, "float",
          "1-sigma standard deviation along the semiminor axis of the 2D Gaussian function "
          "that has the same second-order central moments as the source"),
-        ("ellipticity", None, "float",
+        # dimensionless Quantity, as JWST writes it (an empty unit in the ECSV)
+        ("ellipticity", u.dimensionless_unscaled, "float",
          "1 minus the ratio of the 1-sigma lengths of the semimajor and semiminor axes"),
         ("orientation", u.deg, "float",
          "The angle (degrees) between the positive X axis and the major axis (increases "
