@@ -36,29 +36,32 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-import asdf
 import numpy as np
 from astropy.io import fits
-from astropy.table import QTable, Table
-from astropy.wcs import WCS as FITSWCS
-from astropy.wcs import FITSFixedWarning
-from gwcs import WCS
 
 from .association import parse_association
 from .exposure import Exposure
-from .wcs_tools import distortion_model, footprint, local_pixel_scale, sip_header, tangent_plane_wcs
+
+# asdf, gwcs, astropy.table and astropy.wcs (and calimage3.wcs_tools, which
+# needs gwcs) are imported inside the functions that use them: together they
+# take about a second to import, and the per-exposure drizzle and blot jobs
+# that read only arrays, pixel maps and keywords never need them.
 
 __all__ = [
     "InputFileError",
     "read_association",
     "read_exposure",
     "read_exposure_wcs",
+    "read_exposure_footprint",
+    "parse_s_region",
     "read_aligned_exposure",
     "write_exposure",
     "write_i2d",
     "read_i2d",
     "write_segmentation",
     "read_wcs_file",
+    "write_pixel_map",
+    "read_pixel_map",
     "read_user_output_wcs",
     "read_skylist",
     "write_wcs_file",
@@ -223,6 +226,9 @@ def _gwcs_from_asdf_hdu(hdul, path):
         # Unknown JWST tags (stdatamodels not installed) deserialize as plain
         # dicts with a warning; we detect that below and the caller falls back.
         warnings.simplefilter("ignore")
+        import asdf
+        from gwcs import WCS
+
         with asdf.open(_io.BytesIO(raw), lazy_load=True, memmap=False) as af:
             tree = af.tree
             candidate = tree.get("meta", {}).get("wcs") if isinstance(tree.get("meta"), dict) else None
@@ -248,6 +254,11 @@ def gwcs_from_fits_header(header, shape):
     gwcs.WCS or None
         None when the header has no celestial TAN WCS.
     """
+    from astropy.wcs import WCS as FITSWCS
+    from astropy.wcs import FITSFixedWarning
+
+    from .wcs_tools import distortion_model, tangent_plane_wcs
+
     ctype1 = str(header.get("CTYPE1", ""))
     if not ctype1.startswith("RA---TAN"):
         return None
@@ -300,6 +311,8 @@ def _gwcs_from_datamodel(hdul, path):
         warnings.simplefilter("ignore")  # schema warnings on headers we do not use
         with datamodels.ImageModel(hdul) as model:
             wcs = model.meta.wcs if model.meta.hasattr("wcs") else None
+    from gwcs import WCS
+
     return wcs if isinstance(wcs, WCS) else None
 
 
@@ -371,6 +384,73 @@ def read_exposure_wcs(path):
     return wcs, shape, meta
 
 
+def _is_number(word):
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_s_region(value):
+    """Vertices of an ``S_REGION`` polygon (``POLYGON [ICRS] ra1 dec1 ra2 dec2 ...``).
+
+    Returns
+    -------
+    ndarray of float64, shape (n, 2) or None
+        ``(RA, Dec)`` in degrees; None when ``value`` is not such a polygon
+        with at least three finite vertices.
+    """
+    words = str(value or "").split()
+    if not words or words[0].upper() != "POLYGON":
+        return None
+    numbers = words[1:]
+    if numbers and not _is_number(numbers[0]):
+        numbers = numbers[1:]  # the coordinate frame (ICRS)
+    try:
+        values = np.array([float(v) for v in numbers])
+    except ValueError:
+        return None
+    if values.size < 6 or values.size % 2 or not np.all(np.isfinite(values)):
+        return None
+    return values.reshape(-1, 2)
+
+
+def read_exposure_footprint(path):
+    """Sky footprint, shape and metadata of a JWST image, from headers when possible.
+
+    The footprint is the SCI header's ``S_REGION`` polygon (JWST writes it in
+    every ``_cal``), so no gwcs needs to be read; only when it is missing or
+    malformed is the WCS read and its corners taken.  A file with neither an
+    ASDF extension nor a TAN WCS in the SCI header is rejected here.
+
+    Raises
+    ------
+    InputFileError
+        Missing or unreadable file, no SCI, or no WCS.
+
+    Returns
+    -------
+    footprint : ndarray, shape (n, 2)
+        ``(RA, Dec)`` vertices, degrees.
+    shape : tuple of int
+    meta : dict
+    """
+    with _open_fits(path, check_data=False) as hdul:
+        sci = hdul["SCI"].header
+        shape = (int(sci.get("NAXIS2", 0)), int(sci.get("NAXIS1", 0)))
+        meta = _read_meta(hdul)
+        polygon = parse_s_region(sci.get("S_REGION"))
+        if "ASDF" not in hdul and not str(sci.get("CTYPE1", "")).startswith("RA---TAN"):
+            raise InputFileError(path, "no WCS: neither a gwcs in an ASDF extension nor a TAN/SIP WCS in the SCI header")
+        if polygon is None:
+            from .wcs_tools import footprint
+
+            wcs, _ = _read_wcs(hdul, path, shape)
+            polygon = footprint(wcs, shape)
+    return polygon, shape, meta
+
+
 def _read_meta(hdul):
     meta = {k: v for k, v in hdul[0].header.items() if k not in ("COMMENT", "HISTORY", "")}
     sci = hdul["SCI"].header
@@ -380,7 +460,7 @@ def _read_meta(hdul):
     return meta
 
 
-def read_exposure(path, arrays=None):
+def read_exposure(path, arrays=None, *, with_wcs=True):
     """Read a JWST ``_cal`` (or ``_crf``) image file into an `Exposure`.
 
     Parameters
@@ -390,6 +470,10 @@ def read_exposure(path, arrays=None):
         Which arrays to read (``"data"``, ``"err"``, ``"dq"``, ``"area"``,
         ``"var_poisson"``, ...); all by default.  A job that needs only a
         few then reads only those from disk.
+    with_wcs : bool
+        Read the WCS (the default).  False leaves ``wcs`` None and skips
+        deserializing the gwcs, for jobs that work from a precomputed
+        pixel map or need no coordinates.
 
     Raises
     ------
@@ -414,22 +498,26 @@ def read_exposure(path, arrays=None):
         loaded.setdefault("err", None)
         if "dq" not in loaded:
             loaded["dq"] = np.zeros(shape, np.uint32)
-        wcs, source = _read_wcs(hdul, path, shape)
+        wcs, source = _read_wcs(hdul, path, shape) if with_wcs else (None, None)
         meta = _read_meta(hdul)
     return Exposure(wcs=wcs, meta=meta, name=Path(path).name, wcs_source=source, **loaded)
 
 
-def read_aligned_exposure(cal_path, wcs_path, sky_path):
+def read_aligned_exposure(cal_path, wcs_path, sky_path, *, arrays=None):
     """A ``_cal`` exposure with its tweakreg WCS and skymatch level applied to the metadata.
 
     Parameters
     ----------
     cal_path : str or Path
         The exposure.
-    wcs_path : str or Path
-        Its WCS after assign_mtwcs/tweakreg (`write_wcs_file` format).
+    wcs_path : str or Path or None
+        Its WCS after assign_mtwcs/tweakreg (`write_wcs_file` format); None
+        reads no WCS at all (``exposure.wcs`` is None), for jobs working
+        from a precomputed pixel map.
     sky_path : str or Path
         The skymatch JSON of the association.
+    arrays : iterable of str or None
+        Arrays to read (see `read_exposure`); all by default.
 
     Returns
     -------
@@ -444,13 +532,14 @@ def read_aligned_exposure(cal_path, wcs_path, sky_path):
     """
     from .association import exposure_root
 
-    exposure = read_exposure(cal_path)
-    wcs, _, info = read_wcs_file(wcs_path)
+    exposure = read_exposure(cal_path, arrays, with_wcs=wcs_path is not None)
     sky = read_json(sky_path)
-    exposure.wcs = wcs
-    for key, value in info.items():
-        if len(key) <= 8 and isinstance(value, (str, int, float, bool)):
-            exposure.meta[key] = value
+    if wcs_path is not None:
+        wcs, _, info = read_wcs_file(wcs_path)
+        exposure.wcs = wcs
+        for key, value in info.items():
+            if len(key) <= 8 and isinstance(value, (str, int, float, bool)):
+                exposure.meta[key] = value
     level = float(sky["levels"][exposure_root(cal_path)])
     exposure.meta["S_SKYMAT"] = sky["status"]
     exposure.meta["BKGLEVEL"] = level
@@ -469,6 +558,8 @@ def read_aligned_exposure(cal_path, wcs_path, sky_path):
 
 
 def _asdf_hdu(tree):
+    import asdf
+
     buffer = _io.BytesIO()
     asdf.AsdfFile(tree).write_to(buffer)
     data = np.frombuffer(buffer.getvalue(), dtype=np.uint8)[None, :]
@@ -508,6 +599,8 @@ def _primary_header(meta, path):
 
 def _s_region(wcs, shape):
     """``S_REGION`` polygon (ICRS, degrees) of the four outer pixel corners."""
+    from .wcs_tools import footprint
+
     corners = footprint(wcs, shape)
     return "POLYGON ICRS  " + " ".join(f"{ra:.9f} {dec:.9f}" for ra, dec in corners)
 
@@ -520,6 +613,8 @@ def _sci_header(wcs, shape, meta, sip_max_pix_error):
     except Exception as exc:  # a WCS that cannot reach the corners: keep the input's
         log.warning("could not compute S_REGION: %s", exc)
     try:
+        from .wcs_tools import sip_header
+
         header.update(sip_header(wcs, shape, max_pix_error=sip_max_pix_error))
     except Exception as exc:  # the gwcs stays authoritative in the ASDF extension
         log.warning("could not fit a SIP approximation: %s", exc)
@@ -586,6 +681,8 @@ def _mosaic_sci_keywords(wcs, shape, meta):
     ``XPOSURE`` (the SCI copy of the effective exposure time) from
     ``EFFEXPTM``; values in ``meta`` win.
     """
+    from .wcs_tools import local_pixel_scale
+
     scale = local_pixel_scale(wcs, (shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0)  # deg / pixel
     derived = {"PIXAR_SR": float(np.deg2rad(scale) ** 2), "PIXAR_A2": float((scale * 3600.0) ** 2)}
     if "EFFEXPTM" in meta:
@@ -625,6 +722,8 @@ def write_i2d(path, arrays, wcs, meta, *, hdrtab=None, sip_max_pix_error=0.01):
         *_array_hdus(arrays, _I2D_EXTENSIONS, sci["BUNIT"]),
     ]
     if hdrtab is not None and len(hdrtab):
+        from astropy.table import Table
+
         hdus.append(fits.BinTableHDU(Table(hdrtab), name="HDRTAB"))
     hdus.append(_asdf_hdu({"meta": {"wcs": wcs}}))
     _write_hdus(path, hdus)
@@ -730,6 +829,8 @@ def write_wcs_file(path, wcs, shape=None, info=None):
         tree["shape"] = [int(s) for s in shape]
     if info is not None:
         tree["info"] = info
+    import asdf
+
     with atomic_path(path) as tmp:
         asdf.AsdfFile(tree).write_to(tmp)
 
@@ -743,11 +844,64 @@ def read_wcs_file(path):
     shape : tuple of int or None
     info : dict
     """
+    import asdf
+
     with asdf.open(path, lazy_load=False, memmap=False) as af:
         wcs = af.tree["wcs"]
         shape = tuple(af.tree["shape"]) if "shape" in af.tree else None
         info = dict(af.tree.get("info", {}))
     return wcs, shape, _plain(info)
+
+
+def write_pixel_map(path, coarse):
+    """Write a `calimage3.pixmap.CoarsePixelMap` (a small FITS file).
+
+    The primary array holds the node positions ``(2, n_nodes_y, n_nodes_x)``
+    (output x, output y); NODES_X and NODES_Y extensions the input pixel
+    columns and rows of the nodes; keywords the input shape and range and
+    the output grid's shape.
+    """
+    xmin, xmax, ymin, ymax = (int(v) for v in coarse.input_range)
+    header = fits.Header([
+        ("IN_NY", int(coarse.shape[0]), "input image rows"),
+        ("IN_NX", int(coarse.shape[1]), "input image columns"),
+        ("IN_XMIN", xmin, "first input column inside the WCS bounding box"),
+        ("IN_XMAX", xmax, "last input column inside the WCS bounding box"),
+        ("IN_YMIN", ymin, "first input row inside the WCS bounding box"),
+        ("IN_YMAX", ymax, "last input row inside the WCS bounding box"),
+    ])
+    if coarse.output_shape is not None:
+        header["OUT_NY"] = (int(coarse.output_shape[0]), "output grid rows")
+        header["OUT_NX"] = (int(coarse.output_shape[1]), "output grid columns")
+    hdus = [
+        fits.PrimaryHDU(np.stack([coarse.x_out, coarse.y_out]).astype(np.float64), header=header),
+        fits.ImageHDU(np.asarray(coarse.nodes_x, np.float64), name="NODES_X"),
+        fits.ImageHDU(np.asarray(coarse.nodes_y, np.float64), name="NODES_Y"),
+    ]
+    _write_hdus(path, hdus)
+
+
+def read_pixel_map(path):
+    """Read a file written by `write_pixel_map` into a `calimage3.pixmap.CoarsePixelMap`."""
+    from .pixmap import CoarsePixelMap
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, "pixel map file does not exist")
+    with fits.open(path, memmap=False) as hdul:
+        header = hdul[0].header
+        nodes = np.asarray(hdul[0].data, dtype=np.float64)
+        nodes_x = np.asarray(hdul["NODES_X"].data, dtype=np.float64)
+        nodes_y = np.asarray(hdul["NODES_Y"].data, dtype=np.float64)
+    if nodes.shape != (2, nodes_y.size, nodes_x.size):
+        raise InputFileError(path, f"pixel map nodes have shape {nodes.shape}, expected "
+                                   f"(2, {nodes_y.size}, {nodes_x.size})")
+    return CoarsePixelMap(
+        shape=(int(header["IN_NY"]), int(header["IN_NX"])), nodes_x=nodes_x, nodes_y=nodes_y,
+        x_out=nodes[0], y_out=nodes[1],
+        input_range=tuple(int(header[k]) for k in ("IN_XMIN", "IN_XMAX", "IN_YMIN", "IN_YMAX")),
+        output_shape=(int(header["OUT_NY"]), int(header["OUT_NX"])) if "OUT_NY" in header else None,
+    )
 
 
 def _plain(value):
@@ -766,6 +920,8 @@ def write_table(path, table):
 
 def read_table(path):
     """Read an ECSV table written by `write_table`."""
+    from astropy.table import QTable
+
     return QTable.read(path, format="ascii.ecsv")
 
 
@@ -835,6 +991,8 @@ def read_user_output_wcs(path):
     """
     if not Path(path).is_file():
         raise InputFileError(path, "output_wcs file does not exist")
+    import asdf
+
     try:
         with asdf.open(path, lazy_load=False, memmap=False) as af:
             tree = af.tree
@@ -880,6 +1038,8 @@ def read_skylist(path):
     except (OSError, UnicodeDecodeError) as exc:
         raise InputFileError(path, f"skylist is not a readable text file ({exc})") from None
     if text.lstrip().startswith("# %ECSV"):
+        from astropy.table import Table
+
         try:
             table = Table.read(path, format="ascii.ecsv")
         except Exception as exc:

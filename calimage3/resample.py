@@ -40,7 +40,8 @@ import numpy as np
 from drizzle.resample import Drizzle, blot_image
 
 from .dqflags import good_pixel_mask
-from .wcs_tools import pixel_map
+from .pixmap import coarse_pixel_map, expand_pixel_map, full_pixel_map
+from .pixmap import input_range as _input_range
 
 __all__ = [
     "KERNELS",
@@ -249,31 +250,17 @@ def _pixel_scale_ratio(pixmap):
 
 
 def _pixel_map(wcs_from, wcs_to, shape, grid_step):
-    """`pixel_map`, evaluating every pixel of images too small for the grid."""
-    if grid_step is not None and min(shape) < 4:
-        grid_step = None
-    return pixel_map(wcs_from, wcs_to, shape, grid_step=grid_step)
+    """Pixel map through both WCSs: on a grid of ``grid_step`` (`calimage3.pixmap`), or every pixel.
 
-
-def _input_range(shape, wcs):
-    """Input pixel range (xmin, xmax, ymin, ymax) inside the WCS bounding box."""
-    ny, nx = shape
-    xmin, xmax, ymin, ymax = 0, nx - 1, 0, ny - 1
-    bbox = getattr(wcs, "bounding_box", None)
-    if bbox is not None:
-        try:
-            (x1, x2), (y1, y2) = bbox.bounding_box(order="F")
-        except AttributeError:
-            (x1, x2), (y1, y2) = bbox
-        xmin = max(0, int(x1 + 0.5))
-        ymin = max(0, int(y1 + 0.5))
-        xmax = max(xmin, min(nx - 1, int(x2 + 0.5)))
-        ymax = max(ymin, min(ny - 1, int(y2 + 0.5)))
-    return xmin, xmax, ymin, ymax
+    Images too small for the grid are evaluated at every pixel.
+    """
+    if grid_step is None or grid_step <= 1 or min(shape) < 4:
+        return full_pixel_map(wcs_from, wcs_to, shape)
+    return expand_pixel_map(coarse_pixel_map(wcs_from, wcs_to, shape, grid_step))
 
 
 def _drizzle_inputs(exposure, output_wcs, *, sky_level, pixmap, grid_step, weight_type,
-                    good_bits, pixfrac, iscale=1.0):
+                    good_bits, pixfrac, iscale=1.0, input_range=None):
     """Sky-subtracted data, weight map and ``add_image`` keywords of one exposure.
 
     Returns
@@ -316,7 +303,9 @@ def _drizzle_inputs(exposure, output_wcs, *, sky_level, pixmap, grid_step, weigh
     unusable = (weight == 0) | ~np.isfinite(sci)
     weight[unusable] = 0.0
     sci[unusable] = 0.0
-    xmin, xmax, ymin, ymax = _input_range(data.shape, exposure.wcs)
+    if input_range is None:
+        input_range = _input_range(data.shape, exposure.wcs)
+    xmin, xmax, ymin, ymax = (int(v) for v in input_range)
     kwargs = dict(
         exptime=exptime,
         pixmap=pixmap,
@@ -469,6 +458,7 @@ def drizzle_exposure(
     pixmap=None,
     grid_step=16,
     iscale=1.0,
+    input_range=None,
 ):
     """Drizzle one exposure, with its variances, onto the output pixels it reaches.
 
@@ -492,6 +482,10 @@ def drizzle_exposure(
         pixel).
     iscale : float
         Intensity factor applied to the data (see `ResampledImage.add_exposure`).
+    input_range : tuple of int or None
+        ``(xmin, xmax, ymin, ymax)`` input pixels drizzle may use (with a
+        precomputed ``pixmap``, `calimage3.pixmap.CoarsePixelMap.input_range`);
+        None takes it from the bounding box of ``exposure.wcs``.
 
     Returns
     -------
@@ -522,6 +516,7 @@ def drizzle_exposure(
         good_bits=good_bits,
         pixfrac=_check_pixfrac(pixfrac),
         iscale=iscale,
+        input_range=input_range,
     )
     variances = {n: _clean_variance(getattr(exposure, n), sci.shape, weight) for n in _VAR_NAMES}
     variances = {n: v for n, v in variances.items() if v is not None}
@@ -934,6 +929,7 @@ def drizzle_single(
     good_bits="~DO_NOT_USE",
     pixmap=None,
     grid_step=16,
+    input_range=None,
 ):
     """Drizzle one exposure on its own (the outlier-detection "single").
 
@@ -957,6 +953,8 @@ def drizzle_single(
     grid_step : int or None
         Grid spacing for `calimage3.wcs_tools.pixel_map` (None: every
         pixel).
+    input_range : tuple of int or None
+        As for `drizzle_exposure`.
 
     Returns
     -------
@@ -982,6 +980,7 @@ def drizzle_single(
         weight_type=_check_weight_type(weight_type),
         good_bits=good_bits,
         pixfrac=_check_pixfrac(pixfrac),
+        input_range=input_range,
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*not a flux-conserving kernel.*")
@@ -993,7 +992,7 @@ def drizzle_single(
 
 
 def blot(median, median_wcs, target_wcs, target_shape, *, fillval=0.0, interp="linear",
-         grid_step=16):
+         grid_step=16, pixmap=None):
     """Interpolate a resampled image back onto an exposure's pixel grid.
 
     Parameters
@@ -1013,6 +1012,10 @@ def blot(median, median_wcs, target_wcs, target_shape, *, fillval=0.0, interp="l
     grid_step : int or None
         Grid spacing for `calimage3.wcs_tools.pixel_map` (None: every
         pixel).
+    pixmap : ndarray or None, shape (ny, nx, 2)
+        Precomputed map from target pixels to ``median`` pixels (the same
+        map that drizzles the exposure onto the median's grid); the WCSs
+        are not used when it is given.
 
     Returns
     -------
@@ -1042,7 +1045,12 @@ def blot(median, median_wcs, target_wcs, target_shape, *, fillval=0.0, interp="l
     median = np.asarray(median, dtype=np.float32)
     if median.ndim != 2:
         raise ValueError(f"median: must be 2-D, got shape {median.shape}")
-    pixmap = _pixel_map(target_wcs, median_wcs, target_shape, grid_step)
+    if pixmap is None:
+        pixmap = _pixel_map(target_wcs, median_wcs, target_shape, grid_step)
+    else:
+        pixmap = np.array(pixmap, dtype=np.float64)  # edited below: never the caller's
+        if pixmap.shape != target_shape + (2,):
+            raise ValueError(f"pixmap: shape {pixmap.shape} does not match target_shape {target_shape} + (2,)")
     # tblot interpolates up to half a pixel beyond the last row/column but
     # not below 0; treat the first half pixel the same way.
     edge = (pixmap >= -0.5) & (pixmap < 0.0)

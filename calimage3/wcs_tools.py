@@ -16,6 +16,8 @@ from astropy.utils.exceptions import AstropyUserWarning
 from gwcs import WCS
 from gwcs import coordinate_frames as cf
 
+from .pixmap import coarse_pixel_map, expand_pixel_map, full_pixel_map
+
 __all__ = [
     "DETECTOR_FRAME",
     "world_frame",
@@ -387,7 +389,7 @@ def pixel_map(wcs_from, wcs_to, shape, grid_step=None):
         ``(ny, nx)`` of the input.
     grid_step : int or None
         When given, evaluate both WCSs only on a grid of this spacing (plus
-        the last row and column) and interpolate bicubically in between;
+        the last row and column) and interpolate (local cubic) in between;
         smooth WCSs are reproduced to far better than 0.01 pixel at a
         fraction of the cost.  None evaluates every pixel.
 
@@ -397,25 +399,9 @@ def pixel_map(wcs_from, wcs_to, shape, grid_step=None):
         ``pixmap[j, i] = (x_out, y_out)`` for input pixel ``(i, j)``; NaN
         where a WCS is undefined.  This is the ``pixmap`` drizzle expects.
     """
-    ny, nx = shape
     if grid_step is None or grid_step <= 1:
-        y, x = np.indices((ny, nx), dtype=float)
-        ra, dec = wcs_from.forward_transform(x, y)
-        xo, yo = wcs_to.backward_transform(ra, dec)
-        return np.dstack([xo, yo])
-    from scipy.interpolate import RectBivariateSpline
-
-    gx = np.unique(np.append(np.arange(0, nx, grid_step), nx - 1)).astype(float)
-    gy = np.unique(np.append(np.arange(0, ny, grid_step), ny - 1)).astype(float)
-    xx, yy = np.meshgrid(gx, gy)
-    ra, dec = wcs_from.forward_transform(xx, yy)
-    xo, yo = wcs_to.backward_transform(ra, dec)
-    kx = min(3, len(gx) - 1)
-    ky = min(3, len(gy) - 1)
-    fx = RectBivariateSpline(gy, gx, xo, kx=ky, ky=kx)
-    fy = RectBivariateSpline(gy, gx, yo, kx=ky, ky=kx)
-    ax, ay = np.arange(nx, dtype=float), np.arange(ny, dtype=float)
-    return np.dstack([fx(ay, ax), fy(ay, ax)])
+        return full_pixel_map(wcs_from, wcs_to, shape)
+    return expand_pixel_map(coarse_pixel_map(wcs_from, wcs_to, shape, grid_step))
 
 
 def sip_header(wcs, shape, max_pix_error=0.01, degree=None):

@@ -124,6 +124,10 @@ class Product:
     def outlier_grid(self):
         return f"{self.work}/outlier_detection/grid_wcs.asdf"
 
+    def outlier_pixmap(self, root):
+        """Exposure ``root``'s pixel map onto the outlier-detection grid (calimage3.pixmap)."""
+        return f"{self.work}/outlier_detection/{root}_pixmap.fits"
+
     def outlier_single(self, root):
         return f"{self.work}/outlier_detection/{root}_single.fits"
 
@@ -134,10 +138,14 @@ class Product:
         """The median and its grid, unless outlier detection is skipped."""
         if config["outlier_detection"].get("skip"):
             return {}
-        return {"median": self.outlier_median(), "grid": self.outlier_grid()}
+        return {"median": self.outlier_median(), "pixmap": self.outlier_pixmap(wildcards.root)}
 
     def resample_grid(self):
         return f"{self.work}/resample/output_wcs.asdf"
+
+    def resample_pixmap(self, root):
+        """Exposure ``root``'s pixel map onto the mosaic grid (calimage3.pixmap)."""
+        return f"{self.work}/resample/{root}_pixmap.fits"
 
     def resample_input(self, wildcards):
         """The file exposure ``wildcards.root`` is drizzled from: its _crf, or the lone _cal."""

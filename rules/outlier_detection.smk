@@ -1,6 +1,7 @@
-# outlier_detection: drizzle each exposure alone onto a common grid (one job
-# each), take the median of those in sections (one job), then blot the median
-# back and flag outliers in each exposure (one job each), writing the _crf.
+# outlier_detection: the common grid and each exposure's pixel map onto it
+# (one job), drizzle each exposure alone onto the grid (one job each), take
+# the median of those in sections (one job), then blot the median back and
+# flag outliers in each exposure (one job each), writing the _crf.
 # Rules per association (rules/common.smk: Product).
 
 OUTLIER_DRIZZLE = ("weight_type", "pixfrac", "kernel", "fillval", "good_bits")
@@ -16,6 +17,9 @@ for P in PRODUCTS:
             wcs=P.all_tweakreg_wcs(),
         output:
             grid=P.outlier_grid(),
+            pixmaps=[P.outlier_pixmap(r) for r in P.roots],
+        params:
+            grid_step=config["pixmap_grid_step"],
         log:
             f"{P.logs}/outlier_grid.log",
         benchmark:
@@ -34,14 +38,12 @@ for P in PRODUCTS:
             P.rule("outlier_single")
         input:
             cal=cal_path,
-            wcs=P.tweakreg_wcs("{root}"),
             sky=P.skymatch(),
-            grid=P.outlier_grid(),
+            pixmap=P.outlier_pixmap("{root}"),
         output:
             single=temp(P.outlier_single("{root}")),
         params:
             step=step_params("outlier_detection", OUTLIER_DRIZZLE),
-            grid_step=config["pixmap_grid_step"],
         log:
             f"{P.logs}/outlier_single/{{root}}.log",
         benchmark:
@@ -90,7 +92,6 @@ for P in PRODUCTS:
             crf=P.crf("{root}"),
         params:
             step=step_params("outlier_detection", OUTLIER_FLAGGING),
-            grid_step=config["pixmap_grid_step"],
         log:
             f"{P.logs}/outlier_flag/{{root}}.log",
         benchmark:

@@ -1,4 +1,5 @@
-# resample: the output grid (one job; the user's output_wcs file when given),
+# resample: the output grid and each exposure's pixel map onto it (one job;
+# the grid is the user's output_wcs file when given),
 # each exposure drizzled onto its part of it (one job each), then the
 # contributions added one at a time into the _i2d mosaic (one job).  With
 # single=true each contribution becomes its own <root>_outlier_i2d.fits
@@ -35,8 +36,10 @@ for P in PRODUCTS:
             user_wcs=user_output_wcs(),
         output:
             grid=P.resample_grid(),
+            pixmaps=[P.resample_pixmap(r) for r in P.roots],
         params:
             step=step_params("resample", RESAMPLE_GRID),
+            grid_step=config["pixmap_grid_step"],
         log:
             f"{P.logs}/resample_grid.log",
         benchmark:
@@ -55,12 +58,11 @@ for P in PRODUCTS:
             P.rule("resample_exposure")
         input:
             exposure=P.resample_input,
-            grid=P.resample_grid(),
+            pixmap=P.resample_pixmap("{root}"),
         output:
             contribution=temp(P.contribution("{root}")),
         params:
             step=step_params("resample", RESAMPLE_DRIZZLE),
-            grid_step=config["pixmap_grid_step"],
         log:
             f"{P.logs}/resample_exposure/{{root}}.log",
         benchmark:

@@ -8,27 +8,32 @@ from calimage3 import io
 from calimage3.dqflags import PIXEL
 from calimage3.logs import configure_logging
 from calimage3.outlier_detection import apply_outlier_flags, flag_outliers, parse_pair
+from calimage3.pixmap import expand_pixel_map
 from calimage3.provenance import provenance_keywords
 from calimage3.resample import blot
 
 log = logging.getLogger("outlier_detection")
 
 
-def outlier_flag(cal_path, wcs_path, sky_path, median_path, grid_path, crf_path, *, skip=False, **params):
-    # median_path and grid_path are None when the step is skipped.
-    """Write the exposure's _crf: tweaked WCS, sky level, and OUTLIER|DO_NOT_USE flags."""
+def outlier_flag(cal_path, wcs_path, sky_path, median_path, pixmap_path, crf_path, *, skip=False, **params):
+    # median_path and pixmap_path are None when the step is skipped.
+    """Write the exposure's _crf: tweaked WCS, sky level, and OUTLIER|DO_NOT_USE flags.
+
+    The median is blotted through the exposure's precomputed pixel map onto
+    the median's grid (the map its single drizzle used).
+    """
     exposure, sky_level = io.read_aligned_exposure(cal_path, wcs_path, sky_path)
-    inputs = [p for p in (cal_path, wcs_path, sky_path, median_path, grid_path) if p]
+    inputs = [p for p in (cal_path, wcs_path, sky_path, median_path, pixmap_path) if p]
     exposure.meta.update(provenance_keywords("outlier_detection", {"skip": skip, **params}, io.input_checksums(inputs)))
     if skip:
         exposure.meta["S_OUTLIR"] = "SKIPPED"
         io.write_exposure(crf_path, exposure)
         log.info("outlier_detection: skipped by configuration; %s written unflagged", crf_path)
         return
-    grid_wcs, _, _ = io.read_wcs_file(grid_path)
+    pixmap = expand_pixel_map(io.read_pixel_map(pixmap_path))
     with io.open_image_sections(median_path, ("SCI",)) as views:
         median = np.asarray(views["SCI"], dtype=np.float32)
-    blotted = blot(median, grid_wcs, exposure.wcs, exposure.shape)
+    blotted = blot(median, None, None, exposure.shape, pixmap=pixmap)
     del median
     mask = flag_outliers(
         exposure.data - np.float32(sky_level), exposure.err, blotted,
@@ -49,4 +54,4 @@ if "snakemake" in globals():
     configure_logging(snakemake.log[0])
     params = dict(snakemake.params.step)
     outlier_flag(snakemake.input.cal, snakemake.input.wcs, snakemake.input.sky,
-                 snakemake.input.get("median"), snakemake.input.get("grid"), snakemake.output.crf, **params)
+                 snakemake.input.get("median"), snakemake.input.get("pixmap"), snakemake.output.crf, **params)

@@ -4,26 +4,36 @@ import logging
 
 from calimage3 import io
 from calimage3.logs import configure_logging
+from calimage3.pixmap import expand_pixel_map
 from calimage3.resample import drizzle_single
 
 log = logging.getLogger("outlier_detection")
 
+# Arrays the single drizzle uses (weights from ERR or VAR_RNOISE, DQ).
+SINGLE_ARRAYS = ("data", "err", "dq", "var_rnoise")
 
-def outlier_single(cal_path, wcs_path, sky_path, grid_path, single_path, *, grid_step=16, **params):
-    """Drizzle one sky-subtracted exposure onto the common grid; write SCI and WHT."""
-    exposure, sky_level = io.read_aligned_exposure(cal_path, wcs_path, sky_path)
-    grid_wcs, grid_shape, _ = io.read_wcs_file(grid_path)
+
+def outlier_single(cal_path, sky_path, pixmap_path, single_path, **params):
+    """Drizzle one sky-subtracted exposure onto the common grid; write SCI and WHT.
+
+    The exposure's pixel map onto the grid comes precomputed from the grid
+    job (``pixmap_path``), so no WCS is read here.
+    """
+    exposure, sky_level = io.read_aligned_exposure(cal_path, None, sky_path, arrays=SINGLE_ARRAYS)
+    coarse = io.read_pixel_map(pixmap_path)
     data, wht = drizzle_single(
-        exposure, grid_wcs, grid_shape, sky_level=sky_level,
+        exposure, None, coarse.output_shape, sky_level=sky_level,
         pixfrac=params.get("pixfrac", 1.0), kernel=params.get("kernel", "square"),
         fillval=params.get("fillval", "INDEF"), weight_type=params.get("weight_type", "ivm"),
-        good_bits=params.get("good_bits", "~DO_NOT_USE"), grid_step=grid_step,
+        good_bits=params.get("good_bits", "~DO_NOT_USE"),
+        pixmap=expand_pixel_map(coarse), input_range=coarse.input_range,
     )
     io.write_image(single_path, {"SCI": data, "WHT": wht})
-    log.info("outlier_detection: %s drizzled alone onto the %d x %d grid", exposure.name, grid_shape[1], grid_shape[0])
+    ny, nx = coarse.output_shape
+    log.info("outlier_detection: %s drizzled alone onto the %d x %d grid", exposure.name, nx, ny)
 
 
 if "snakemake" in globals():
     configure_logging(snakemake.log[0])
-    outlier_single(snakemake.input.cal, snakemake.input.wcs, snakemake.input.sky, snakemake.input.grid,
-                   snakemake.output.single, grid_step=snakemake.params.grid_step, **snakemake.params.step)
+    outlier_single(snakemake.input.cal, snakemake.input.sky, snakemake.input.pixmap, snakemake.output.single,
+                   **snakemake.params.step)

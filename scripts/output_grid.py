@@ -1,9 +1,15 @@
-"""Snakemake entry point: the output grid (WCS and shape) of a drizzle."""
+"""Snakemake entry point: the output grid (WCS and shape) of a drizzle, and each exposure's pixel map onto it.
+
+The pixel maps (input pixel -> grid pixel, on a coarse grid of nodes; see
+calimage3.pixmap) are computed here, once per exposure, so that the
+per-exposure drizzle and blot jobs need neither the WCSs nor gwcs.
+"""
 
 import logging
 
 from calimage3 import io
 from calimage3.logs import configure_logging
+from calimage3.pixmap import coarse_pixel_map
 from calimage3.wcs_tools import output_wcs
 
 log = logging.getLogger("output_grid")
@@ -64,24 +70,33 @@ def user_grid_shape(wcs, pixel_shape=None, output_shape=None, *, source="output_
     return ny, nx
 
 
-def output_grid(wcs_paths, grid_path, *, output_wcs_file="", **params):
-    """Write the output grid: the user's ``output_wcs`` file, or the JWST default (or user-set) one covering all inputs."""
+def write_pixel_maps(pairs, grid_wcs, grid_shape, pixmap_paths, grid_step):
+    """Write each exposure's coarse pixel map onto the grid (``pairs``: (wcs, shape) per exposure)."""
+    for (wcs, shape), path in zip(pairs, pixmap_paths, strict=True):
+        io.write_pixel_map(path, coarse_pixel_map(wcs, grid_wcs, shape, grid_step=grid_step, output_shape=grid_shape))
+
+
+def output_grid(wcs_paths, grid_path, *, pixmap_paths=(), grid_step=16, output_wcs_file="", **params):
+    """Write the output grid (the user's ``output_wcs`` file, or the JWST default or user-set
+    one covering all inputs) and, for each exposure in ``pixmap_paths``, its pixel map onto it."""
+    pairs = [read_any_wcs(p) for p in wcs_paths]
     if output_wcs_file:
         wcs, pixel_shape = io.read_user_output_wcs(output_wcs_file)
         shape = user_grid_shape(wcs, pixel_shape, params.get("output_shape"), source=str(output_wcs_file))
-        io.write_wcs_file(grid_path, wcs, shape)
         log.info("output grid: %d x %d pixels from %s (grid parameters other than output_shape ignored)",
                  shape[1], shape[0], output_wcs_file)
-        return
-    pairs = [read_any_wcs(p) for p in wcs_paths]
-    grid_args = {k: params[k] for k in GRID_PARAMETERS if params.get(k) is not None}
-    wcs, shape = output_wcs([w for w, _ in pairs], [s for _, s in pairs], **grid_args)
+    else:
+        grid_args = {k: params[k] for k in GRID_PARAMETERS if params.get(k) is not None}
+        wcs, shape = output_wcs([w for w, _ in pairs], [s for _, s in pairs], **grid_args)
+        log.info("output grid: %d x %d pixels covering %d exposures", shape[1], shape[0], len(pairs))
     io.write_wcs_file(grid_path, wcs, shape)
-    log.info("output grid: %d x %d pixels covering %d exposures", shape[1], shape[0], len(pairs))
+    if pixmap_paths:
+        write_pixel_maps(pairs, wcs, shape, pixmap_paths, grid_step)
+        log.info("pixel maps of %d exposures evaluated every %d pixels", len(pixmap_paths), grid_step)
 
 
 if "snakemake" in globals():
     configure_logging(snakemake.log[0])
     params = dict(snakemake.params.step) if hasattr(snakemake.params, "step") else {}
-    output_grid(snakemake.input.wcs, snakemake.output.grid,
-                output_wcs_file=params.pop("output_wcs", "") or "", **params)
+    output_grid(snakemake.input.wcs, snakemake.output.grid, pixmap_paths=snakemake.output.pixmaps,
+                grid_step=snakemake.params.grid_step, output_wcs_file=params.pop("output_wcs", "") or "", **params)

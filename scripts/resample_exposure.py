@@ -8,8 +8,8 @@ import logging
 
 from calimage3 import io
 from calimage3.logs import configure_logging
+from calimage3.pixmap import expand_pixel_map
 from calimage3.resample import drizzle_exposure
-from calimage3.wcs_tools import pixel_map
 
 log = logging.getLogger("resample")
 
@@ -33,14 +33,19 @@ def contribution_meta(meta, keywords, *, name, sha256, sky_level):
     }
 
 
-def resample_exposure(exposure_path, grid_path, contribution_path, *, grid_step=16, **params):
-    """Drizzle one exposure (data and variances) and write its contribution file."""
-    out_wcs, out_shape, _ = io.read_wcs_file(grid_path)
-    exposure = io.read_exposure(exposure_path, arrays=EXPOSURE_ARRAYS)
+def resample_exposure(exposure_path, pixmap_path, contribution_path, **params):
+    """Drizzle one exposure (data and variances) and write its contribution file.
+
+    The exposure's pixel map onto the mosaic grid comes precomputed from the
+    grid job (``pixmap_path``), so no WCS is read here.
+    """
+    coarse = io.read_pixel_map(pixmap_path)
+    out_shape = coarse.output_shape
+    exposure = io.read_exposure(exposure_path, arrays=EXPOSURE_ARRAYS, with_wcs=False)
     sky_level = exposure_sky_level(exposure.meta)
-    pixmap = pixel_map(exposure.wcs, out_wcs, exposure.shape, grid_step=grid_step or None)
+    pixmap = expand_pixel_map(coarse)
     contribution = drizzle_exposure(
-        exposure, out_wcs, out_shape, sky_level=sky_level, pixmap=pixmap,
+        exposure, None, out_shape, sky_level=sky_level, pixmap=pixmap, input_range=coarse.input_range,
         pixfrac=params.get("pixfrac", 1.0), kernel=params.get("kernel", "square"),
         weight_type=params.get("weight_type", "ivm"),
         good_bits=params.get("good_bits", "~DO_NOT_USE+NON_SCIENCE"),
@@ -57,5 +62,5 @@ def resample_exposure(exposure_path, grid_path, contribution_path, *, grid_step=
 
 if "snakemake" in globals():
     configure_logging(snakemake.log[0])
-    resample_exposure(snakemake.input.exposure, snakemake.input.grid, snakemake.output.contribution,
-                      grid_step=snakemake.params.grid_step, **snakemake.params.step)
+    resample_exposure(snakemake.input.exposure, snakemake.input.pixmap, snakemake.output.contribution,
+                      **snakemake.params.step)

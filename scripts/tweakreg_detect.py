@@ -19,7 +19,7 @@ DETECTION_PARAMETERS = (
 
 def tweakreg_detect(cal_path, sources_path, **params):
     """Detect point-like sources for alignment and write them as ECSV."""
-    exposure = io.read_exposure(cal_path, arrays=("data", "err", "dq"))
+    exposure = io.read_exposure(cal_path, arrays=("data", "err", "dq"), with_wcs=False)
     mask = ~good_pixel_mask(exposure.dq) | ~np.isfinite(exposure.data)
     kwargs = {k: params[k] for k in DETECTION_PARAMETERS if k in params}
     sources = detect_sources(exposure.data, exposure.err, mask, **kwargs)
