@@ -16,7 +16,7 @@ import numpy as np
 from . import io
 from .association import single_exposure_association
 from .assign_mtwcs import is_moving_target
-from .wcs_tools import footprint, polygon_overlap_area
+from .wcs_tools import polygon_overlap_area
 
 __all__ = ["check_inputs", "check_campaign", "resolve_asn_paths", "non_overlapping"]
 
@@ -75,17 +75,18 @@ def check_inputs(asn_path):
         asn = single_exposure_association(path)
     else:
         raise io.InputFileError(path, "input must be an image3 association (.json) or a _cal.fits file")
-    wcs_list, shapes, metas = [], [], []
+    # Footprints from the S_REGION keywords: the gwcs of every member would
+    # be read at each start of Snakemake (a no-op rerun, each cluster job).
+    footprints, metas = [], []
     for member in asn.members:
-        wcs, shape, meta = io.read_exposure_wcs(member.path)
-        wcs_list.append(wcs)
-        shapes.append(shape)
+        polygon, _, meta = io.read_exposure_footprint(member.path)
+        footprints.append(polygon)
         metas.append(meta)
     try:
         is_moving_target(metas)
     except ValueError as exc:
         raise io.InputFileError(asn.path or path, str(exc)) from None
-    lonely = non_overlapping([footprint(w, s) for w, s in zip(wcs_list, shapes)])
+    lonely = non_overlapping(footprints)
     if lonely:
         names = ", ".join(asn.members[i].path.name for i in lonely)
         raise io.InputFileError(asn.path or path, f"exposure(s) overlapping no other exposure on the sky: {names}")

@@ -41,6 +41,7 @@ from tweakwcs.imalign import NotEnoughCatalogs, align_wcs
 from tweakwcs.linearfit import iter_linear_fit
 from tweakwcs.matchutils import MatchCatalogs, MatchSourceConfusionError, XYXYMatch
 
+from calimage3.refcat import REMOTE_CATALOGS, reference_catalog_path
 from calimage3.wcs_tools import (
     footprint,
     from_tangent_plane,
@@ -71,8 +72,6 @@ log = logging.getLogger(__name__)
 FITGEOMETRIES = {"shift": 1, "rshift": 2, "rscale": 2, "general": 3}
 
 #: ``abs_refcat`` names that JWST resolves with a web query (not done here).
-REMOTE_CATALOGS = ("GAIADR1", "GAIADR2", "GAIADR3")
-
 #: Primary-header keywords whose values identify one exposure (all its
 #: detectors), in the order JWST builds ``meta.group_id`` from them.
 GROUP_KEYWORDS = ("PROGRAM", "OBSERVTN", "VISIT", "VISITGRP", "SEQ_ID", "ACT_ID", "EXPOSURE")
@@ -1237,37 +1236,6 @@ def exposure_group_id(meta):
 # --------------------------------------------------------------------------
 # Absolute astrometry
 # --------------------------------------------------------------------------
-
-
-def reference_catalog_path(abs_refcat):
-    """The catalog file named by ``abs_refcat``, or None when absolute alignment is off.
-
-    Parameters
-    ----------
-    abs_refcat : str or None
-        Path of an ECSV or FITS table with RA/Dec columns; ``''`` or None
-        turns absolute alignment off (the JWST default).
-
-    Raises
-    ------
-    ValueError
-        For a catalog name JWST fetches from the web (`REMOTE_CATALOGS`):
-        calimage3 runs offline, so the catalog must be supplied as a file.
-    """
-    if abs_refcat is None:
-        return None
-    if not isinstance(abs_refcat, str):
-        raise ValueError(f"abs_refcat must be a file path or '', got {abs_refcat!r}")
-    name = abs_refcat.strip()
-    if not name:
-        return None
-    if name.upper() in REMOTE_CATALOGS:
-        raise ValueError(
-            f"abs_refcat={abs_refcat!r} needs a web query, which calimage3 does not make: "
-            "download the catalog for the field and give its path (ECSV or FITS with RA and "
-            "Dec columns in degrees) as abs_refcat"
-        )
-    return name
 
 
 def reference_radec(table):

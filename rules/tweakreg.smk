@@ -14,7 +14,7 @@ TWEAKREG_ALIGNMENT = (
     "abs_tolerance", "abs_fitgeometry", "abs_nclip", "abs_sigma",
 )
 
-from calimage3.tweakreg import reference_catalog_path as _reference_catalog_path
+from calimage3.refcat import reference_catalog_path as _reference_catalog_path
 
 # Checked at startup: a web catalog name (GAIADR3...) is a clear error here.
 try:

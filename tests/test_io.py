@@ -148,3 +148,31 @@ def test_provenance_keywords_and_summary():
     assert keywords["PRVSTEP"] == "resample" and keywords["PRVIN001"] == "x_crf.fits"
     text = format_provenance(keywords)
     assert "x_crf.fits  sha256 " + "ab" * 32 in text and '"pixfrac": 1.0' in text
+
+
+def test_s_region_parsing():
+    """S_REGION polygons parse with or without the frame word; anything else gives None."""
+    from calimage3.io import parse_s_region
+
+    np.testing.assert_array_equal(parse_s_region("POLYGON ICRS  1.5 -2.0 3 4 5 6 7 8"),
+                                  [[1.5, -2.0], [3, 4], [5, 6], [7, 8]])
+    assert parse_s_region("POLYGON 1 2 3 4 5 6").shape == (3, 2)
+    for bad in (None, "", "CIRCLE ICRS 1 2 3", "POLYGON ICRS 1 2 3 4", "POLYGON ICRS 1 2 3 4 5 x"):
+        assert parse_s_region(bad) is None
+
+
+def test_footprint_from_s_region_matches_wcs_corners(tmp_path, small_dither):
+    """The preflight footprint read from S_REGION is the WCS's corner footprint (to 1e-9 deg)."""
+    from calimage3.wcs_tools import footprint
+
+    path = small_dither["cal"][0]
+    polygon, shape, meta = io.read_exposure_footprint(path)
+    wcs, wshape, _ = io.read_exposure_wcs(path)
+    assert shape == wshape and "S_REGION" in fits.getheader(path, "SCI")
+    np.testing.assert_allclose(polygon, footprint(wcs, shape), atol=1e-9)
+    # Without S_REGION the WCS is used
+    stripped = tmp_path / path.name
+    with fits.open(path) as hdul:
+        del hdul["SCI"].header["S_REGION"]
+        hdul.writeto(stripped)
+    np.testing.assert_allclose(io.read_exposure_footprint(stripped)[0], polygon, atol=1e-9)
