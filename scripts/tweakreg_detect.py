@@ -7,7 +7,7 @@ import numpy as np
 from calimage3 import io
 from calimage3.dqflags import good_pixel_mask
 from calimage3.logs import configure_logging
-from calimage3.tweakreg import detect_sources
+from calimage3.source_detection import detect_sources
 
 log = logging.getLogger("tweakreg")
 
