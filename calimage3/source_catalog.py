@@ -930,8 +930,10 @@ def make_source_catalog(
     # 2-4: background, subtraction, convolution, detection.
     filled = np.where(coverage, 0.0, data)
     bkg = _background(filled, box, coverage)
+    # Background2D interpolates its mesh on every attribute access: once each.
+    bkg_rms = bkg.background_rms
     sub = np.where(coverage, 0.0, filled - bkg.background)
-    threshold = snr_threshold * bkg.background_rms
+    threshold = snr_threshold * bkg_rms
     segm, convolved = detect_segments(
         sub, threshold, kernel_fwhm=kernel_fwhm, npixels=npixels, deblend=deblend,
         mask=coverage,
@@ -972,7 +974,7 @@ def make_source_catalog(
     elif psf_fwhm is not None:
         params = _gaussian_params(float(psf_fwhm), aperture_ee, "psf_fwhm")
     else:
-        rms_jy = bkg.background_rms * to_jy
+        rms_jy = bkg_rms * to_jy
         area = np.asarray(scat.area.value, dtype=float)
         with np.errstate(divide="ignore", invalid="ignore"):
             noise = np.sqrt(np.asarray(
