@@ -5,13 +5,34 @@ target's position at that exposure (``MT_RA``, ``MT_DEC``).  The step
 shifts every exposure's WCS so the target lands at the mean of those
 positions (``MT_AVRA``, ``MT_AVDEC``); the exposures then stack on the
 target instead of the stars.  For fixed targets it does nothing.
+
+As in JWST's ``Image3Pipeline``, moving-target exposures get assign_mtwcs
+*instead of* tweakreg: fitting the stars would move every WCS back onto
+the sky frame and smear the target.  tweakreg passes their WCSs through
+with ``S_TWKREG = SKIPPED`` and `MOVING_TARGET_REASON` in ``TWKREASN``.
 """
 
 import numpy as np
 
 from .wcs_tools import from_tangent_plane, tangent_plane_correction, to_tangent_plane
 
-__all__ = ["is_moving_target", "assign_moving_target_wcs"]
+__all__ = ["MOVING_TARGET_REASON", "targtype_is_moving", "is_moving_target", "moving_target_wcs_assigned",
+           "assign_moving_target_wcs"]
+
+# Why tweakreg leaves moving-target exposures alone (its TWKREASN keyword):
+# as in JWST's Image3Pipeline, assign_mtwcs runs instead of tweakreg, since
+# aligning on the stars would undo the alignment on the target.
+MOVING_TARGET_REASON = "moving target: assign_mtwcs used"
+
+
+def targtype_is_moving(meta):
+    """True when an exposure's TARGTYPE says moving target (any case, blanks ignored)."""
+    return str(meta.get("TARGTYPE", "")).strip().upper() == "MOVING"
+
+
+def moving_target_wcs_assigned(info_list):
+    """True when assign_mtwcs moved these WCSs onto a moving target (``S_MTWCS`` COMPLETE)."""
+    return any(str(info.get("S_MTWCS", "")).strip().upper() == "COMPLETE" for info in info_list)
 
 
 def is_moving_target(meta_list):
@@ -23,7 +44,7 @@ def is_moving_target(meta_list):
         When only some exposures are marked moving, or a moving exposure
         lacks its target position.
     """
-    moving = [str(m.get("TARGTYPE", "")).strip().upper() == "MOVING" for m in meta_list]
+    moving = [targtype_is_moving(m) for m in meta_list]
     if not any(moving):
         return False
     if not all(moving):

@@ -17,6 +17,14 @@ NIRCam short-wavelength dither: N exposures of one detector, each with
   residuals that image3's outlier detection must find), and a flagged
   reference-pixel border and bad pixels set to NaN as in real ``_cal`` files.
 
+With ``moving_target=True`` the set is a moving-target observation: every
+exposure says TARGTYPE ``MOVING`` with the target's position at mid
+exposure in MT_RA/MT_DEC, and the target, a point source of known flux
+moving at ``target_rate`` across the sky, is drawn there; the stars and
+galaxies stay fixed.  Nothing trails within one exposure (a simplification:
+JWST tracks the target, so the stars would trail a little), so that only
+the exposure-to-exposure motion matters for image3.
+
 `simulate_dither` returns the paths it wrote; the truth is written beside
 the data under ``truth/`` (sources, outliers, per-exposure errors and the
 true WCS of each exposure).
@@ -94,8 +102,16 @@ class SimulationSettings:
     offsets : list of tuple or None
         Explicit dither offsets ``(dx, dy)`` in pixels; overrides the pattern.
     moving_target : bool
-        Mark the exposures as a moving-target observation (TARGTYPE
-        ``MOVING``, with MT_RA/MT_DEC per exposure).
+        Make a moving-target observation: TARGTYPE ``MOVING``, MT_RA/MT_DEC
+        per exposure, and the target drawn as a point source at those
+        positions.
+    target_rate : tuple of float
+        Apparent motion of the moving target on the sky, arcsec per hour
+        towards east and north.  The default, about 0.5 arcsec/hour, moves
+        it about 4.7 pixels of 0.031 arcsec between exposures 1060 s apart.
+    target_snr : float
+        Flux of the moving target in units of the point-source noise of
+        one exposure (see `_point_source_sigma_jy`).
     detectors : int
         Detectors per exposure, side by side along the detector x axis
         with a ``detector_gap`` pixel gap (NRCB1, NRCB2, ...).  The
@@ -130,6 +146,8 @@ class SimulationSettings:
         position_angle=30.0,
         offsets=None,
         moving_target=False,
+        target_rate=(0.35, 0.35),
+        target_snr=300.0,
         detectors=1,
         detector_gap=40.0,
         seed=1,
@@ -161,6 +179,10 @@ class SimulationSettings:
         self.position_angle = float(position_angle)
         self.offsets = offsets
         self.moving_target = bool(moving_target)
+        if len(target_rate) != 2:
+            raise ValueError(f"target_rate must be (east, north) arcsec/hour, got {target_rate!r}")
+        self.target_rate = tuple(float(r) for r in target_rate)
+        self.target_snr = float(target_snr)
         self.seed = int(seed)
 
 
@@ -307,6 +329,74 @@ def _render_galaxies(image, x, y, flux_sb_pix, stamps):
         image[max(y0, 0) : min(y1, ny), max(x0, 0) : min(x1, nx)] += f * shifted[sy0:sy1, sx0:sx1]
 
 
+def _exposure_start(settings, i):
+    """EXPSTART (MJD) of dither position ``i``: one exposure plus 60 s of overhead apart."""
+    return 60300.0 + i * (settings.exptime + 60.0) / 86400.0
+
+
+def _exposure_mid(settings, i):
+    """EXPMID (MJD) of dither position ``i``."""
+    return _exposure_start(settings, i) + 0.5 * settings.exptime / 86400.0
+
+
+def _track_offsets(settings, n_positions):
+    """Tangent-plane offsets (deg) of the target from its mean position at each EXPMID.
+
+    The motion is linear in time, so the target's mean position over the
+    exposures (what assign_mtwcs stacks on) is the offset origin.
+    """
+    hours = np.array([_exposure_mid(settings, i) for i in range(n_positions)]) * 24.0
+    hours -= hours.mean()
+    rate_deg = np.asarray(settings.target_rate) / 3600.0
+    return hours * rate_deg[0], hours * rate_deg[1]
+
+
+def _moving_target_track(settings, sources, n_positions, centre):
+    """Sky positions of the moving target at each dither position's mid time.
+
+    The mean position is picked without random numbers (so the pointing
+    errors, stars, galaxies and sky levels are those of the same seed
+    without a moving target; the noise differs once the target is drawn),
+    on a grid around ``centre`` as the point whose track stays
+    farthest from every star and galaxy: in the target frame the fixed
+    sources sweep past the target, and a clean track makes its photometry a
+    test of image3 rather than of blending.
+
+    Parameters
+    ----------
+    settings : SimulationSettings
+    sources : astropy.table.Table
+        The fixed sources (``ra``, ``dec``).
+    n_positions : int
+        Number of dither positions.
+    centre : tuple of float
+        (RA, Dec) of the first detector's centre at the first dither
+        position, degrees.
+
+    Returns
+    -------
+    ra, dec : ndarray
+        Target position at each dither position, degrees.
+    """
+    ra0, dec0 = settings.crval
+    dxi, deta = _track_offsets(settings, n_positions)
+    sxi, seta = to_tangent_plane(np.asarray(sources["ra"]), np.asarray(sources["dec"]), ra0, dec0)
+    # Candidates within the central fifth of the first detector: inside
+    # every dithered footprint, with room for the track.
+    half = 0.2 * min(settings.shape) * settings.pixel_scale / 3600.0
+    grid = np.linspace(-half, half, 9)
+    cxi0, ceta0 = (float(v) for v in to_tangent_plane(centre[0], centre[1], ra0, dec0))
+    best, best_xy = -np.inf, (0.0, 0.0)
+    for cxi in cxi0 + grid:
+        for ceta in ceta0 + grid:
+            txi, teta = cxi + dxi, ceta + deta
+            clearance = np.hypot(txi[:, None] - sxi, teta[:, None] - seta).min() if len(sxi) else 0.0
+            if clearance > best:
+                best, best_xy = clearance, (cxi, ceta)
+    ra, dec = from_tangent_plane(best_xy[0] + dxi, best_xy[1] + deta, ra0, dec0)
+    return np.atleast_1d(ra), np.atleast_1d(dec)
+
+
 def _cosmic_rays(rng, shape, density, noise_e):
     """Pixel lists and amplitudes (e-) of residual cosmic-ray hits."""
     ny, nx = shape
@@ -324,6 +414,26 @@ def _cosmic_rays(rng, shape, density, noise_e):
                 ys.append(yy)
                 amps.append(peak * (0.5 if k else 1.0))
     return np.array(xs, int), np.array(ys, int), np.array(amps)
+
+
+def _moving_target_truth(settings, mt_ra, mt_dec, flux_jy):
+    """Summary of the moving target for truth.json: flux, rate and mean position."""
+    xi, eta = to_tangent_plane(mt_ra, mt_dec, mt_ra[0], mt_dec[0])
+    mean_ra, mean_dec = from_tangent_plane(np.mean(xi), np.mean(eta), mt_ra[0], mt_dec[0])
+    return {
+        "flux_jy": float(flux_jy), "rate_arcsec_per_hour": list(settings.target_rate),
+        "mean_ra": float(mean_ra), "mean_dec": float(mean_dec),
+    }
+
+
+def _moving_target_table(rows):
+    """Per-exposure truth of the moving target: mid time, sky and true detector position, flux."""
+    table = Table(rows=rows, names=("exposure", "expmid", "ra", "dec", "x", "y", "flux"),
+                  dtype=(str, float, float, float, float, float, float))
+    table["ra"].unit = table["dec"].unit = "deg"
+    table["flux"].unit = "Jy"
+    table.meta["comment"] = "x, y: 0-based pixel of the target on the exposure's true WCS"
+    return table
 
 
 def simulate_dither(output_dir, settings=None, **kwargs):
@@ -349,7 +459,10 @@ def simulate_dither(output_dir, settings=None, **kwargs):
     exposure, render sources in MJy/sr on the true pixel solid angle, add
     sky, draw Poisson and read noise, compute variance arrays, inject
     cosmic rays and hot pixels, flag the reference border and bad pixels;
-    (5) write ``_cal`` files, the ASN and the truth.
+    (5) write ``_cal`` files, the ASN and the truth.  With a moving target,
+    stage (3) also lays its track and stage (4) draws it, and the truth
+    gains ``moving_target.ecsv`` (one row per exposure) and a
+    ``moving_target`` entry in ``truth.json``.
     """
     settings = settings or SimulationSettings(**kwargs)
     out = Path(output_dir)
@@ -402,6 +515,9 @@ def simulate_dither(output_dir, settings=None, **kwargs):
     if settings.detectors > 1:
         extent += max(abs(v) for v in det_dx) * scale_deg
     sources = _make_sources(settings, rng, extent)
+    if settings.moving_target:
+        mt_ra, mt_dec = _moving_target_track(settings, sources, len(offsets), errors[0]["crval"])
+        mt_flux = settings.target_snr * _point_source_sigma_jy(settings)
     sky_offsets = np.concatenate([[0.0], rng.normal(0.0, settings.sky_offset_rms, len(true_wcs) - 1)])
     stamps = [
         _galaxy_stamp(row["r_eff"] / settings.pixel_scale, row["sersic_n"], row["axis_ratio"],
@@ -410,7 +526,7 @@ def simulate_dither(output_dir, settings=None, **kwargs):
     ]
     pix_sr = scale_deg**2 * (np.pi / 180.0) ** 2
 
-    cal_paths, outlier_rows, exposures_truth = [], [], []
+    cal_paths, outlier_rows, exposures_truth, mt_rows = [], [], [], []
     for k, wcs in enumerate(true_wcs):
         i, d = positions[k]
         detector = f"NRCB{d + 1}"
@@ -422,6 +538,12 @@ def simulate_dither(output_dir, settings=None, **kwargs):
         is_star = np.asarray(sources["type"] == "star")
         _render_stars(image, x[is_star], y[is_star], flux_sb_pix[is_star], psf_sigma)
         _render_galaxies(image, x[~is_star], y[~is_star], flux_sb_pix[~is_star], stamps)
+        if settings.moving_target:
+            # The target at this exposure's mid time, a star-like PSF.
+            tx, ty = wcs.backward_transform(mt_ra[i], mt_dec[i])
+            _render_stars(image, [tx], [ty], [mt_flux * 1e-6 / pix_sr], psf_sigma)
+            mt_rows.append((root, float(_exposure_mid(settings, i)), float(mt_ra[i]), float(mt_dec[i]),
+                            float(tx), float(ty), float(mt_flux)))
         # Flux per pixel -> surface brightness on the true pixel solid angle.
         image /= area
         level = settings.sky + sky_offsets[k]
@@ -457,7 +579,7 @@ def simulate_dither(output_dir, settings=None, **kwargs):
         for array in (sci, err, var_poisson, var_rnoise, var_flat):
             array[bad] = np.nan
 
-        exp_start = 60300.0 + i * (settings.exptime + 60.0) / 86400.0
+        exp_start = _exposure_start(settings, i)
         meta = {
             "TELESCOP": "JWST", "INSTRUME": "NIRCAM", "DETECTOR": detector, "MODULE": "B",
             "CHANNEL": "SHORT", "FILTER": "F200W", "PUPIL": "CLEAR", "EXP_TYPE": "NRC_IMAGE",
@@ -476,10 +598,8 @@ def simulate_dither(output_dir, settings=None, **kwargs):
             "SIMULATD": True,
         }
         if settings.moving_target:
-            # The target drifts 0.05 arcsec per exposure in RA and Dec.
-            drift = i * 0.05 / 3600.0
-            meta["MT_RA"] = ra0 + drift / np.cos(np.deg2rad(dec0))
-            meta["MT_DEC"] = dec0 + drift
+            meta["MT_RA"] = float(mt_ra[i])
+            meta["MT_DEC"] = float(mt_dec[i])
         exposure = Exposure(
             data=sci.astype(np.float32), err=err.astype(np.float32), dq=dq, wcs=header_wcs[k], meta=meta,
             var_poisson=var_poisson.astype(np.float32), var_rnoise=var_rnoise.astype(np.float32),
@@ -506,12 +626,17 @@ def simulate_dither(output_dir, settings=None, **kwargs):
     io.write_table(truth_dir / "sources.ecsv", sources)
     io.write_table(truth_dir / "outliers.ecsv", Table(rows=outlier_rows, names=("exposure", "kind", "x", "y")) if outlier_rows
                    else Table(names=("exposure", "kind", "x", "y"), dtype=(str, str, int, int)))
-    io.write_json(truth_dir / "truth.json", {
+    truth = {
         "product": product, "asn_id": asn_id, "pixel_scale": settings.pixel_scale,
         "psf_fwhm": settings.psf_fwhm, "sky": settings.sky, "noise_sigma": float(_sky_noise_sb(settings)),
         "point_source_sigma_jy": float(_point_source_sigma_jy(settings)), "shape": list(settings.shape),
         "seed": settings.seed, "exposures": exposures_truth,
-    })
+    }
+    if settings.moving_target:
+        # Only with a moving target, so the default truth files are unchanged.
+        truth["moving_target"] = _moving_target_truth(settings, mt_ra, mt_dec, mt_flux)
+        io.write_table(truth_dir / "moving_target.ecsv", _moving_target_table(mt_rows))
+    io.write_json(truth_dir / "truth.json", truth)
     return {"asn": asn_path, "cal": cal_paths, "truth": truth_dir, "product": product, "asn_id": asn_id}
 
 
@@ -522,12 +647,16 @@ def main(argv=None):
     parser.add_argument("-n", "--n-exposures", type=int, default=4)
     parser.add_argument("--size", type=int, default=512, help="detector size in pixels (2048 for NIRCam)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--moving-target", action="store_true")
+    parser.add_argument("--moving-target", action="store_true",
+                        help="a moving-target observation: TARGTYPE MOVING, MT_RA/MT_DEC, the target drawn moving")
+    parser.add_argument("--target-rate", type=float, nargs=2, default=(0.35, 0.35), metavar=("EAST", "NORTH"),
+                        help="moving-target rate on the sky, arcsec/hour (default: 0.35 0.35)")
     parser.add_argument("--detectors", type=int, default=1,
                         help="detectors per exposure, side by side, sharing one pointing error")
     args = parser.parse_args(argv)
     result = simulate_dither(args.output_dir, n_exposures=args.n_exposures, shape=(args.size, args.size),
-                             seed=args.seed, moving_target=args.moving_target, detectors=args.detectors)
+                             seed=args.seed, moving_target=args.moving_target, target_rate=args.target_rate,
+                             detectors=args.detectors)
     print(f"wrote {len(result['cal'])} exposures and {result['asn']}")
     return 0
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from astropy.table import Table
 
 from calimage3 import io
+from calimage3.assign_mtwcs import MOVING_TARGET_REASON, moving_target_wcs_assigned, targtype_is_moving
 from calimage3.logs import configure_logging
 from calimage3.tweakreg import (
     align_exposures,
@@ -54,17 +55,56 @@ def group_ids_of(cal_paths, asn_group_ids=None):
     return ids
 
 
+def moving_target_skip_reason(infos, cal_paths=None):
+    """Why tweakreg must leave these exposures alone as a moving target, or None.
+
+    JWST's Image3Pipeline runs assign_mtwcs instead of tweakreg for moving
+    targets: fitting the fixed stars would undo the alignment on the
+    target.  assign_mtwcs marks the WCSs it moved with ``S_MTWCS =
+    COMPLETE``; a moving target whose assign_mtwcs was skipped by
+    configuration is recognised from the ``_cal`` headers (TARGTYPE).
+
+    Parameters
+    ----------
+    infos : list of dict
+        The ``info`` of each assign_mtwcs WCS file.
+    cal_paths : list of path or None
+        The ``_cal`` files, for their TARGTYPE.
+    """
+    if moving_target_wcs_assigned(infos):
+        return MOVING_TARGET_REASON
+    # Preflight has already rejected associations that mix moving and fixed targets.
+    if cal_paths and all(targtype_is_moving(io.read_image_meta(p)[0]) for p in cal_paths):
+        return "moving target: assign_mtwcs skipped, tweakreg not run"
+    return None
+
+
+def pass_through(wcs_list, shapes, infos, output_paths, reason):
+    """Write every WCS unchanged with ``S_TWKREG = SKIPPED`` and ``reason`` in ``TWKREASN``."""
+    for wcs, shape, info, out in zip(wcs_list, shapes, infos, output_paths):
+        io.write_wcs_file(out, wcs, shape, info={**info, "S_TWKREG": "SKIPPED", "TWKREASN": reason})
+
+
 def tweakreg_align(source_paths, wcs_paths, output_paths, *, cal_paths=None, asn_group_ids=None,
                    skip=False, abs_refcat="", **params):
-    """Fit relative (and optionally absolute) WCS corrections and write each exposure's WCS."""
+    """Fit relative (and optionally absolute) WCS corrections and write each exposure's WCS.
+
+    Moving-target exposures (see `moving_target_skip_reason`) and
+    ``skip=True`` pass every WCS through unchanged.
+    """
     inputs = [io.read_wcs_file(p) for p in wcs_paths]
     wcs_list = [w for w, _, _ in inputs]
     shapes = [s for _, s, _ in inputs]
     infos = [i for _, _, i in inputs]
     if skip:
-        for wcs, shape, info, out in zip(wcs_list, shapes, infos, output_paths):
-            io.write_wcs_file(out, wcs, shape, info={**info, "S_TWKREG": "SKIPPED", "TWKREASN": "step skipped"})
+        pass_through(wcs_list, shapes, infos, output_paths, "step skipped")
         log.info("tweakreg: skipped by configuration; WCSs passed on unchanged")
+        return
+    moving = moving_target_skip_reason(infos, cal_paths)
+    if moving:
+        pass_through(wcs_list, shapes, infos, output_paths, moving)
+        log.info("tweakreg: SKIPPED for %d exposures (%s); WCSs passed on unchanged%s", len(wcs_list), moving,
+                 "; abs_refcat not used" if reference_catalog_path(abs_refcat) else "")
         return
     refcat_path = reference_catalog_path(abs_refcat)
     refcat = read_reference_catalog(refcat_path) if refcat_path else None
