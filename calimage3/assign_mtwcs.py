@@ -14,7 +14,7 @@ with ``S_TWKREG = SKIPPED`` and `MOVING_TARGET_REASON` in ``TWKREASN``.
 
 import numpy as np
 
-from .wcs_tools import from_tangent_plane, tangent_plane_correction, to_tangent_plane
+from .sky_geometry import from_tangent_plane, to_tangent_plane
 
 __all__ = ["MOVING_TARGET_REASON", "targtype_is_moving", "is_moving_target", "moving_target_wcs_assigned",
            "assign_moving_target_wcs"]
@@ -78,6 +78,10 @@ def assign_moving_target_wcs(wcs_list, mt_ra, mt_dec):
     each exposure is shifted in the plane tangent at the mean, so the result
     is exact for any separation that fits in an image.
     """
+    # Imported here: the rest of this module (is_moving_target) runs in the
+    # input checks at every Snakemake start, which should not import gwcs.
+    from .wcs_tools import tangent_plane_correction
+
     mt_ra = np.atleast_1d(np.asarray(mt_ra, dtype=float))
     mt_dec = np.atleast_1d(np.asarray(mt_dec, dtype=float))
     if not (len(wcs_list) == len(mt_ra) == len(mt_dec)):

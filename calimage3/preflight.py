@@ -16,7 +16,7 @@ import numpy as np
 from . import io
 from .association import single_exposure_association
 from .assign_mtwcs import is_moving_target
-from .wcs_tools import polygon_overlap_area
+from .sky_geometry import polygon_overlap_area
 
 __all__ = ["check_inputs", "check_campaign", "resolve_asn_paths", "non_overlapping"]
 
