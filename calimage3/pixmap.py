@@ -5,7 +5,7 @@ the hot spot of resampling (it once took 123 s of a 530 s JWST run).  The
 mapping is smooth, so it is evaluated only on a grid of nodes every
 ``grid_step`` pixels (plus the last row and column) and interpolated in
 between with local cubic (4-point Lagrange) interpolation, separably in x
-and y: O(step**4) error, far below 0.01 pixel for JWST distortions at
+and y (as two matrix products): O(step**4) error, far below 0.01 pixel for JWST distortions at
 ``grid_step=16`` (tests/test_pixmap.py measures it against the full
 evaluation).
 
@@ -156,13 +156,16 @@ def _lagrange_weights(nodes, n):
     return index, weight
 
 
-def _interpolate(values, iy, wy, ix, wx):
-    """Separable interpolation of node ``values`` with stencils (iy, wy) and (ix, wx)."""
-    along_x = sum(values[:, ix[:, k]] * wx[:, k] for k in range(ix.shape[1]))  # (n_nodes_y, nx)
-    out = along_x[iy[:, 0]] * wy[:, :1]
-    for k in range(1, iy.shape[1]):
-        out += along_x[iy[:, k]] * wy[:, k : k + 1]
-    return out  # (ny, nx)
+def _weight_matrix(nodes, n):
+    """Dense ``(n, len(nodes))`` matrix of the 4-point Lagrange weights at pixels ``0 .. n-1``.
+
+    Interpolating node values ``V`` is then ``Wy @ V @ Wx.T``: two matrix
+    products (BLAS) instead of gathers over the full image.
+    """
+    index, weight = _lagrange_weights(nodes, n)
+    matrix = np.zeros((n, len(nodes)))
+    np.add.at(matrix, (np.arange(n)[:, None], index), weight)
+    return matrix
 
 
 def expand_pixel_map(coarse):
@@ -179,9 +182,17 @@ def expand_pixel_map(coarse):
         NaN near nodes where a WCS was undefined.
     """
     ny, nx = coarse.shape
-    ix, wx = _lagrange_weights(coarse.nodes_x, nx)
-    iy, wy = _lagrange_weights(coarse.nodes_y, ny)
+    wx = _weight_matrix(coarse.nodes_x, nx)
+    wy = _weight_matrix(coarse.nodes_y, ny)
     pixmap = np.empty((ny, nx, 2), dtype=np.float64)
-    pixmap[..., 0] = _interpolate(coarse.x_out, iy, wy, ix, wx)
-    pixmap[..., 1] = _interpolate(coarse.y_out, iy, wy, ix, wx)
+    for axis, nodes in enumerate((coarse.x_out, coarse.y_out)):
+        undefined = ~np.isfinite(nodes)
+        if not undefined.any():
+            pixmap[..., axis] = wy @ nodes @ wx.T
+            continue
+        # A NaN would spread through whole rows of the product: interpolate
+        # with zeros there, then blank the pixels whose stencil reaches one.
+        pixmap[..., axis] = wy @ np.where(undefined, 0.0, nodes) @ wx.T
+        reach = (wy != 0).astype(float) @ undefined.astype(float) @ (wx != 0).astype(float).T
+        pixmap[..., axis][reach > 0] = np.nan
     return pixmap

@@ -69,6 +69,35 @@ def test_nodes_are_reproduced_exactly_and_cubics_interpolated_exactly():
     np.testing.assert_allclose(fast[..., 1], yo, atol=1e-9)
 
 
+def test_undefined_nodes_blank_only_their_neighbourhood():
+    """A node where the WCS is undefined (NaN) blanks only pixels whose stencil uses it."""
+
+    class Identity:
+        bounding_box = None
+
+        def forward_transform(self, x, y):
+            return x, y
+
+        def backward_transform(self, x, y):
+            x = np.where((x == 128) & (y == 96), np.nan, x)
+            return x, y
+
+    shape = (200, 240)
+    fast = expand_pixel_map(coarse_pixel_map(Identity(), Identity(), shape, grid_step=16))
+    blank = np.isnan(fast[..., 0])
+    # 4-node stencils use the bad node for pixels within the two grid
+    # intervals on either side of it, x in (96, 160) and y in (64, 128),
+    # except on the other nodes' own rows and columns (where it weighs 0).
+    rows = np.array([r for r in range(65, 128) if r not in (80, 112)])
+    cols = np.array([c for c in range(97, 160) if c not in (112, 144)])
+    expected = np.zeros(shape, bool)
+    expected[np.ix_(rows, cols)] = True
+    np.testing.assert_array_equal(blank, expected)
+    y, x = np.indices(shape)
+    np.testing.assert_allclose(fast[..., 0][~blank], x[~blank], atol=1e-9)
+    assert not np.isnan(fast[..., 1]).any()
+
+
 def test_input_range_follows_bounding_box():
     """Drizzle's input range is the WCS bounding box, rounded inwards to whole pixels."""
     wcs = imaging_wcs((50, 60), (10.0, 20.0), 0.1)
