@@ -42,6 +42,10 @@ class Association:
         True when the input was one exposure rather than an association.
     path : Path or None
         The association file.
+    moving_target : bool
+        True when the members are moving-target exposures (set by the input
+        checks from their headers): only then does assign_mtwcs run, in
+        place of tweakreg, as in JWST's Image3Pipeline.
     """
 
     asn_id: str
@@ -49,6 +53,7 @@ class Association:
     members: list = field(default_factory=list)
     single: bool = False
     path: Path | None = None
+    moving_target: bool = False
 
     @property
     def roots(self):

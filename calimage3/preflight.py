@@ -83,7 +83,7 @@ def check_inputs(asn_path):
         footprints.append(polygon)
         metas.append(meta)
     try:
-        is_moving_target(metas)
+        asn.moving_target = is_moving_target(metas)
     except ValueError as exc:
         raise io.InputFileError(asn.path or path, str(exc)) from None
     lonely = non_overlapping(footprints)

@@ -1,6 +1,7 @@
 # assign_mtwcs: one WCS per exposure, shifted onto a moving target's mean
-# position when the exposures track one; a copy of the input WCS otherwise.
-# One job per association (rules/common.smk: Product).
+# position.  One job per association (rules/common.smk: Product), run only
+# for moving-target associations (tweakreg then passes these WCSs through);
+# a fixed-target association goes straight from its _cal WCSs to tweakreg.
 
 for P in PRODUCTS:
 

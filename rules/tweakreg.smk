@@ -58,7 +58,8 @@ for P in PRODUCTS:
             P.rule("tweakreg_align")
         input:
             sources=P.tweakreg_catalogs(),
-            wcs=[P.mtwcs(r) for r in P.roots],
+            # JWST runs assign_mtwcs only for moving targets: otherwise the _cal WCSs
+            wcs=[P.mtwcs(r) for r in P.roots] if P.asn.moving_target else P.all_cal(),
             cal=P.all_cal(),
             refcat=abs_refcat_input(),
         output:

@@ -79,6 +79,14 @@ def moving_target_skip_reason(infos, cal_paths=None):
     return None
 
 
+def read_input_wcs(path):
+    """WCS, shape and info of an assign_mtwcs WCS file, or WCS and shape of a _cal (info empty)."""
+    if str(path).endswith(".asdf"):
+        return io.read_wcs_file(path)
+    wcs, shape, _ = io.read_exposure_wcs(path)
+    return wcs, shape, {}
+
+
 def pass_through(wcs_list, shapes, infos, output_paths, reason):
     """Write every WCS unchanged with ``S_TWKREG = SKIPPED`` and ``reason`` in ``TWKREASN``."""
     for wcs, shape, info, out in zip(wcs_list, shapes, infos, output_paths):
@@ -92,7 +100,7 @@ def tweakreg_align(source_paths, wcs_paths, output_paths, *, cal_paths=None, asn
     Moving-target exposures (see `moving_target_skip_reason`) and
     ``skip=True`` pass every WCS through unchanged.
     """
-    inputs = [io.read_wcs_file(p) for p in wcs_paths]
+    inputs = [read_input_wcs(p) for p in wcs_paths]
     wcs_list = [w for w, _, _ in inputs]
     shapes = [s for _, s, _ in inputs]
     infos = [i for _, _, i in inputs]

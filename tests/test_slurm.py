@@ -119,7 +119,7 @@ def test_every_job_ran_as_a_slurm_job(runs):
     assert _steps(log) == _steps(runs["local_log"])
     local_rules = re.findall(r"^localrule (\w+):", log, flags=re.MULTILINE)
     assert len(submitted) == _steps(log) - len(local_rules) > 10
-    assert {"assign_mtwcs", "skymatch", "outlier_flag", "resample", "source_catalog"} <= {r for r, _ in submitted}
+    assert {"tweakreg_align", "skymatch", "outlier_flag", "resample", "source_catalog"} <= {r for r, _ in submitted}
     ids = sorted({j for _, j in submitted}, key=int)
     assert len(ids) == len(submitted)
     query = subprocess.run(["squeue", "--states=all", "--noheader", "--format=%i|%T", "--jobs", ",".join(ids)],

@@ -239,7 +239,8 @@ def test_rerun_does_nothing_and_changes_rerun_dependents(pipeline_run):
     os.utime(cal)
     jobs = planned_jobs(asn, out, *SETTINGS)
     assert jobs["tweakreg_detect"] == 1
-    assert jobs["assign_mtwcs"] == 1 and jobs["source_catalog"] == 1
+    assert jobs["tweakreg_align"] == 1 and jobs["source_catalog"] == 1
+    assert "assign_mtwcs" not in jobs  # fixed target: JWST runs assign_mtwcs only for moving targets
 
 
 def test_single_exposure_runs_resample_and_catalog(tmp_path, small_dither):
