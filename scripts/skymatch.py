@@ -55,7 +55,7 @@ def skymatch(cal_paths, wcs_paths, levels_path, *, skip=False, subtract=False, s
     kwargs = {k: params[k] for k in SKY_PARAMETERS if k in params}
     matcher = SkyMatcher(wcs_list, shapes, skymethod=skymethod, **kwargs)
     for k, cal in enumerate(cal_paths):
-        exposure = io.read_exposure(cal, arrays=("data", "dq"))
+        exposure = io.read_exposure(cal, arrays=("data", "dq"), with_wcs=False)  # WCS from tweakreg
         if exposure.shape != shapes[k]:
             raise io.InputFileError(cal, f"SCI shape {exposure.shape} differs from {shapes[k]} in {wcs_paths[k]}")
         matcher.add_image(k, exposure.data, dq=exposure.dq)

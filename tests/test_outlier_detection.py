@@ -192,3 +192,23 @@ def test_cosmic_ray_next_to_star_flagged_not_star():
     blotted = blot(median, out_wcs, wcss[0], shape)
     naive = flag_outliers(exposures[0].data, exposures[0].err, blotted, scale=(0, 0), backg=sky)
     assert naive[peak]
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8])
+def test_nanmedian_first_axis_equals_numpy(n):
+    """The sort-based median equals np.nanmedian for odd/even counts, ties and all-NaN pixels."""
+    import warnings
+
+    from calimage3.outlier_detection import nanmedian_first_axis
+
+    rng = np.random.default_rng(n)
+    stack = rng.normal(size=(n, 40, 50)).astype(np.float32)
+    stack[rng.random(stack.shape) < 0.3] = np.nan
+    stack[:, :3, :3] = np.nan  # no data
+    stack[:, 5, 5] = 2.0  # ties
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = np.nanmedian(stack, axis=0)
+    got = nanmedian_first_axis(stack)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
