@@ -50,7 +50,7 @@ source_catalog
 
 Products: test_catalog_columns_are_jwst_3_columns,
 test_segmentation_file_labels_are_the_catalog_labels and the ``mosaic`` tests
-of the _i2d keywords (scripts/resample.py ``mosaic_metadata``).
+of the _i2d keywords (``calimage3.mosaic_metadata.mosaic_metadata``).
 """
 
 import importlib.util
@@ -64,6 +64,7 @@ from astropy.io import fits
 
 from calimage3 import io
 from calimage3.exposure import Exposure
+from calimage3.mosaic_metadata import mosaic_metadata
 from calimage3.outlier_detection import flag_outliers, median_in_sections
 from calimage3.resample import KERNELS, ResampledImage, drizzle_exposure, drizzle_single
 from calimage3.source_catalog import make_source_catalog
@@ -411,7 +412,7 @@ def _exposure_meta(exposure, detector, start, *, tmeasure=True):
 
 def _mosaic_meta(metas, scale=SCALE):
     wcs = _wcs((40, 40), scale)
-    return _script("resample").mosaic_metadata(metas, wcs, (40, 40), {"pixfrac": 0.8, "kernel": "square"})
+    return mosaic_metadata(metas, wcs, (40, 40), {"pixfrac": 0.8, "kernel": "square"})
 
 
 def test_mosaic_exposure_times_sum_distinct_exposures():
