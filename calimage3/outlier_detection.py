@@ -13,6 +13,11 @@ The JWST imaging mode, as ``stcal.outlier_detection`` implements it:
    plus blot-derivative threshold (`flag_outliers`), and set OUTLIER and
    DO_NOT_USE on them (`apply_outlier_flags`).
 
+With ``resample_data=False`` (exposures already on one pixel grid) step 1
+uses each exposure as it is (`unresampled_single`), there is no blot, and
+step 4 is JWST's simpler test against the median itself
+(`flag_outliers_unresampled`).
+
 Arrays come in and arrays go out; nothing here reads or writes files (the
 singles may be numpy memmaps of files the caller wrote).
 """
@@ -29,6 +34,8 @@ __all__ = [
     "compute_weight_threshold",
     "median_in_sections",
     "nanmedian_first_axis",
+    "unresampled_single",
+    "flag_outliers_unresampled",
     "abs_derivative",
     "flag_outliers",
     "apply_outlier_flags",
@@ -165,6 +172,56 @@ def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256):
             stack[k][~(w >= thr) | (w == 0)] = np.nan
         median[r0:r1] = nanmedian_first_axis(stack)
     return median
+
+
+def unresampled_single(data, weight, sky_level=0.0):
+    """An exposure as its own "single", for ``resample_data=False``.
+
+    Parameters
+    ----------
+    data : ndarray, shape (ny, nx)
+        Science array, MJy/sr.
+    weight : ndarray, shape (ny, nx)
+        Its drizzle weight map (`calimage3.resample.build_driz_weight`), 0
+        on unusable pixels.
+    sky_level : float
+        Sky still in ``data``, MJy/sr, subtracted as for a drizzled single.
+
+    Returns
+    -------
+    data : ndarray of float32
+        ``data - sky_level``; NaN where the weight is 0 or the data are not
+        finite.
+    weight : ndarray of float32
+        The weight map, 0 where ``data`` is NaN.
+    """
+    sci = np.asarray(data, dtype=np.float32) - np.float32(sky_level)
+    wht = np.asarray(weight, dtype=np.float32).copy()
+    unusable = ~(wht > 0) | ~np.isfinite(sci)
+    sci[unusable] = np.nan
+    wht[unusable] = 0.0
+    return sci, wht
+
+
+def flag_outliers_unresampled(sci, err, median, *, snr="5.0 4.0"):
+    """Outliers of an exposure against a median on its own pixel grid (``resample_data=False``).
+
+    As JWST for data that are not resampled: ``|sci - median| > snr1 * err``
+    (``err`` NaN counts as 0), with no derivative term, second threshold or
+    neighbour growth.
+
+    Returns
+    -------
+    ndarray of bool
+        True on outliers; False wherever ``sci`` or ``median`` is NaN.
+    """
+    snr1, _ = parse_pair(snr, "snr")
+    sci = np.asarray(sci, dtype=np.float64)
+    median = np.asarray(median, dtype=np.float64)
+    if sci.shape != median.shape:
+        raise ValueError(f"median: shape {median.shape} differs from the exposure's {sci.shape}")
+    with np.errstate(invalid="ignore"):
+        return np.abs(sci - median) > snr1 * np.nan_to_num(np.asarray(err, dtype=np.float64))
 
 
 def nanmedian_first_axis(stack):

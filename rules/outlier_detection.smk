@@ -4,8 +4,8 @@
 # flag outliers in each exposure (one job each), writing the _crf.
 # Rules per association (rules/common.smk: Product).
 
-OUTLIER_DRIZZLE = ("weight_type", "pixfrac", "kernel", "fillval", "good_bits")
-OUTLIER_FLAGGING = ("skip", "snr", "scale", "backg")
+OUTLIER_DRIZZLE = ("weight_type", "pixfrac", "kernel", "fillval", "good_bits", "resample_data")
+OUTLIER_FLAGGING = ("skip", "snr", "scale", "backg", "resample_data")
 
 
 for P in PRODUCTS:

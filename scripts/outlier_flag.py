@@ -7,7 +7,7 @@ import numpy as np
 from calimage3 import io
 from calimage3.dqflags import PIXEL
 from calimage3.logs import configure_logging
-from calimage3.outlier_detection import apply_outlier_flags, flag_outliers, parse_pair
+from calimage3.outlier_detection import apply_outlier_flags, flag_outliers, flag_outliers_unresampled, parse_pair
 from calimage3.pixmap import expand_pixel_map
 from calimage3.provenance import provenance_keywords
 from calimage3.resample import blot
@@ -15,33 +15,49 @@ from calimage3.resample import blot
 log = logging.getLogger("outlier_detection")
 
 
-def outlier_flag(cal_path, wcs_path, sky_path, median_path, pixmap_path, crf_path, *, skip=False, **params):
+def outlier_flag(cal_path, wcs_path, sky_path, median_path, pixmap_path, crf_path, *, skip=False,
+                 resample_data=True, **params):
     # median_path and pixmap_path are None when the step is skipped.
     """Write the exposure's _crf: tweaked WCS, sky level, and OUTLIER|DO_NOT_USE flags.
 
     The median is blotted through the exposure's precomputed pixel map onto
-    the median's grid (the map its single drizzle used).
+    the median's grid (the map its single drizzle used).  With
+    ``resample_data=False`` the median is on the exposure's own grid and
+    JWST's simpler test against it is used.
     """
     exposure, sky_level = io.read_aligned_exposure(cal_path, wcs_path, sky_path)
     inputs = [p for p in (cal_path, wcs_path, sky_path, median_path, pixmap_path) if p]
-    exposure.meta.update(provenance_keywords("outlier_detection", {"skip": skip, **params}, io.input_checksums(inputs)))
+    exposure.meta.update(provenance_keywords("outlier_detection", {"skip": skip, "resample_data": resample_data, **params},
+                                             io.input_checksums(inputs)))
     if skip:
         exposure.meta["S_OUTLIR"] = "SKIPPED"
         io.write_exposure(crf_path, exposure)
         log.info("outlier_detection: skipped by configuration; %s written unflagged", crf_path)
         return
-    pixmap = expand_pixel_map(io.read_pixel_map(pixmap_path))
     with io.open_image_sections(median_path, ("SCI",)) as views:
         median = np.asarray(views["SCI"], dtype=np.float32)
-    blotted = blot(median, None, None, exposure.shape, pixmap=pixmap)
+    if not resample_data:
+        if median.shape != exposure.shape:
+            raise io.InputFileError(cal_path, f"resample_data=False needs every exposure on one pixel grid: "
+                                              f"shape {exposure.shape} differs from the median's {median.shape}")
+        mask = flag_outliers_unresampled(exposure.data - np.float32(sky_level), exposure.err, median,
+                                         snr=params.get("snr", "5.0 4.0"))
+        _write_flagged(exposure, mask, crf_path)
+        return
+    blotted = blot(median, None, None, exposure.shape, pixmap=expand_pixel_map(io.read_pixel_map(pixmap_path)))
     del median
     mask = flag_outliers(
         exposure.data - np.float32(sky_level), exposure.err, blotted,
         snr=parse_pair(params.get("snr", "5.0 4.0")), scale=parse_pair(params.get("scale", "1.2 0.7")),
         backg=params.get("backg", 0.0),
     )
+    _write_flagged(exposure, mask, crf_path)
+
+
+def _write_flagged(exposure, mask, crf_path):
+    """Set OUTLIER|DO_NOT_USE on ``mask`` (pixels not already unusable) and write the _crf."""
     already = (exposure.dq & PIXEL["DO_NOT_USE"]) > 0
-    mask &= ~already
+    mask = mask & ~already
     exposure.dq = apply_outlier_flags(exposure.dq, mask)
     exposure.meta["S_OUTLIR"] = "COMPLETE"
     io.write_exposure(crf_path, exposure)

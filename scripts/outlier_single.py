@@ -4,8 +4,9 @@ import logging
 
 from calimage3 import io
 from calimage3.logs import configure_logging
+from calimage3.outlier_detection import unresampled_single
 from calimage3.pixmap import expand_pixel_map
-from calimage3.resample import drizzle_single
+from calimage3.resample import build_driz_weight, drizzle_single, exposure_time_weight
 
 log = logging.getLogger("outlier_detection")
 
@@ -13,13 +14,22 @@ log = logging.getLogger("outlier_detection")
 SINGLE_ARRAYS = ("data", "err", "dq", "var_rnoise")
 
 
-def outlier_single(cal_path, sky_path, pixmap_path, single_path, **params):
+def outlier_single(cal_path, sky_path, pixmap_path, single_path, *, resample_data=True, **params):
     """Drizzle one sky-subtracted exposure onto the common grid; write SCI and WHT.
 
     The exposure's pixel map onto the grid comes precomputed from the grid
-    job (``pixmap_path``), so no WCS is read here.
+    job (``pixmap_path``), so no WCS is read here.  With
+    ``resample_data=False`` the exposure is its own single, on its own grid.
     """
     exposure, sky_level = io.read_aligned_exposure(cal_path, None, sky_path, arrays=SINGLE_ARRAYS)
+    if not resample_data:
+        weight = build_driz_weight(exposure.err, exposure.dq, weight_type=params.get("weight_type", "ivm"),
+                                   good_bits=params.get("good_bits", "~DO_NOT_USE"),
+                                   exptime=exposure_time_weight(exposure.meta), var_rnoise=exposure.var_rnoise)
+        data, wht = unresampled_single(exposure.data, weight, sky_level)
+        io.write_image(single_path, {"SCI": data, "WHT": wht})
+        log.info("outlier_detection: %s used as it is (resample_data=False)", exposure.name)
+        return
     coarse = io.read_pixel_map(pixmap_path)
     data, wht = drizzle_single(
         exposure, None, coarse.output_shape, sky_level=sky_level,

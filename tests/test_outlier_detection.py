@@ -212,3 +212,29 @@ def test_nanmedian_first_axis_equals_numpy(n):
     got = nanmedian_first_axis(stack)
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, expected)
+
+
+def test_unresampled_single_is_the_sky_subtracted_exposure():
+    """resample_data=False: the single is data - sky, NaN (weight 0) where unusable."""
+    from calimage3.outlier_detection import unresampled_single
+
+    data = np.full((4, 5), 3.0, np.float32)
+    data[0, 0] = np.nan
+    weight = np.ones((4, 5))
+    weight[1, 1] = 0.0
+    sci, wht = unresampled_single(data, weight, sky_level=0.5)
+    assert sci[2, 2] == 2.5 and np.isnan(sci[0, 0]) and np.isnan(sci[1, 1])
+    assert wht[0, 0] == 0 and wht[1, 1] == 0 and wht[2, 2] == 1
+
+
+def test_unresampled_flagging_is_jwst_flag_crs():
+    """resample_data=False: |sci - median| > snr1 * err only (no derivative term, snr2 unused)."""
+    from calimage3.outlier_detection import flag_outliers_unresampled
+
+    sci = np.array([[1.0, 1.6, 1.4, np.nan]])
+    err = np.array([[0.1, 0.1, np.nan, 0.1]])
+    median = np.ones((1, 4))
+    mask = flag_outliers_unresampled(sci, err, median, snr="5.0 4.0")
+    # 0.6 > 0.5 flagged; NaN err counts as 0 so 0.4 > 0 flagged; NaN sci never flagged
+    assert mask.tolist() == [[False, True, True, False]]
+    assert not flag_outliers_unresampled(sci, err, median, snr="7.0 1.0")[0, 1]
