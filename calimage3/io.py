@@ -70,6 +70,7 @@ __all__ = [
     "write_json",
     "read_json",
     "open_image_sections",
+    "ImageSection",
     "read_image_meta",
     "write_image",
     "atomic_path",
@@ -804,9 +805,45 @@ def read_image_meta(path):
     return meta, extensions
 
 
+class ImageSection:
+    """An image extension read from disk only as far as it is sliced.
+
+    ``section[r0:r1]`` reads those rows (astropy ``ImageHDU.section``) and
+    returns a native-endian array; nothing stays mapped, so a job streaming
+    bands of rows from many files holds one band per file, however many
+    files there are (a memory map would keep every page it touched).
+    ``np.asarray(section)`` reads the whole image.
+
+    Attributes
+    ----------
+    shape : tuple of int
+    dtype : numpy.dtype
+        Native-endian dtype of the data.
+    """
+
+    def __init__(self, hdu):
+        self._hdu = hdu
+        self.shape = tuple(hdu.shape)
+        first = hdu.section[tuple(slice(0, 1) for _ in self.shape)]
+        self.dtype = first.dtype.newbyteorder("=")
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        return np.asarray(self._hdu.section[key], dtype=self.dtype)
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self[...], dtype=dtype or self.dtype)
+
+
 @contextmanager
 def open_image_sections(path, names):
-    """Memory-mapped, read-only views of image extensions of a FITS file.
+    """Read-on-demand views (`ImageSection`) of image extensions of a FITS file.
 
     Slicing a view (``view[r0:r1]``) reads only those rows from disk, so a
     caller can stream large images section by section.
@@ -814,10 +851,11 @@ def open_image_sections(path, names):
     Yields
     ------
     dict
-        Extension name -> array-like (numpy memmap).
+        Extension name -> `ImageSection`, or None for an empty extension.
     """
-    with fits.open(path, memmap=True, mode="readonly", do_not_scale_image_data=True) as hdul:
-        yield {name: hdul[name.upper()].data for name in names}
+    with fits.open(path, memmap=False, mode="readonly", do_not_scale_image_data=True) as hdul:
+        yield {name: ImageSection(hdul[name.upper()]) if hdul[name.upper()].header.get("NAXIS", 0) else None
+               for name in names}
 
 
 # --------------------------------------------------------------------------

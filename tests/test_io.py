@@ -176,3 +176,17 @@ def test_footprint_from_s_region_matches_wcs_corners(tmp_path, small_dither):
         del hdul["SCI"].header["S_REGION"]
         hdul.writeto(stripped)
     np.testing.assert_allclose(io.read_exposure_footprint(stripped)[0], polygon, atol=1e-9)
+
+
+def test_image_sections_read_rows_on_demand(tmp_path):
+    """open_image_sections: slices read just those rows, native-endian; whole-image reads work too."""
+    data = np.arange(60 * 7, dtype=np.float32).reshape(60, 7)
+    io.write_image(tmp_path / "img.fits", {"SCI": data, "WHT": np.ones_like(data)})
+    with io.open_image_sections(tmp_path / "img.fits", ("SCI", "WHT")) as views:
+        sci = views["SCI"]
+        assert sci.shape == (60, 7) and sci.dtype == np.float32 and sci.dtype.isnative
+        band = sci[10:20]
+        assert isinstance(band, np.ndarray) and band.dtype.isnative
+        np.testing.assert_array_equal(band, data[10:20])
+        np.testing.assert_array_equal(np.asarray(views["WHT"]), 1.0)
+        assert np.shape(sci) == (60, 7)
