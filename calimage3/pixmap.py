@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CoarsePixelMap", "coarse_pixel_map", "expand_pixel_map", "full_pixel_map", "input_range"]
+__all__ = ["CoarsePixelMap", "coarse_pixel_map", "expand_pixel_map", "full_pixel_map", "input_range", "pixel_map"]
 
 
 @dataclass
@@ -196,3 +196,30 @@ def expand_pixel_map(coarse):
         reach = (wy != 0).astype(float) @ undefined.astype(float) @ (wx != 0).astype(float).T
         pixmap[..., axis][reach > 0] = np.nan
     return pixmap
+
+
+def pixel_map(wcs_from, wcs_to, shape, grid_step=None):
+    """Output-pixel coordinates of every input pixel centre.
+
+    Parameters
+    ----------
+    wcs_from, wcs_to : gwcs.WCS
+        Input and output WCS.
+    shape : tuple of int
+        ``(ny, nx)`` of the input.
+    grid_step : int or None
+        When given, evaluate both WCSs only on a grid of this spacing (plus
+        the last row and column) and interpolate (local cubic) in between;
+        smooth WCSs are reproduced to far better than 0.01 pixel at a
+        fraction of the cost.  None (or an image under 4 pixels on a
+        side) evaluates every pixel.
+
+    Returns
+    -------
+    ndarray of float64, shape (ny, nx, 2)
+        ``pixmap[j, i] = (x_out, y_out)`` for input pixel ``(i, j)``; NaN
+        where a WCS is undefined.  This is the ``pixmap`` drizzle expects.
+    """
+    if grid_step is None or grid_step <= 1 or min(shape) < 4:
+        return full_pixel_map(wcs_from, wcs_to, shape)
+    return expand_pixel_map(coarse_pixel_map(wcs_from, wcs_to, shape, grid_step))

@@ -40,7 +40,7 @@ import numpy as np
 from drizzle.resample import Drizzle, blot_image
 
 from .dqflags import good_pixel_mask
-from .pixmap import coarse_pixel_map, expand_pixel_map, full_pixel_map
+from .pixmap import pixel_map
 from .pixmap import input_range as _input_range
 
 __all__ = [
@@ -249,16 +249,6 @@ def _pixel_scale_ratio(pixmap):
     return float(1.0 / np.sqrt(np.median(det)))
 
 
-def _pixel_map(wcs_from, wcs_to, shape, grid_step):
-    """Pixel map through both WCSs: on a grid of ``grid_step`` (`calimage3.pixmap`), or every pixel.
-
-    Images too small for the grid are evaluated at every pixel.
-    """
-    if grid_step is None or grid_step <= 1 or min(shape) < 4:
-        return full_pixel_map(wcs_from, wcs_to, shape)
-    return expand_pixel_map(coarse_pixel_map(wcs_from, wcs_to, shape, grid_step))
-
-
 def _drizzle_inputs(exposure, output_wcs, *, sky_level, pixmap, grid_step, weight_type,
                     good_bits, pixfrac, iscale=1.0, input_range=None):
     """Sky-subtracted data, weight map and ``add_image`` keywords of one exposure.
@@ -284,7 +274,7 @@ def _drizzle_inputs(exposure, output_wcs, *, sky_level, pixmap, grid_step, weigh
     if not (np.isfinite(iscale) and iscale > 0):
         raise ValueError(f"iscale: must be a positive number, got {iscale!r}")
     if pixmap is None:
-        pixmap = _pixel_map(exposure.wcs, output_wcs, data.shape, grid_step)
+        pixmap = pixel_map(exposure.wcs, output_wcs, data.shape, grid_step)
     pixmap = np.asarray(pixmap, dtype=np.float64)
     if pixmap.shape != data.shape + (2,):
         raise ValueError(
@@ -478,7 +468,7 @@ def drizzle_exposure(
         Mosaic-pixel coordinates of every input pixel; computed from the
         WCSs when None.
     grid_step : int or None
-        Grid spacing for `calimage3.wcs_tools.pixel_map` (None: every
+        Grid spacing for `calimage3.pixmap.pixel_map` (None: every
         pixel).
     iscale : float
         Intensity factor applied to the data (see `ResampledImage.add_exposure`).
@@ -764,7 +754,7 @@ class ResampledImage:
         Expected number of exposures; sizes the context image up front
         (it grows by one plane per 32 exposures otherwise).
     grid_step : int or None
-        Passed to `calimage3.wcs_tools.pixel_map` when ``add_exposure``
+        Passed to `calimage3.pixmap.pixel_map` when ``add_exposure``
         computes the pixel map: the WCSs are evaluated every ``grid_step``
         pixels and interpolated bicubically (1e-8 pixel error on a
         distorted 2048x2048 NIRCam-like WCS, 14x faster); None evaluates
@@ -951,7 +941,7 @@ def drizzle_single(
     pixmap : ndarray or None, shape (ny_in, nx_in, 2)
         Precomputed pixel map; computed from the WCSs when None.
     grid_step : int or None
-        Grid spacing for `calimage3.wcs_tools.pixel_map` (None: every
+        Grid spacing for `calimage3.pixmap.pixel_map` (None: every
         pixel).
     input_range : tuple of int or None
         As for `drizzle_exposure`.
@@ -1010,7 +1000,7 @@ def blot(median, median_wcs, target_wcs, target_shape, *, fillval=0.0, interp="l
     interp : {'nearest', 'linear', 'poly3', 'poly5', 'lanczos3', 'lanczos5'}
         Interpolation; JWST outlier detection always uses 'linear'.
     grid_step : int or None
-        Grid spacing for `calimage3.wcs_tools.pixel_map` (None: every
+        Grid spacing for `calimage3.pixmap.pixel_map` (None: every
         pixel).
     pixmap : ndarray or None, shape (ny, nx, 2)
         Precomputed map from target pixels to ``median`` pixels (the same
@@ -1046,7 +1036,7 @@ def blot(median, median_wcs, target_wcs, target_shape, *, fillval=0.0, interp="l
     if median.ndim != 2:
         raise ValueError(f"median: must be 2-D, got shape {median.shape}")
     if pixmap is None:
-        pixmap = _pixel_map(target_wcs, median_wcs, target_shape, grid_step)
+        pixmap = pixel_map(target_wcs, median_wcs, target_shape, grid_step)
     else:
         pixmap = np.array(pixmap, dtype=np.float64)  # edited below: never the caller's
         if pixmap.shape != target_shape + (2,):

@@ -16,7 +16,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 from gwcs import WCS
 from gwcs import coordinate_frames as cf
 
-from .pixmap import coarse_pixel_map, expand_pixel_map, full_pixel_map
+from .pixmap import pixel_map
 from .sky_geometry import _tangent_models, from_tangent_plane, polygon_overlap_area, to_tangent_plane
 
 __all__ = [
@@ -290,32 +290,6 @@ def output_wcs(
         crpix = (-(px.min() + px.max()) / 2.0 + (nx - 1) / 2.0, -(py.min() + py.max()) / 2.0 + (ny - 1) / 2.0)
     wcs = imaging_wcs((ny, nx), crval, scale, rotation, crpix=tuple(float(c) for c in crpix))
     return wcs, (ny, nx)
-
-
-def pixel_map(wcs_from, wcs_to, shape, grid_step=None):
-    """Output-pixel coordinates of every input pixel centre.
-
-    Parameters
-    ----------
-    wcs_from, wcs_to : gwcs.WCS
-        Input and output WCS.
-    shape : tuple of int
-        ``(ny, nx)`` of the input.
-    grid_step : int or None
-        When given, evaluate both WCSs only on a grid of this spacing (plus
-        the last row and column) and interpolate (local cubic) in between;
-        smooth WCSs are reproduced to far better than 0.01 pixel at a
-        fraction of the cost.  None evaluates every pixel.
-
-    Returns
-    -------
-    ndarray of float64, shape (ny, nx, 2)
-        ``pixmap[j, i] = (x_out, y_out)`` for input pixel ``(i, j)``; NaN
-        where a WCS is undefined.  This is the ``pixmap`` drizzle expects.
-    """
-    if grid_step is None or grid_step <= 1:
-        return full_pixel_map(wcs_from, wcs_to, shape)
-    return expand_pixel_map(coarse_pixel_map(wcs_from, wcs_to, shape, grid_step))
 
 
 def sip_header(wcs, shape, max_pix_error=0.01, degree=None):
