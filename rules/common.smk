@@ -113,8 +113,9 @@ class Product:
         return [self.tweakreg_wcs(r) for r in self.roots]
 
     def tweakreg_catalogs(self):
-        """Source catalogs tweakreg aligns; none when the step is skipped."""
-        if config["tweakreg"].get("skip"):
+        """Source catalogs tweakreg aligns; none when the step is skipped or the
+        target moves (JWST then runs assign_mtwcs instead of tweakreg)."""
+        if config["tweakreg"].get("skip") or self.asn.moving_target:
             return []
         return [sources_path(r) for r in self.roots]
 

@@ -244,3 +244,11 @@ def test_fixed_stars_are_not_compact_in_target_frame(mt_run):
     print("fixed stars, mosaic peak per Jy / the target's:", np.round(ratios, 3))
     assert len(ratios) >= 3
     assert max(ratios) < 0.4
+
+
+def test_moving_target_runs_assign_mtwcs_and_no_detection(mt_run):
+    """Moving target: assign_mtwcs ran and no tweakreg detection job did (JWST skips tweakreg)."""
+    bench = mt_run["out"] / "benchmarks"
+    assert (bench / "assign_mtwcs.tsv").is_file()
+    assert not list(bench.glob("tweakreg_detect*")) and not list(bench.rglob("*sources*"))
+    assert not list((mt_run["out"] / "work" / "tweakreg").glob("*_sources.ecsv"))
