@@ -32,6 +32,7 @@ from .dqflags import PIXEL
 __all__ = [
     "parse_pair",
     "compute_weight_threshold",
+    "typical_weight",
     "median_in_sections",
     "nanmedian_first_axis",
     "unresampled_single",
@@ -75,6 +76,29 @@ def parse_pair(value, name="value"):
     return first, second
 
 
+def typical_weight(weight):
+    """Typical drizzle weight of one single: what ``maskpt`` is a fraction of.
+
+    Parameters
+    ----------
+    weight : array-like
+        Drizzle weight image of one single.
+
+    Returns
+    -------
+    float
+        Mean of the finite non-zero weights after 3-sigma clipping (5
+        iterations), as ``stcal`` computes it; 0 when the single has no
+        non-zero weight.
+    """
+    weight = np.asarray(weight)
+    good = weight[np.isfinite(weight) & (weight != 0)]
+    if good.size == 0:
+        return 0.0
+    clipped = sigma_clip(good, sigma=3, maxiters=5, masked=False, copy=False)
+    return float(np.mean(clipped, dtype=np.float64))
+
+
 def compute_weight_threshold(weight, maskpt):
     """Weight below which a single-drizzled pixel is left out of the median.
 
@@ -88,19 +112,13 @@ def compute_weight_threshold(weight, maskpt):
     Returns
     -------
     float
-        ``maskpt`` times the mean of the finite non-zero weights after
-        3-sigma clipping (5 iterations), as ``stcal`` computes it; 0 when
-        the single has no non-zero weight.
+        ``maskpt`` times `typical_weight` (the clipped mean weight), as
+        ``stcal`` computes it; 0 when the single has no non-zero weight.
     """
-    weight = np.asarray(weight)
-    good = weight[np.isfinite(weight) & (weight != 0)]
-    if good.size == 0:
-        return 0.0
-    clipped = sigma_clip(good, sigma=3, maxiters=5, masked=False, copy=False)
-    return float(np.mean(clipped, dtype=np.float64)) * maskpt
+    return typical_weight(weight) * maskpt
 
 
-def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256):
+def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256, typical_weights=None):
     """Median of single-drizzled images, computed a block of rows at a time.
 
     Parameters
@@ -109,8 +127,8 @@ def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256):
         Single-drizzled images (MJy/sr); may be numpy memmaps: only row
         slices ``a[r0:r1]`` are read, plus nothing else.
     weights : sequence of array-like, each shape (ny, nx)
-        Their drizzle weight images; each is read once in full (one at a
-        time) for its threshold, then by row slices.
+        Their drizzle weight images, read by row slices (and each once in
+        full for its threshold, unless ``typical_weights`` is given).
     maskpt : float
         A pixel of a single is excluded where its weight is below
         ``maskpt`` times that single's typical weight
@@ -118,6 +136,9 @@ def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256):
     rows_per_section : int
         Rows read from every single at a time; peak memory is about
         ``n_singles * rows_per_section * nx * 12`` bytes.
+    typical_weights : sequence of float or None
+        Each single's `typical_weight`, when already known (the
+        single-drizzle jobs store it); computed from ``weights`` otherwise.
 
     Returns
     -------
@@ -158,7 +179,12 @@ def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256):
                 f"singles/weights: image {i} has shapes {np.shape(sci)}/{np.shape(wht)}, "
                 f"expected {shape}"
             )
-    thresholds = [compute_weight_threshold(w, maskpt) for w in weights]
+    if typical_weights is None:
+        thresholds = [compute_weight_threshold(w, maskpt) for w in weights]
+    else:
+        if len(typical_weights) != len(singles):
+            raise ValueError(f"typical_weights: {len(typical_weights)} values for {len(singles)} singles")
+        thresholds = [float(t) * maskpt for t in typical_weights]
 
     ny, nx = shape
     median = np.full(shape, np.nan, dtype=np.float32)

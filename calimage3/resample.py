@@ -233,15 +233,21 @@ def build_driz_weight(
 # --------------------------------------------------------------------------
 # geometry helpers
 # --------------------------------------------------------------------------
-def _pixel_scale_ratio(pixmap):
-    """Output-to-input linear pixel size ratio from the pixmap Jacobian."""
+def _pixel_scale_ratio(pixmap, stride=8):
+    """Output-to-input linear pixel size ratio from the pixmap Jacobian.
+
+    The median of the Jacobian determinant over every ``stride``-th pixel
+    in each direction: the map is smooth, and the full-resolution median
+    costs half a second per 2048 x 2048 exposure.
+    """
     xo, yo = pixmap[..., 0], pixmap[..., 1]
     if xo.shape[0] < 2 or xo.shape[1] < 2:
         return 1.0
-    dxdi = np.diff(xo, axis=1)[:-1]
-    dydi = np.diff(yo, axis=1)[:-1]
-    dxdj = np.diff(xo, axis=0)[:, :-1]
-    dydj = np.diff(yo, axis=0)[:, :-1]
+    rows, cols = np.ix_(np.arange(0, xo.shape[0] - 1, stride), np.arange(0, xo.shape[1] - 1, stride))
+    dxdi = xo[rows, cols + 1] - xo[rows, cols]
+    dydi = yo[rows, cols + 1] - yo[rows, cols]
+    dxdj = xo[rows + 1, cols] - xo[rows, cols]
+    dydj = yo[rows + 1, cols] - yo[rows, cols]
     det = np.abs(dxdi * dydj - dxdj * dydi)
     det = det[np.isfinite(det) & (det > 0)]
     if det.size == 0:

@@ -4,7 +4,7 @@ import logging
 
 from calimage3 import io
 from calimage3.logs import configure_logging
-from calimage3.outlier_detection import unresampled_single
+from calimage3.outlier_detection import typical_weight, unresampled_single
 from calimage3.pixmap import expand_pixel_map
 from calimage3.resample import build_driz_weight, drizzle_single, exposure_time_weight
 
@@ -12,6 +12,11 @@ log = logging.getLogger("outlier_detection")
 
 # Arrays the single drizzle uses (weights from ERR or VAR_RNOISE, DQ).
 SINGLE_ARRAYS = ("data", "err", "dq", "var_rnoise")
+
+
+def write_single(single_path, data, wht):
+    """Write a single (SCI, WHT) with its typical weight (``WHTTYP``), which the median job needs."""
+    io.write_image(single_path, {"SCI": data, "WHT": wht}, meta={"WHTTYP": typical_weight(wht)})
 
 
 def outlier_single(cal_path, sky_path, pixmap_path, single_path, *, resample_data=True, **params):
@@ -27,7 +32,7 @@ def outlier_single(cal_path, sky_path, pixmap_path, single_path, *, resample_dat
                                    good_bits=params.get("good_bits", "~DO_NOT_USE"),
                                    exptime=exposure_time_weight(exposure.meta), var_rnoise=exposure.var_rnoise)
         data, wht = unresampled_single(exposure.data, weight, sky_level)
-        io.write_image(single_path, {"SCI": data, "WHT": wht})
+        write_single(single_path, data, wht)
         log.info("outlier_detection: %s used as it is (resample_data=False)", exposure.name)
         return
     coarse = io.read_pixel_map(pixmap_path)
@@ -38,7 +43,7 @@ def outlier_single(cal_path, sky_path, pixmap_path, single_path, *, resample_dat
         good_bits=params.get("good_bits", "~DO_NOT_USE"),
         pixmap=expand_pixel_map(coarse), input_range=coarse.input_range,
     )
-    io.write_image(single_path, {"SCI": data, "WHT": wht})
+    write_single(single_path, data, wht)
     ny, nx = coarse.output_shape
     log.info("outlier_detection: %s drizzled alone onto the %d x %d grid", exposure.name, nx, ny)
 

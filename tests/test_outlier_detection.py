@@ -12,6 +12,7 @@ from calimage3.outlier_detection import (
     flag_outliers,
     median_in_sections,
     parse_pair,
+    typical_weight,
 )
 from calimage3.resample import blot, drizzle_single
 from calimage3.wcs_tools import imaging_wcs, output_wcs, to_tangent_plane
@@ -87,6 +88,10 @@ def test_median_sections_match_full_nanmedian(tmp_path):
     for rows in (1, 7, 53, 1000):
         got = median_in_sections(singles, weights, rows_per_section=rows)
         np.testing.assert_array_equal(got, expected.astype(np.float32))
+    # The typical weights the single jobs store give the same median.
+    stored = [typical_weight(np.asarray(w)) for w in weights]
+    got = median_in_sections(singles, weights, typical_weights=stored)
+    np.testing.assert_array_equal(got, expected.astype(np.float32))
 
 
 def test_median_bad_input():
