@@ -64,6 +64,8 @@ from photutils.utils.exceptions import NoDetectionsWarning
 from scipy import ndimage
 from scipy.spatial import KDTree
 
+from .background import background_images
+
 __all__ = [
     "ApertureParams",
     "EncircledEnergy",
@@ -930,9 +932,9 @@ def make_source_catalog(
     # 2-4: background, subtraction, convolution, detection.
     filled = np.where(coverage, 0.0, data)
     bkg = _background(filled, box, coverage)
-    # Background2D interpolates its mesh on every attribute access: once each.
-    bkg_rms = bkg.background_rms
-    sub = np.where(coverage, 0.0, filled - bkg.background)
+    # Both full-size images from one pair of axis operators (calimage3.background).
+    bkg_image, bkg_rms = background_images(bkg)
+    sub = np.where(coverage, 0.0, filled - bkg_image)
     threshold = snr_threshold * bkg_rms
     segm, convolved = detect_segments(
         sub, threshold, kernel_fwhm=kernel_fwhm, npixels=npixels, deblend=deblend,

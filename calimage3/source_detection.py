@@ -22,6 +22,8 @@ from photutils.detection import DAOStarFinder, IRAFStarFinder
 from photutils.utils import NoDetectionsWarning
 from scipy.special import erf
 
+from .background import background_images
+
 __all__ = ["STARFINDERS", "detect_sources"]
 
 #: Names accepted for ``starfinder`` (case-insensitive), as in JWST.
@@ -147,8 +149,9 @@ def _background(data, bad, bkg_boxsize):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AstropyUserWarning)
             bkg = Background2D(data, box, mask=bad)
-        background = np.asarray(bkg.background, dtype=float)
-        rms = float(np.median(np.asarray(bkg.background_rms)[~bad]))
+        background, rms_image = background_images(bkg)
+        background = np.asarray(background, dtype=float)
+        rms = float(np.median(np.asarray(rms_image)[~bad]))
     except ValueError:
         # Too many bad pixels for the mesh: use global clipped statistics.
         _, median, std = sigma_clipped_stats(data[~bad], sigma=3.0, maxiters=10)
