@@ -34,6 +34,7 @@ import os
 import tempfile
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,9 @@ __all__ = [
     "parse_s_region",
     "read_aligned_exposure",
     "write_exposure",
+    "RenderedWcs",
+    "write_rendered_wcs",
+    "read_rendered_wcs",
     "write_i2d",
     "read_i2d",
     "write_segmentation",
@@ -104,6 +108,9 @@ _SCI_KEYWORDS = (
 # Values the JWST schema allows for step status keywords (``S_*``).
 _STEP_STATUSES = ("COMPLETE", "SKIPPED", "FAILED")
 _DATA_MODEL = "ImageModel"
+# Structural keywords astropy writes, which are not metadata.
+_PRIMARY_STRUCTURE_KEYS = ("SIMPLE", "BITPIX", "NAXIS", "EXTEND", "COMMENT", "HISTORY", "")
+_IMAGE_STRUCTURE_KEYS = ("XTENSION", "BITPIX", "NAXIS", "PCOUNT", "GCOUNT", "EXTNAME")
 _WCS_KEY_PREFIXES = (
     "CRPIX", "CRVAL", "CTYPE", "CUNIT", "CDELT", "CD1_", "CD2_", "PC1_", "PC2_", "A_", "B_",
     "AP_", "BP_", "LONPOLE", "LATPOLE", "WCSAXES", "RADESYS", "EQUINOX", "MJDREF", "SIPMXERR",
@@ -608,9 +615,9 @@ def _s_region(wcs, shape):
     return "POLYGON ICRS  " + " ".join(f"{ra:.9f} {dec:.9f}" for ra, dec in corners)
 
 
-def _sci_header(wcs, shape, meta, sip_max_pix_error):
-    header = _header_from_meta({k: meta[k] for k in _SCI_KEYWORDS if k in meta})
-    header.setdefault("BUNIT", "MJy/sr")
+def _wcs_sci_keywords(wcs, shape, sip_max_pix_error):
+    """SCI-header keywords derived from the gwcs: ``S_REGION`` and the TAN-SIP approximation."""
+    header = fits.Header()
     try:  # the footprint of the WCS written, which tweakreg may have changed
         header["S_REGION"] = _s_region(wcs, shape)
     except Exception as exc:  # a WCS that cannot reach the corners: keep the input's
@@ -621,6 +628,16 @@ def _sci_header(wcs, shape, meta, sip_max_pix_error):
         header.update(sip_header(wcs, shape, max_pix_error=sip_max_pix_error))
     except Exception as exc:  # the gwcs stays authoritative in the ASDF extension
         log.warning("could not fit a SIP approximation: %s", exc)
+    return header
+
+
+def _sci_header(wcs, shape, meta, sip_max_pix_error, wcs_keywords=None):
+    """SCI header: the data keywords of ``meta``, then ``wcs_keywords`` (derived from ``wcs`` when None)."""
+    header = _header_from_meta({k: meta[k] for k in _SCI_KEYWORDS if k in meta})
+    header.setdefault("BUNIT", "MJy/sr")
+    if wcs_keywords is None:
+        wcs_keywords = _wcs_sci_keywords(wcs, shape, sip_max_pix_error)
+    header.update(wcs_keywords)
     return header
 
 
@@ -643,7 +660,7 @@ def _array_hdus(arrays, extensions, bunit):
     return hdus
 
 
-def write_exposure(path, exposure, *, sip_max_pix_error=0.01):
+def write_exposure(path, exposure, *, sip_max_pix_error=0.01, rendered_wcs=None):
     """Write an `Exposure` as a JWST-layout image FITS file (``_cal``/``_crf``).
 
     The file opens as a stdatamodels ``ImageModel`` that passes strict
@@ -655,16 +672,87 @@ def write_exposure(path, exposure, *, sip_max_pix_error=0.01):
     exposure : Exposure
     sip_max_pix_error : float
         Accuracy of the SIP approximation written in the SCI header, pixels.
+    rendered_wcs : RenderedWcs or None
+        The exposure's WCS already rendered (`read_rendered_wcs`): its SCI
+        keywords and ASDF extension are written as they are, and
+        ``exposure.wcs`` is not used (it may be None).
     """
-    sci = _sci_header(exposure.wcs, exposure.shape, exposure.meta, sip_max_pix_error)
+    if rendered_wcs is None:
+        wcs_keywords, asdf_hdu = None, _asdf_hdu({"meta": {"wcs": exposure.wcs}})
+    else:
+        wcs_keywords, asdf_hdu = rendered_wcs.sci_keywords, rendered_wcs.asdf_hdu.copy()
+    sci = _sci_header(exposure.wcs, exposure.shape, exposure.meta, sip_max_pix_error, wcs_keywords)
     arrays = {attr: getattr(exposure, attr) for attr in ARRAY_EXTENSIONS}
     hdus = [
         fits.PrimaryHDU(header=_primary_header(exposure.meta, path)),
         fits.ImageHDU(np.asarray(exposure.data, dtype=np.float32), header=sci, name="SCI"),
         *_array_hdus(arrays, ARRAY_EXTENSIONS, sci["BUNIT"]),
-        _asdf_hdu({"meta": {"wcs": exposure.wcs}}),
+        asdf_hdu,
     ]
     _write_hdus(path, hdus)
+
+
+@dataclass
+class RenderedWcs:
+    """An exposure's WCS in the form a JWST product carries it, ready to write.
+
+    Attributes
+    ----------
+    info : dict
+        Step keywords that came with the WCS (``S_TWKREG``, ``TWK*``...),
+        for the primary header.
+    sci_keywords : astropy.io.fits.Header
+        ``S_REGION`` and the TAN-SIP approximation, for the SCI header.
+    asdf_hdu : astropy.io.fits.BinTableHDU
+        The ``ASDF`` extension holding the gwcs.
+    """
+
+    info: dict
+    sci_keywords: fits.Header
+    asdf_hdu: fits.BinTableHDU
+
+
+def write_rendered_wcs(path, wcs, shape, info=None, *, sip_max_pix_error=0.01):
+    """Render a WCS once as `write_exposure` writes it, into a small FITS file.
+
+    Serialising a gwcs needs asdf, whose extensions take about a second to
+    load in each process; rendering every exposure's WCS in one job lets the
+    per-exposure jobs write their ``_crf`` with astropy.io.fits alone
+    (`read_rendered_wcs`, then ``write_exposure(..., rendered_wcs=)``).
+
+    Parameters
+    ----------
+    path : str or Path
+    wcs : gwcs.WCS
+    shape : tuple of int
+        ``(ny, nx)`` of the exposure.
+    info : dict or None
+        Keywords stored with the WCS (`RenderedWcs.info`).
+    sip_max_pix_error : float
+        Accuracy of the SIP approximation, pixels.
+    """
+    hdus = [
+        fits.PrimaryHDU(header=_header_from_meta(info or {})),
+        fits.ImageHDU(header=_wcs_sci_keywords(wcs, shape, sip_max_pix_error), name="WCS_KEYS"),
+        _asdf_hdu({"meta": {"wcs": wcs}}),
+    ]
+    _write_hdus(path, hdus)
+
+
+def read_rendered_wcs(path):
+    """Read a file written by `write_rendered_wcs` (no asdf or gwcs needed).
+
+    Returns
+    -------
+    RenderedWcs
+    """
+    with fits.open(path, memmap=False) as hdul:
+        info = {k: v for k, v in hdul[0].header.items() if k not in _PRIMARY_STRUCTURE_KEYS}
+        keys = hdul["WCS_KEYS"].header.copy()
+        for key in _IMAGE_STRUCTURE_KEYS:
+            keys.remove(key, ignore_missing=True, remove_all=True)
+        asdf_hdu = fits.BinTableHDU(data=hdul["ASDF"].data.copy(), header=hdul["ASDF"].header.copy(), name="ASDF")
+    return RenderedWcs(info=info, sci_keywords=keys, asdf_hdu=asdf_hdu)
 
 
 _I2D_EXTENSIONS = {

@@ -125,6 +125,10 @@ class Product:
     def outlier_grid(self):
         return f"{self.work}/outlier_detection/grid_wcs.asdf"
 
+    def rendered_wcs(self, root):
+        """Exposure ``root``'s aligned WCS rendered for its _crf (calimage3.io.write_rendered_wcs)."""
+        return f"{self.work}/outlier_detection/{root}_crf_wcs.fits"
+
     def outlier_pixmap(self, root):
         """Exposure ``root``'s pixel map onto the outlier-detection grid (calimage3.pixmap)."""
         return f"{self.work}/outlier_detection/{root}_pixmap.fits"

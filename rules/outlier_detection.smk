@@ -1,7 +1,8 @@
 # outlier_detection: the common grid and each exposure's pixel map onto it
 # (one job), drizzle each exposure alone onto the grid (one job each), take
 # the median of those in sections (one job), then blot the median back and
-# flag outliers in each exposure (one job each), writing the _crf.
+# flag outliers in each exposure (one job each), writing the _crf with its
+# WCS as rendered once for all exposures (one job).
 # Rules per association (rules/common.smk: Product).
 
 OUTLIER_DRIZZLE = ("weight_type", "pixfrac", "kernel", "fillval", "good_bits", "resample_data")
@@ -24,6 +25,8 @@ for P in PRODUCTS:
             f"{P.logs}/outlier_grid.log",
         benchmark:
             f"{P.bench}/outlier_grid.tsv"
+        # on the critical path: every single drizzle waits for it
+        priority: 2
         threads: 1
         resources:
             mem_mb=1000,
@@ -32,6 +35,26 @@ for P in PRODUCTS:
             "../envs/calimage3.yaml"
         script:
             "../scripts/output_grid.py"
+
+    rule:
+        name:
+            P.rule("outlier_crf_wcs")
+        input:
+            wcs=P.all_tweakreg_wcs(),
+        output:
+            rendered=[P.rendered_wcs(r) for r in P.roots],
+        log:
+            f"{P.logs}/outlier_crf_wcs.log",
+        benchmark:
+            f"{P.bench}/outlier_crf_wcs.tsv"
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=runtime_minutes,
+        conda:
+            "../envs/calimage3.yaml"
+        script:
+            "../scripts/render_wcs.py"
 
     rule:
         name:
@@ -48,6 +71,8 @@ for P in PRODUCTS:
             f"{P.logs}/outlier_single/{{root}}.log",
         benchmark:
             f"{P.bench}/outlier_single/{{root}}.tsv"
+        # before the grids and WCS rendering that only later jobs need
+        priority: 1
         threads: 1
         resources:
             mem_mb=mem_mb_exposure,
@@ -86,7 +111,7 @@ for P in PRODUCTS:
         input:
             unpack(P.outlier_median_inputs),
             cal=cal_path,
-            wcs=P.tweakreg_wcs("{root}"),
+            wcs=P.rendered_wcs("{root}"),
             sky=P.skymatch(),
         output:
             crf=P.crf("{root}"),

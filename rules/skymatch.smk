@@ -25,6 +25,8 @@ for P in PRODUCTS:
             f"{P.logs}/skymatch.log",
         benchmark:
             f"{P.bench}/skymatch.tsv"
+        # on the critical path: every single drizzle waits for it
+        priority: 2
         threads: 1
         resources:
             mem_mb=mem_mb_group,

@@ -20,18 +20,22 @@ def outlier_flag(cal_path, wcs_path, sky_path, median_path, pixmap_path, crf_pat
     # median_path and pixmap_path are None when the step is skipped.
     """Write the exposure's _crf: tweaked WCS, sky level, and OUTLIER|DO_NOT_USE flags.
 
+    ``wcs_path`` is the exposure's aligned WCS as rendered for its _crf
+    (`io.write_rendered_wcs`), copied as it is: no WCS is evaluated here.
     The median is blotted through the exposure's precomputed pixel map onto
     the median's grid (the map its single drizzle used).  With
     ``resample_data=False`` the median is on the exposure's own grid and
     JWST's simpler test against it is used.
     """
-    exposure, sky_level = io.read_aligned_exposure(cal_path, wcs_path, sky_path)
+    exposure, sky_level = io.read_aligned_exposure(cal_path, None, sky_path)
+    rendered = io.read_rendered_wcs(wcs_path)
+    exposure.meta.update(rendered.info)
     inputs = [p for p in (cal_path, wcs_path, sky_path, median_path, pixmap_path) if p]
     exposure.meta.update(provenance_keywords("outlier_detection", {"skip": skip, "resample_data": resample_data, **params},
                                              io.input_checksums(inputs)))
     if skip:
         exposure.meta["S_OUTLIR"] = "SKIPPED"
-        io.write_exposure(crf_path, exposure)
+        io.write_exposure(crf_path, exposure, rendered_wcs=rendered)
         log.info("outlier_detection: skipped by configuration; %s written unflagged", crf_path)
         return
     with io.open_image_sections(median_path, ("SCI",)) as views:
@@ -42,7 +46,7 @@ def outlier_flag(cal_path, wcs_path, sky_path, median_path, pixmap_path, crf_pat
                                               f"shape {exposure.shape} differs from the median's {median.shape}")
         mask = flag_outliers_unresampled(exposure.data - np.float32(sky_level), exposure.err, median,
                                          snr=params.get("snr", "5.0 4.0"))
-        _write_flagged(exposure, mask, crf_path)
+        _write_flagged(exposure, mask, crf_path, rendered)
         return
     blotted = blot(median, None, None, exposure.shape, pixmap=expand_pixel_map(io.read_pixel_map(pixmap_path)))
     del median
@@ -51,16 +55,16 @@ def outlier_flag(cal_path, wcs_path, sky_path, median_path, pixmap_path, crf_pat
         snr=parse_pair(params.get("snr", "5.0 4.0")), scale=parse_pair(params.get("scale", "1.2 0.7")),
         backg=params.get("backg", 0.0),
     )
-    _write_flagged(exposure, mask, crf_path)
+    _write_flagged(exposure, mask, crf_path, rendered)
 
 
-def _write_flagged(exposure, mask, crf_path):
+def _write_flagged(exposure, mask, crf_path, rendered):
     """Set OUTLIER|DO_NOT_USE on ``mask`` (pixels not already unusable) and write the _crf."""
     already = (exposure.dq & PIXEL["DO_NOT_USE"]) > 0
     mask = mask & ~already
     exposure.dq = apply_outlier_flags(exposure.dq, mask)
     exposure.meta["S_OUTLIR"] = "COMPLETE"
-    io.write_exposure(crf_path, exposure)
+    io.write_exposure(crf_path, exposure, rendered_wcs=rendered)
     n_good = int(np.count_nonzero(~already))
     log.info("outlier_detection: %s: %d pixels flagged as outliers (%.3f%% of usable pixels)",
              exposure.name, int(mask.sum()), 100.0 * mask.sum() / max(n_good, 1))

@@ -38,6 +38,24 @@ def test_exposure_round_trip(tmp_path):
     assert (ra, dec) == pytest.approx(exp.wcs(10.0, 20.0), abs=1e-12)
 
 
+def test_rendered_wcs_is_written_as_the_wcs_itself(tmp_path):
+    """A _crf written from a rendered WCS has the SCI keywords and gwcs of one written from the WCS."""
+    exp = _exposure()
+    direct, copied = tmp_path / "direct_crf.fits", tmp_path / "copied_crf.fits"
+    io.write_exposure(direct, exp)
+    io.write_rendered_wcs(tmp_path / "wcs.fits", exp.wcs, exp.shape, info={"S_TWKREG": "COMPLETE", "TWKDX": 0.25})
+    rendered = io.read_rendered_wcs(tmp_path / "wcs.fits")
+    assert rendered.info == {"S_TWKREG": "COMPLETE", "TWKDX": 0.25}
+    exp.wcs = None  # not needed once rendered
+    io.write_exposure(copied, exp, rendered_wcs=rendered)
+    assert fits.getheader(copied, "SCI") == fits.getheader(direct, "SCI")
+    assert "A_ORDER" in fits.getheader(copied, "SCI") or "CTYPE1" in fits.getheader(copied, "SCI")
+    assert fits.getdata(copied, "ASDF").tobytes() == fits.getdata(direct, "ASDF").tobytes()
+    back = io.read_exposure(copied)
+    assert back.wcs_source == "asdf"
+    assert back.wcs(10.0, 20.0) == pytest.approx(_exposure().wcs(10.0, 20.0), abs=1e-12)
+
+
 def test_sip_fallback_when_asdf_missing(tmp_path, caplog):
     """Without an ASDF extension the SIP header WCS is used, and the log says so."""
     exp = _exposure()

@@ -41,8 +41,8 @@ def same_grid_exposures(tmp_path):
                             meta={"EXPTIME": 100.0, "EFFEXPTM": 100.0}, var_rnoise=var)
         cal.append(tmp_path / f"{root}_cal.fits")
         io.write_exposure(cal[-1], exposure)
-        wcs_files.append(tmp_path / f"{root}_tweakreg.asdf")
-        io.write_wcs_file(wcs_files[-1], wcs, SHAPE, info={"S_TWKREG": "COMPLETE"})
+        wcs_files.append(tmp_path / f"{root}_crf_wcs.fits")
+        io.write_rendered_wcs(wcs_files[-1], wcs, SHAPE, info={"S_TWKREG": "COMPLETE"})
         roots.append(root)
     sky = tmp_path / "skymatch.json"
     io.write_json(sky, {"status": "COMPLETE", "method": "match", "subtract": False,
