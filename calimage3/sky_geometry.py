@@ -6,34 +6,50 @@ run at every Snakemake start do not import gwcs.
 """
 
 import numpy as np
-from astropy.modeling import models
 
 __all__ = ["to_tangent_plane", "from_tangent_plane", "polygon_overlap_area"]
 
 
-def _tangent_models(ref_ra, ref_dec):
-    to_plane = models.RotateCelestial2Native(ref_ra, ref_dec, 180.0) | models.Sky2Pix_TAN()
-    from_plane = models.Pix2Sky_TAN() | models.RotateNative2Celestial(ref_ra, ref_dec, 180.0)
-    return to_plane, from_plane
+def _tangent_basis(ref_ra, ref_dec):
+    """Unit vectors of the reference direction and of east and north there."""
+    a, d = np.deg2rad(ref_ra), np.deg2rad(ref_dec)
+    ref = np.array([np.cos(d) * np.cos(a), np.cos(d) * np.sin(a), np.sin(d)])
+    east = np.array([-np.sin(a), np.cos(a), 0.0])
+    north = np.array([-np.sin(d) * np.cos(a), -np.sin(d) * np.sin(a), np.cos(d)])
+    return ref, east, north
 
 
 def to_tangent_plane(ra, dec, ref_ra, ref_dec):
     """Gnomonic projection of ``(ra, dec)`` about ``(ref_ra, ref_dec)``.
 
+    The FITS TAN projection (astropy's ``RotateCelestial2Native | Sky2Pix_TAN``)
+    in closed form, so that the input checks run at every Snakemake start
+    need not import astropy.modeling.
+
     Returns
     -------
     xi, eta : ndarray
         Standard coordinates in degrees; ``xi`` grows to the east and ``eta``
-        to the north, as FITS intermediate world coordinates do.
+        to the north, as FITS intermediate world coordinates do.  NaN for
+        points 90 degrees or more from the reference.
     """
-    to_plane, _ = _tangent_models(ref_ra, ref_dec)
-    return to_plane(ra, dec)
+    ref, east, north = _tangent_basis(ref_ra, ref_dec)
+    a, d = np.deg2rad(np.asarray(ra, dtype=float)), np.deg2rad(np.asarray(dec, dtype=float))
+    v = np.stack([np.cos(d) * np.cos(a), np.cos(d) * np.sin(a), np.sin(d)], axis=-1)
+    along = v @ ref
+    with np.errstate(divide="ignore", invalid="ignore"):
+        along = np.where(along > 0, along, np.nan)
+        return np.rad2deg((v @ east) / along), np.rad2deg((v @ north) / along)
 
 
 def from_tangent_plane(xi, eta, ref_ra, ref_dec):
-    """Inverse of `to_tangent_plane`; returns ``(ra, dec)`` in degrees."""
-    _, from_plane = _tangent_models(ref_ra, ref_dec)
-    return from_plane(xi, eta)
+    """Inverse of `to_tangent_plane`; returns ``(ra, dec)`` in degrees, RA in [0, 360)."""
+    ref, east, north = _tangent_basis(ref_ra, ref_dec)
+    x, y = np.deg2rad(np.asarray(xi, dtype=float)), np.deg2rad(np.asarray(eta, dtype=float))
+    w = ref + x[..., None] * east + y[..., None] * north
+    ra = np.rad2deg(np.arctan2(w[..., 1], w[..., 0])) % 360.0
+    dec = np.rad2deg(np.arctan2(w[..., 2], np.hypot(w[..., 0], w[..., 1])))
+    return ra, dec
 
 
 def _clip_polygon(subject, clip):

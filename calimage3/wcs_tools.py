@@ -17,7 +17,7 @@ from gwcs import WCS
 from gwcs import coordinate_frames as cf
 
 from .pixmap import pixel_map
-from .sky_geometry import _tangent_models, from_tangent_plane, polygon_overlap_area, to_tangent_plane
+from .sky_geometry import from_tangent_plane, polygon_overlap_area, to_tangent_plane
 
 __all__ = [
     "DETECTOR_FRAME",
@@ -177,7 +177,9 @@ def tangent_plane_correction(wcs, ref_ra, ref_dec, matrix, shift):
     gwcs.WCS
         A new WCS with the same frames and bounding box.
     """
-    to_plane, from_plane = _tangent_models(ref_ra, ref_dec)
+    # As models (not sky_geometry's closed form): the correction is part of the gwcs and is serialized.
+    to_plane = models.RotateCelestial2Native(ref_ra, ref_dec, 180.0) | models.Sky2Pix_TAN()
+    from_plane = models.Pix2Sky_TAN() | models.RotateNative2Celestial(ref_ra, ref_dec, 180.0)
     affine = models.AffineTransformation2D(
         matrix=np.asarray(matrix, dtype=float), translation=np.asarray(shift, dtype=float)
     )

@@ -100,3 +100,22 @@ def test_sip_header_reproduces_gwcs():
     ra, dec = wcs.forward_transform(x, y)
     xs, ys = fw.all_world2pix(ra, dec, 0)
     assert np.max(np.hypot(xs - x, ys - y)) < 0.01
+
+
+def test_tangent_plane_matches_astropy_tan_projection():
+    """The closed-form gnomonic projection equals astropy's TAN models, near the poles and RA 0 too."""
+    from astropy.modeling import models
+
+    from calimage3.sky_geometry import from_tangent_plane, to_tangent_plane
+
+    rng = np.random.default_rng(3)
+    xi, eta = rng.uniform(-0.5, 0.5, (2, 200))
+    for ref in ((30.0, -5.0), (359.9, 89.5), (0.01, -89.9), (180.0, 0.0)):
+        to_plane = models.RotateCelestial2Native(*ref, 180.0) | models.Sky2Pix_TAN()
+        from_plane = models.Pix2Sky_TAN() | models.RotateNative2Celestial(*ref, 180.0)
+        ra, dec = from_plane(xi, eta)
+        ra_ours, dec_ours = from_tangent_plane(xi, eta, *ref)
+        np.testing.assert_allclose(((ra_ours - ra + 180) % 360 - 180) * np.cos(np.deg2rad(dec)), 0, atol=1e-12)
+        np.testing.assert_allclose(dec_ours, dec, atol=1e-12)
+        np.testing.assert_allclose(np.stack(to_tangent_plane(ra, dec, *ref)), np.stack(to_plane(ra, dec)), atol=1e-12)
+    assert np.isnan(to_tangent_plane(210.0, 0.0, 30.0, 0.0)[0])  # the far side has no projection
