@@ -111,6 +111,8 @@ _DATA_MODEL = "ImageModel"
 # Structural keywords astropy writes, which are not metadata.
 _PRIMARY_STRUCTURE_KEYS = ("SIMPLE", "BITPIX", "NAXIS", "EXTEND", "COMMENT", "HISTORY", "")
 _IMAGE_STRUCTURE_KEYS = ("XTENSION", "BITPIX", "NAXIS", "PCOUNT", "GCOUNT", "EXTNAME")
+# Image shape in a rendered WCS file's primary header (`write_rendered_wcs`).
+_RENDERED_NY, _RENDERED_NX = "WCSNY", "WCSNX"
 _WCS_KEY_PREFIXES = (
     "CRPIX", "CRVAL", "CTYPE", "CUNIT", "CDELT", "CD1_", "CD2_", "PC1_", "PC2_", "A_", "B_",
     "AP_", "BP_", "LONPOLE", "LATPOLE", "WCSAXES", "RADESYS", "EQUINOX", "MJDREF", "SIPMXERR",
@@ -607,19 +609,13 @@ def _primary_header(meta, path):
     return header
 
 
-def _s_region(wcs, shape):
-    """``S_REGION`` polygon (ICRS, degrees) of the four outer pixel corners."""
-    from .wcs_tools import footprint
-
-    corners = footprint(wcs, shape)
-    return "POLYGON ICRS  " + " ".join(f"{ra:.9f} {dec:.9f}" for ra, dec in corners)
-
-
 def _wcs_sci_keywords(wcs, shape, sip_max_pix_error):
     """SCI-header keywords derived from the gwcs: ``S_REGION`` and the TAN-SIP approximation."""
     header = fits.Header()
+    from .wcs_tools import s_region
+
     try:  # the footprint of the WCS written, which tweakreg may have changed
-        header["S_REGION"] = _s_region(wcs, shape)
+        header["S_REGION"] = s_region(wcs, shape)
     except Exception as exc:  # a WCS that cannot reach the corners: keep the input's
         log.warning("could not compute S_REGION: %s", exc)
     try:
@@ -680,6 +676,8 @@ def write_exposure(path, exposure, *, sip_max_pix_error=0.01, rendered_wcs=None)
     if rendered_wcs is None:
         wcs_keywords, asdf_hdu = None, _asdf_hdu({"meta": {"wcs": exposure.wcs}})
     else:
+        if tuple(rendered_wcs.shape) != tuple(exposure.shape):
+            raise ValueError(f"rendered_wcs: shape {rendered_wcs.shape} differs from the exposure's {exposure.shape}")
         wcs_keywords, asdf_hdu = rendered_wcs.sci_keywords, rendered_wcs.asdf_hdu.copy()
     sci = _sci_header(exposure.wcs, exposure.shape, exposure.meta, sip_max_pix_error, wcs_keywords)
     arrays = {attr: getattr(exposure, attr) for attr in ARRAY_EXTENSIONS}
@@ -701,6 +699,8 @@ class RenderedWcs:
     info : dict
         Step keywords that came with the WCS (``S_TWKREG``, ``TWK*``...),
         for the primary header.
+    shape : tuple of int
+        ``(ny, nx)`` of the image the WCS describes.
     sci_keywords : astropy.io.fits.Header
         ``S_REGION`` and the TAN-SIP approximation, for the SCI header.
     asdf_hdu : astropy.io.fits.BinTableHDU
@@ -708,11 +708,12 @@ class RenderedWcs:
     """
 
     info: dict
+    shape: tuple
     sci_keywords: fits.Header
     asdf_hdu: fits.BinTableHDU
 
 
-def write_rendered_wcs(path, wcs, shape, info=None, *, sip_max_pix_error=0.01):
+def write_rendered_wcs(path, wcs, shape, info=None, *, sip_max_pix_error=0.01, pixel_area=False):
     """Render a WCS once as `write_exposure` writes it, into a small FITS file.
 
     Serialising a gwcs needs asdf, whose extensions take about a second to
@@ -730,10 +731,20 @@ def write_rendered_wcs(path, wcs, shape, info=None, *, sip_max_pix_error=0.01):
         Keywords stored with the WCS (`RenderedWcs.info`).
     sip_max_pix_error : float
         Accuracy of the SIP approximation, pixels.
+    pixel_area : bool
+        Also store ``PIXAR_SR``/``PIXAR_A2`` at the image centre (for an
+        output grid; an exposure's come from its calibration).
     """
+    keywords = _wcs_sci_keywords(wcs, shape, sip_max_pix_error)
+    if pixel_area:
+        from .wcs_tools import pixel_area_keywords
+
+        keywords.update(pixel_area_keywords(wcs, shape))
+    primary = _header_from_meta(info or {})
+    primary[_RENDERED_NY], primary[_RENDERED_NX] = (int(n) for n in shape)
     hdus = [
-        fits.PrimaryHDU(header=_header_from_meta(info or {})),
-        fits.ImageHDU(header=_wcs_sci_keywords(wcs, shape, sip_max_pix_error), name="WCS_KEYS"),
+        fits.PrimaryHDU(header=primary),
+        fits.ImageHDU(header=keywords, name="WCS_KEYS"),
         _asdf_hdu({"meta": {"wcs": wcs}}),
     ]
     _write_hdus(path, hdus)
@@ -748,11 +759,12 @@ def read_rendered_wcs(path):
     """
     with fits.open(path, memmap=False) as hdul:
         info = {k: v for k, v in hdul[0].header.items() if k not in _PRIMARY_STRUCTURE_KEYS}
+        shape = (int(info.pop(_RENDERED_NY)), int(info.pop(_RENDERED_NX)))
         keys = hdul["WCS_KEYS"].header.copy()
         for key in _IMAGE_STRUCTURE_KEYS:
             keys.remove(key, ignore_missing=True, remove_all=True)
         asdf_hdu = fits.BinTableHDU(data=hdul["ASDF"].data.copy(), header=hdul["ASDF"].header.copy(), name="ASDF")
-    return RenderedWcs(info=info, sci_keywords=keys, asdf_hdu=asdf_hdu)
+    return RenderedWcs(info=info, shape=shape, sci_keywords=keys, asdf_hdu=asdf_hdu)
 
 
 _I2D_EXTENSIONS = {
@@ -765,23 +777,20 @@ _I2D_EXTENSIONS = {
 }
 
 
-def _mosaic_sci_keywords(wcs, shape, meta):
+def _mosaic_sci_keywords(meta, pixel_area):
     """SCI keywords of a mosaic that can be derived when ``meta`` lacks them.
 
-    ``PIXAR_SR``/``PIXAR_A2`` from the pixel scale at the image centre and
-    ``XPOSURE`` (the SCI copy of the effective exposure time) from
-    ``EFFEXPTM``; values in ``meta`` win.
+    ``PIXAR_SR``/``PIXAR_A2`` from ``pixel_area`` (the grid's, at its
+    centre) and ``XPOSURE`` (the SCI copy of the effective exposure time)
+    from ``EFFEXPTM``; values in ``meta`` win.
     """
-    from .wcs_tools import local_pixel_scale
-
-    scale = local_pixel_scale(wcs, (shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0)  # deg / pixel
-    derived = {"PIXAR_SR": float(np.deg2rad(scale) ** 2), "PIXAR_A2": float((scale * 3600.0) ** 2)}
+    derived = dict(pixel_area)
     if "EFFEXPTM" in meta:
         derived["XPOSURE"] = meta["EFFEXPTM"]
     return derived | dict(meta)
 
 
-def write_i2d(path, arrays, wcs, meta, *, hdrtab=None, sip_max_pix_error=0.01):
+def write_i2d(path, arrays, wcs, meta, *, hdrtab=None, sip_max_pix_error=0.01, rendered_wcs=None):
     """Write a resampled mosaic in the JWST ``_i2d`` layout.
 
     Extensions SCI, ERR, CON, WHT, VAR_POISSON, VAR_RNOISE, VAR_FLAT (those
@@ -795,18 +804,34 @@ def write_i2d(path, arrays, wcs, meta, *, hdrtab=None, sip_max_pix_error=0.01):
     arrays : dict
         ``data`` (SCI), ``err``, ``con`` (int32, (nplanes, ny, nx)), ``wht``,
         ``var_poisson``, ``var_rnoise``, ``var_flat``.
-    wcs : gwcs.WCS
-        Output WCS.
+    wcs : gwcs.WCS or None
+        Output WCS (None when ``rendered_wcs`` is given).
     meta : dict
         Primary header keywords (and SCI keywords such as PIXAR_SR).
         ``PIXAR_SR``, ``PIXAR_A2``, ``XPOSURE`` and ``BUNIT`` are derived
-        from ``wcs`` and ``EFFEXPTM`` when absent; ``S_REGION`` is always
-        the footprint of ``wcs``.
+        from the WCS and ``EFFEXPTM`` when absent; ``S_REGION`` is always
+        the footprint of the WCS.
     hdrtab : astropy.table.Table or None
         Key header values of the input exposures (the JWST HDRTAB).
+    sip_max_pix_error : float
+        Accuracy of the SIP approximation written in the SCI header, pixels.
+    rendered_wcs : RenderedWcs or None
+        The output WCS already rendered (``write_rendered_wcs(...,
+        pixel_area=True)``), written as it is: no gwcs is needed here.
     """
     shape = arrays["data"].shape
-    sci = _sci_header(wcs, shape, _mosaic_sci_keywords(wcs, shape, meta), sip_max_pix_error)
+    if rendered_wcs is None:
+        from .wcs_tools import pixel_area_keywords
+
+        wcs_keywords, pixel_area = None, pixel_area_keywords(wcs, shape)
+        asdf_hdu = _asdf_hdu({"meta": {"wcs": wcs}})
+    else:
+        if tuple(rendered_wcs.shape) != tuple(shape):
+            raise ValueError(f"rendered_wcs: shape {rendered_wcs.shape} differs from the mosaic's {shape}")
+        wcs_keywords = rendered_wcs.sci_keywords.copy()
+        pixel_area = {k: wcs_keywords.pop(k) for k in ("PIXAR_SR", "PIXAR_A2") if k in wcs_keywords}
+        asdf_hdu = rendered_wcs.asdf_hdu.copy()
+    sci = _sci_header(wcs, shape, _mosaic_sci_keywords(meta, pixel_area), sip_max_pix_error, wcs_keywords)
     hdus = [
         fits.PrimaryHDU(header=_primary_header(meta, path)),
         fits.ImageHDU(np.asarray(arrays["data"], dtype=np.float32), header=sci, name="SCI"),
@@ -816,7 +841,7 @@ def write_i2d(path, arrays, wcs, meta, *, hdrtab=None, sip_max_pix_error=0.01):
         from astropy.table import Table
 
         hdus.append(fits.BinTableHDU(Table(hdrtab), name="HDRTAB"))
-    hdus.append(_asdf_hdu({"meta": {"wcs": wcs}}))
+    hdus.append(asdf_hdu)
     _write_hdus(path, hdus)
 
 

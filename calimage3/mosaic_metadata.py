@@ -25,8 +25,6 @@ The rules follow JWST's resample step and its ``model_blender``
 import numpy as np
 from astropy.table import Table
 
-from .wcs_tools import footprint, local_pixel_scale
-
 __all__ = [
     "HDRTAB_KEYWORDS",
     "exposure_id",
@@ -34,6 +32,7 @@ __all__ = [
     "combined_exposure_times",
     "blended_keywords",
     "common_keywords",
+    "GRID_KEYWORDS",
     "mosaic_metadata",
     "header_table",
 ]
@@ -58,10 +57,8 @@ _BLEND_MULTI = ("DETECTOR", "MODULE", "FILTER", "GRATING", "BAND")
 _STEP_STATUS_KEYS = ("S_TWKREG", "S_SKYMAT", "S_OUTLIR", "S_MTWCS")
 
 
-def _s_region(wcs, shape):
-    """``S_REGION`` polygon (ICRS, degrees) of the four outer pixel corners of the grid."""
-    corners = footprint(wcs, shape)
-    return "POLYGON ICRS  " + " ".join(f"{ra:.9f} {dec:.9f}" for ra, dec in corners)
+# Keywords of the output grid itself (`calimage3.io.read_rendered_wcs` of the grid).
+GRID_KEYWORDS = ("PIXAR_SR", "PIXAR_A2", "S_REGION")
 
 
 def _is_per_file(key):
@@ -165,19 +162,29 @@ def _pixel_scale_ratio(metas, out_pixar_sr, params):
     return float(params.get("pixel_scale_ratio", 1.0))
 
 
-def mosaic_metadata(metas, wcs, shape, params):
+def mosaic_metadata(metas, grid, params):
     """Primary-header keywords of the mosaic from its inputs' metadata.
 
     Keywords all inputs share are kept; times and instrument keywords are
     blended and exposure times summed over distinct exposures as in JWST
     (`blended_keywords`, `combined_exposure_times`); per-exposure keywords
     that differ between inputs, and per-file ones, are dropped.
+
+    Parameters
+    ----------
+    metas : sequence of dict
+        Metadata of each input, in input order.
+    grid : dict
+        `GRID_KEYWORDS` of the output grid: its pixel area at the centre
+        (``PIXAR_SR``, ``PIXAR_A2``) and footprint (``S_REGION``), as
+        `calimage3.wcs_tools.pixel_area_keywords` and ``s_region`` give them.
+    params : dict
+        The resample parameters.
     """
     meta = common_keywords(metas)
     meta.update(blended_keywords(metas))
     meta.update(combined_exposure_times(metas))
-    scale = local_pixel_scale(wcs, (shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0)
-    pixar_sr = float(np.deg2rad(scale) ** 2)
+    pixar_sr = float(grid["PIXAR_SR"])
     meta.update(
         NDRIZIM=len(metas),
         NDRIZ=len(distinct_exposures(metas)),  # JWST meta.resample.pointings: distinct exposures
@@ -189,8 +196,8 @@ def mosaic_metadata(metas, wcs, shape, params):
         RESKERN=str(params.get("kernel", "square")),
         BUNIT="MJy/sr",
         PIXAR_SR=pixar_sr,
-        PIXAR_A2=float((scale * 3600.0) ** 2),
-        S_REGION=_s_region(wcs, shape),
+        PIXAR_A2=float(grid["PIXAR_A2"]),
+        S_REGION=str(grid["S_REGION"]),
     )
     for key in _STEP_STATUS_KEYS:
         values = {m.get(key) for m in metas if m.get(key)}

@@ -666,18 +666,22 @@ class MosaicCombiner:
         # float32 sum bit-for-bit unchanged, and is much faster than
         # boolean-index assignment.
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            resampled = {n: np.square(np.asarray(v, np.float64)) for n, v in c.variances.items()}
-            rn = resampled.get("var_rnoise")
+            rn = c.variances.get("var_rnoise")
             if self.weight_type == "exptime":
                 weight = np.float64(c.exptime)
             elif rn is None:
                 weight = np.float64(1.0)
             else:
+                rn = np.square(rn, dtype=np.float64)
                 weight = np.where(np.isfinite(rn) & (rn > 0), 1.0 / rn, 1.0)
+            if np.ndim(weight) == 0 and not weight > 0:
+                return
             weight2 = weight * weight
-            for name, var in resampled.items():
+            for name, root_var in c.variances.items():
+                var = np.square(root_var, dtype=np.float64)
+                # A square is >= 0 unless NaN, and the weight is positive: only finiteness to check.
+                ok = np.isfinite(var)
                 vsum, vwht = self._accumulators(name, np.float32)
-                ok = np.isfinite(var) & (var >= 0) & (weight > 0)
                 vsum[cut] += np.where(ok, var * weight2, 0.0)
                 vwht[cut] += np.where(ok, weight, 0.0)
 

@@ -34,6 +34,8 @@ __all__ = [
     "output_wcs",
     "pixel_map",
     "sip_header",
+    "s_region",
+    "pixel_area_keywords",
 ]
 
 DETECTOR_FRAME = cf.Frame2D(name="detector", axes_names=("x", "y"), unit=(u.pix, u.pix))
@@ -205,6 +207,18 @@ def footprint(wcs, shape):
     y = np.array([-0.5, -0.5, ny - 0.5, ny - 0.5])
     ra, dec = wcs.forward_transform(x, y)
     return np.column_stack([ra, dec])
+
+
+def s_region(wcs, shape):
+    """``S_REGION`` polygon (ICRS, degrees) of the four outer pixel corners, as JWST writes it."""
+    corners = footprint(wcs, shape)
+    return "POLYGON ICRS  " + " ".join(f"{ra:.9f} {dec:.9f}" for ra, dec in corners)
+
+
+def pixel_area_keywords(wcs, shape):
+    """``PIXAR_SR`` and ``PIXAR_A2``: the pixel solid angle at the centre of a ``(ny, nx)`` grid."""
+    scale = local_pixel_scale(wcs, (shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0)  # deg / pixel
+    return {"PIXAR_SR": float(np.deg2rad(scale) ** 2), "PIXAR_A2": float((scale * 3600.0) ** 2)}
 
 
 def local_pixel_scale(wcs, x, y):

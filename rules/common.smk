@@ -146,7 +146,8 @@ class Product:
         return {"median": self.outlier_median(), "pixmap": self.outlier_pixmap(wildcards.root)}
 
     def resample_grid(self):
-        return f"{self.work}/resample/output_wcs.asdf"
+        """The mosaic grid, its WCS rendered as the _i2d carries it (calimage3.io.write_rendered_wcs)."""
+        return f"{self.work}/resample/output_wcs.fits"
 
     def resample_pixmap(self, root):
         """Exposure ``root``'s pixel map onto the mosaic grid (calimage3.pixmap)."""

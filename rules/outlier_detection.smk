@@ -47,6 +47,8 @@ for P in PRODUCTS:
             f"{P.logs}/outlier_crf_wcs.log",
         benchmark:
             f"{P.bench}/outlier_crf_wcs.tsv"
+        # alongside skymatch, ahead of resample_grid: the flagging jobs wait for it
+        priority: 1
         threads: 1
         resources:
             mem_mb=1000,

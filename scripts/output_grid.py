@@ -78,7 +78,13 @@ def write_pixel_maps(pairs, grid_wcs, grid_shape, pixmap_paths, grid_step):
 
 def output_grid(wcs_paths, grid_path, *, pixmap_paths=(), grid_step=16, output_wcs_file="", **params):
     """Write the output grid (the user's ``output_wcs`` file, or the JWST default or user-set
-    one covering all inputs) and, for each exposure in ``pixmap_paths``, its pixel map onto it."""
+    one covering all inputs) and, for each exposure in ``pixmap_paths``, its pixel map onto it.
+
+    A ``grid_path`` ending in ``.fits`` gets the grid's WCS rendered as the
+    mosaic will carry it, pixel area included (`io.write_rendered_wcs`), so
+    that the job writing the mosaic needs no gwcs; otherwise a WCS file
+    (`io.write_wcs_file`).
+    """
     pairs = [read_any_wcs(p) for p in wcs_paths]
     if output_wcs_file:
         wcs, pixel_shape = io.read_user_output_wcs(output_wcs_file)
@@ -89,7 +95,10 @@ def output_grid(wcs_paths, grid_path, *, pixmap_paths=(), grid_step=16, output_w
         grid_args = {k: params[k] for k in GRID_PARAMETERS if params.get(k) is not None}
         wcs, shape = output_wcs([w for w, _ in pairs], [s for _, s in pairs], **grid_args)
         log.info("output grid: %d x %d pixels covering %d exposures", shape[1], shape[0], len(pairs))
-    io.write_wcs_file(grid_path, wcs, shape)
+    if str(grid_path).endswith(".fits"):
+        io.write_rendered_wcs(grid_path, wcs, shape, pixel_area=True)
+    else:
+        io.write_wcs_file(grid_path, wcs, shape)
     if pixmap_paths:
         write_pixel_maps(pairs, wcs, shape, pixmap_paths, grid_step)
         log.info("pixel maps of %d exposures evaluated every %d pixels", len(pixmap_paths), grid_step)

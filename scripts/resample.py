@@ -12,7 +12,7 @@ import numpy as np
 
 from calimage3 import io
 from calimage3.logs import configure_logging
-from calimage3.mosaic_metadata import header_table, mosaic_metadata
+from calimage3.mosaic_metadata import GRID_KEYWORDS, header_table, mosaic_metadata
 from calimage3.provenance import provenance_keywords
 from calimage3.resample import ExposureContribution, MosaicCombiner
 
@@ -33,8 +33,13 @@ def read_contribution(path):
 
 
 def resample(contribution_paths, grid_path, i2d_path, **params):
-    """Add the per-exposure contributions one at a time and write the _i2d."""
-    out_wcs, out_shape, _ = io.read_wcs_file(grid_path)
+    """Add the per-exposure contributions one at a time and write the _i2d.
+
+    ``grid_path`` holds the grid's WCS already rendered (`io.write_rendered_wcs`):
+    this job never evaluates or serialises a gwcs.
+    """
+    grid = io.read_rendered_wcs(grid_path)
+    out_shape = grid.shape
     combiner = MosaicCombiner(out_shape, fillval=params.get("fillval", "NAN"),
                               n_exposures=len(contribution_paths))
     metas, filenames, checksums = [], [], []
@@ -47,9 +52,9 @@ def resample(contribution_paths, grid_path, i2d_path, **params):
         log.info("resample: added %s (sky %.5f MJy/sr subtracted)", info["CTB_NAME"], info["CTB_SKY"])
         del contribution
     arrays = combiner.finalize()
-    meta = mosaic_metadata(metas, out_wcs, out_shape, params)
+    meta = mosaic_metadata(metas, {k: grid.sci_keywords[k] for k in GRID_KEYWORDS}, params)
     meta.update(provenance_keywords("resample", params, [*checksums, *io.input_checksums([grid_path])]))
-    io.write_i2d(i2d_path, arrays, out_wcs, meta, hdrtab=header_table(metas, filenames))
+    io.write_i2d(i2d_path, arrays, None, meta, hdrtab=header_table(metas, filenames), rendered_wcs=grid)
     covered = np.count_nonzero(arrays["wht"] > 0)
     log.info("resample: %d exposures drizzled into a %d x %d mosaic (%.1f%% covered)",
              len(metas), out_shape[1], out_shape[0], 100.0 * covered / arrays["wht"].size)

@@ -56,6 +56,27 @@ def test_rendered_wcs_is_written_as_the_wcs_itself(tmp_path):
     assert back.wcs(10.0, 20.0) == pytest.approx(_exposure().wcs(10.0, 20.0), abs=1e-12)
 
 
+def test_rendered_grid_wcs_gives_the_same_i2d(tmp_path):
+    """An _i2d written from a rendered grid WCS (pixel area included) equals one written from the gwcs."""
+    shape = (50, 60)
+    wcs = imaging_wcs(shape, (30.0, -5.0), 0.031, 10.0)
+    arrays = {"data": np.ones(shape, np.float32), "wht": np.ones(shape, np.float32),
+              "con": np.ones((1,) + shape, np.int32)}
+    meta = {"EFFEXPTM": 300.0, "TELESCOP": "JWST"}
+    io.write_i2d(tmp_path / "direct_i2d.fits", arrays, wcs, meta)
+    io.write_rendered_wcs(tmp_path / "grid.fits", wcs, shape, pixel_area=True)
+    grid = io.read_rendered_wcs(tmp_path / "grid.fits")
+    assert grid.shape == shape and grid.info == {}
+    io.write_i2d(tmp_path / "copied_i2d.fits", arrays, None, meta, rendered_wcs=grid)
+    direct, copied = (fits.getheader(tmp_path / f"{n}_i2d.fits", "SCI") for n in ("direct", "copied"))
+    assert dict(copied) == dict(direct) and copied["PIXAR_SR"] > 0 and "S_REGION" in copied
+    assert (fits.getdata(tmp_path / "copied_i2d.fits", "ASDF").tobytes()
+            == fits.getdata(tmp_path / "direct_i2d.fits", "ASDF").tobytes())
+    with pytest.raises(ValueError, match="differs from the mosaic"):
+        io.write_i2d(tmp_path / "bad_i2d.fits", {"data": np.ones((5, 5), np.float32)}, None, meta, rendered_wcs=grid)
+    assert not (tmp_path / "bad_i2d.fits").exists()
+
+
 def test_sip_fallback_when_asdf_missing(tmp_path, caplog):
     """Without an ASDF extension the SIP header WCS is used, and the log says so."""
     exp = _exposure()

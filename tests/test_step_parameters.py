@@ -186,12 +186,12 @@ def test_single_image_is_the_exposure_drizzled_alone(tmp_path):
     wcs_a = imaging_wcs((32, 32), (RA0, DEC0), SCALE)
     wcs_b = imaging_wcs((32, 32), (RA0 + 5 * SCALE / 3600, DEC0), SCALE)
     grid_wcs, grid_shape = output_wcs([wcs_a, wcs_b], [(32, 32)] * 2)
-    io.write_wcs_file(tmp_path / "grid.asdf", grid_wcs, grid_shape)
+    io.write_rendered_wcs(tmp_path / "grid.fits", grid_wcs, grid_shape, pixel_area=True)
     contribution = drizzle_exposure(_exposure((32, 32), 3.0, wcs_b), grid_wcs, grid_shape)
     arrays, keywords = contribution.to_arrays()
     io.write_image(tmp_path / "b_contribution.fits", arrays,
                    meta={"EXPTIME": 100.0, **keywords, "CTB_NAME": "b_cal.fits", "CTB_SHA": "0", "CTB_SKY": 0.0})
-    resample_script.resample([tmp_path / "b_contribution.fits"], tmp_path / "grid.asdf",
+    resample_script.resample([tmp_path / "b_contribution.fits"], tmp_path / "grid.fits",
                              tmp_path / "b_outlier_i2d.fits", fillval="NAN")
     data, wcs, meta = io.read_i2d(tmp_path / "b_outlier_i2d.fits")
     assert meta["NDRIZIM"] == 1 and data["data"].shape == grid_shape

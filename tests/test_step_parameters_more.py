@@ -68,7 +68,7 @@ from calimage3.mosaic_metadata import mosaic_metadata
 from calimage3.outlier_detection import flag_outliers, median_in_sections
 from calimage3.resample import KERNELS, ResampledImage, drizzle_exposure, drizzle_single
 from calimage3.source_catalog import make_source_catalog
-from calimage3.wcs_tools import imaging_wcs, output_wcs
+from calimage3.wcs_tools import imaging_wcs, output_wcs, pixel_area_keywords, s_region
 
 RA0, DEC0, SCALE = 150.0, 2.0, 0.031
 PIXAR_SR = (SCALE / 206264.806) ** 2
@@ -412,7 +412,8 @@ def _exposure_meta(exposure, detector, start, *, tmeasure=True):
 
 def _mosaic_meta(metas, scale=SCALE):
     wcs = _wcs((40, 40), scale)
-    return mosaic_metadata(metas, wcs, (40, 40), {"pixfrac": 0.8, "kernel": "square"})
+    grid = {**pixel_area_keywords(wcs, (40, 40)), "S_REGION": s_region(wcs, (40, 40))}
+    return mosaic_metadata(metas, grid, {"pixfrac": 0.8, "kernel": "square"})
 
 
 def test_mosaic_exposure_times_sum_distinct_exposures():
@@ -459,7 +460,7 @@ def test_mosaic_keywords_reach_the_i2d(tmp_path):
     """resample() writes the combined keywords: summed times, NDRIZ, no per-exposure identity."""
     resample_script = _script("resample")
     grid_wcs, grid_shape = output_wcs([_wcs((24, 24))], [(24, 24)])
-    io.write_wcs_file(tmp_path / "grid.asdf", grid_wcs, grid_shape)
+    io.write_rendered_wcs(tmp_path / "grid.fits", grid_wcs, grid_shape, pixel_area=True)
     paths = []
     for k, (exposure, detector) in enumerate(((1, "NRCA1"), (1, "NRCA2"), (2, "NRCA1"))):
         contribution = drizzle_exposure(_exposure(np.ones((24, 24))), grid_wcs, grid_shape)
@@ -468,7 +469,7 @@ def test_mosaic_keywords_reach_the_i2d(tmp_path):
                 "CTB_NAME": f"f{k}_crf.fits", "CTB_SHA": "0", "CTB_SKY": 0.0}
         paths.append(tmp_path / f"f{k}_contribution.fits")
         io.write_image(paths[-1], arrays, meta=meta)
-    resample_script.resample(paths, tmp_path / "grid.asdf", tmp_path / "m_i2d.fits", fillval="NAN")
+    resample_script.resample(paths, tmp_path / "grid.fits", tmp_path / "m_i2d.fits", fillval="NAN")
     _, _, meta = io.read_i2d(tmp_path / "m_i2d.fits")
     assert meta["EFFEXPTM"] == 180.0 and meta["XPOSURE"] == 180.0 and meta["DURATION"] == 220.0
     assert meta["TELAPSE"] == 220.0 and meta["NDRIZ"] == 2 and meta["NDRIZIM"] == 3
