@@ -57,8 +57,9 @@ from astropy.coordinates import SkyCoord
 from astropy.stats import SigmaClip, gaussian_fwhm_to_sigma
 from astropy.table import QTable
 from astropy.utils.exceptions import AstropyUserWarning
-from photutils.aperture import CircularAnnulus, CircularAperture, aperture_photometry
+from photutils.aperture import CircularAnnulus
 from photutils.background import Background2D, MedianBackground
+from photutils.geometry import circular_overlap_grid
 from photutils.segmentation import SourceCatalog, deblend_sources, detect_sources
 from photutils.utils.exceptions import NoDetectionsWarning
 from scipy import ndimage
@@ -197,13 +198,14 @@ def _validate_aperture_ee(aperture_ee):
     return ee.astype(int)
 
 
-def _validate_image(name, array, shape):
+def _validate_image(name, array, shape, copy=True):
+    """``array`` as a float64 copy (``copy=False``: as it is), after a shape check."""
     if array is None:
         return None
     arr = np.asarray(array)
     if arr.shape != shape:
         raise ValueError(f"{name} must have the shape of data {shape}, got {arr.shape}")
-    return arr.astype(np.float64)
+    return arr.astype(np.float64) if copy else arr
 
 
 # --------------------------------------------------------------------------
@@ -264,11 +266,49 @@ def _gaussian_kernel(fwhm):
     return kernel
 
 
+def _multi_peak_labels(image, segm, min_area):
+    """Labels of the segments (of at least ``min_area`` pixels) that might deblend.
+
+    A segment is left out when exactly one of its pixels is at least as
+    high as each of its 8 neighbours within the segment.  Every regional
+    maximum of ``image`` on the segment (a plateau whose neighbours in the
+    segment are all lower) holds such a pixel, and every connected part of
+    the segment above any threshold holds a regional maximum, so such a
+    segment never splits into two parts at any threshold: photutils'
+    multi-thresholding finds no second marker in it and leaves it as it is.
+    Segments with non-finite values are kept (photutils decides).
+    """
+    keep = []
+    for label, slc, area in zip(segm.labels, segm.slices, segm.areas):
+        if area < min_area:
+            continue
+        inside = segm.data[slc] == label
+        cut = image[slc]
+        if not np.all(np.isfinite(cut[inside])):
+            keep.append(label)
+            continue
+        values = np.where(inside, cut, -np.inf)
+        peak = ndimage.maximum_filter(values, size=3, mode="constant", cval=-np.inf)
+        if np.count_nonzero(inside & (values >= peak)) > 1:
+            keep.append(label)
+    return np.asarray(keep, dtype=np.int64)
+
+
 def _deblend(convolved, segm, n_pixels):
-    """Multi-threshold + watershed deblending of every segment (photutils, as jwst)."""
+    """Multi-threshold + watershed deblending of every segment (photutils, as jwst).
+
+    Only segments with more than one peak (`_multi_peak_labels`) are handed
+    to photutils -- in ascending label order, as photutils goes through all
+    labels -- the others it would leave unchanged, so the result is the
+    same at a fraction of the cost (most segments of a mosaic have one peak).
+    """
+    labels = _multi_peak_labels(convolved, segm, 2 * n_pixels)
+    if labels.size == 0:
+        return segm
     return deblend_sources(
-        convolved, segm, n_pixels, n_levels=_DEBLEND_NLEVELS, contrast=_DEBLEND_CONTRAST,
-        mode=_DEBLEND_MODE, connectivity=_CONNECTIVITY, relabel=True, progress_bar=False,
+        convolved, segm, n_pixels, labels=labels, n_levels=_DEBLEND_NLEVELS,
+        contrast=_DEBLEND_CONTRAST, mode=_DEBLEND_MODE, connectivity=_CONNECTIVITY,
+        relabel=True, progress_bar=False,
     )
 
 
@@ -308,7 +348,7 @@ def detect_segments(data, threshold, *, kernel_fwhm=2.0, npixels=5, deblend=Fals
         convolved = convolve(data, _gaussian_kernel(kernel_fwhm), mask=mask, normalize_kernel=True)
     if mask is not None:
         convolved[mask] = 0.0
-    convolved = np.nan_to_num(convolved, nan=0.0)
+    convolved = np.nan_to_num(convolved, nan=0.0, copy=False)
     if mask is not None and mask.all():
         return None, convolved
     with warnings.catch_warnings():
@@ -359,7 +399,7 @@ def _local_background(data, positions, r_in, r_out, mask=None):
     std = np.full(n, np.nan)
     if n == 0:
         return med, err, std
-    values_src = np.where(mask, np.nan, data) if mask is not None else data
+    mask = None if mask is None else np.asarray(mask, dtype=bool)
     clip = SigmaClip(sigma=_SIGMA_CLIP)
     annuli = CircularAnnulus(positions, r_in, r_out).to_mask(method="center")
     if not isinstance(annuli, list):
@@ -368,7 +408,9 @@ def _local_background(data, positions, r_in, r_out, mask=None):
         warnings.simplefilter("ignore", RuntimeWarning)
         warnings.simplefilter("ignore", AstropyUserWarning)
         for i, amask in enumerate(annuli):
-            vals = amask.get_values(values_src)
+            # Masked pixels left out here, non-finite ones below (the same
+            # values, in the same order, as NaN-filling a full-image copy).
+            vals = amask.get_values(data, mask=mask)
             vals = vals[np.isfinite(vals)]
             if vals.size == 0:
                 continue
@@ -380,24 +422,83 @@ def _local_background(data, positions, r_in, r_out, mask=None):
 
 
 def _aperture_sums(data, positions, radii, error=None, mask=None):
-    """Exact circular-aperture sums (n_src, n_r) and errors; NaN if a masked pixel is inside."""
-    apertures = [CircularAperture(positions, r) for r in radii]
-    clean = np.where(mask, 0.0, data) if mask is not None else data
-    err = None if error is None else (np.where(mask, 0.0, error) if mask is not None else error)
-    phot = aperture_photometry(clean, apertures, error=err, method="exact")
-    nr = len(radii)
-    sums = np.column_stack([np.asarray(phot[f"aperture_sum_{i}"], dtype=float) for i in range(nr)])
-    if err is not None:
-        errs = np.column_stack(
-            [np.asarray(phot[f"aperture_sum_err_{i}"], dtype=float) for i in range(nr)]
-        )
-    else:
-        errs = np.full_like(sums, np.nan)
-    if mask is not None and mask.any():
-        cover = aperture_photometry(mask.astype(float), apertures, method="center")
-        hit = np.column_stack([np.asarray(cover[f"aperture_sum_{i}"]) > 0 for i in range(nr)])
-        sums[hit] = np.nan
-        errs[hit] = np.nan
+    """Exact circular-aperture sums (n_src, n_r) and errors; NaN if a masked pixel is inside.
+
+    The same numbers as ``aperture_photometry`` with one `CircularAperture`
+    per radius (method ``'exact'``; masked pixels of ``data`` and ``error``
+    count as 0; an aperture with a masked pixel centre inside it, the
+    ``'center'`` method, gives NaN; no overlap with the image gives NaN),
+    computed with the same `photutils.geometry.circular_overlap_grid` calls,
+    bounding boxes and pixel selections, so the sums agree bit for bit.
+    Without the per-aperture ``ApertureMask``/``BoundingBox`` objects and
+    full-image copies it is several times faster for the hundreds of radii
+    of a curve of growth.  One cutout (the largest aperture's box) per
+    source serves all radii; a source whose cutout holds no masked pixel
+    needs no coverage test.
+    """
+    positions = np.atleast_2d(np.asarray(positions, dtype=float))
+    radii = np.atleast_1d(np.asarray(radii, dtype=float))
+    n, nr = positions.shape[0], radii.size
+    sums = np.full((n, nr), np.nan)
+    errs = np.full((n, nr), np.nan)
+    if n == 0 or nr == 0:
+        return sums, errs
+    ny, nx = data.shape
+    mask = None if mask is None else np.asarray(mask, dtype=bool)
+    x = positions[:, 0][:, None]
+    y = positions[:, 1][:, None]
+    # photutils: BoundingBox.from_float(x - r, x + r, y - r, y + r) and the
+    # pixel edges relative to the centre, with the same float operations.
+    ixmin = np.floor((x - radii) + 0.5)
+    ixmax = np.ceil((x + radii) + 0.5)
+    iymin = np.floor((y - radii) + 0.5)
+    iymax = np.ceil((y + radii) + 0.5)
+    finite = np.isfinite(ixmin) & np.isfinite(ixmax) & np.isfinite(iymin) & np.isfinite(iymax)
+    edges = np.stack([(ixmin - 0.5) - x, (ixmax - 0.5) - x, (iymin - 0.5) - y,
+                      (iymax - 0.5) - y], axis=-1).tolist()
+    boxes = np.stack([np.where(finite, b, 0) for b in (ixmin, ixmax, iymin, iymax)],
+                     axis=-1).astype(np.int64).tolist()
+    finite = finite.tolist()
+    r_list = radii.tolist()
+    big = int(np.argmax(radii))  # its box contains the boxes of all the other radii
+    for i in range(n):
+        if not finite[i][big]:
+            continue
+        bx0, bx1, by0, by1 = boxes[i][big]
+        if bx0 >= nx or by0 >= ny or bx1 <= 0 or by1 <= 0:
+            continue
+        cx0, cy0 = max(bx0, 0), max(by0, 0)
+        cut = (slice(cy0, min(by1, ny)), slice(cx0, min(bx1, nx)))
+        dcut = data[cut]
+        ecut = None if error is None else error[cut]
+        mcut = None if mask is None else mask[cut]
+        if mcut is not None and mcut.any():
+            dcut = np.where(mcut, 0.0, dcut)
+            ecut = None if ecut is None else np.where(mcut, 0.0, ecut)
+        else:
+            mcut = None
+        var_cut = None if ecut is None else ecut**2
+        for k in range(nr):
+            if not finite[i][k]:
+                continue
+            x0, x1, y0, y1 = boxes[i][k]
+            if x0 >= nx or y0 >= ny or x1 <= 0 or y1 <= 0:
+                continue
+            ex0, ex1, ey0, ey1 = edges[i][k]
+            r = r_list[k]
+            small = (slice(max(-y0, 0), min(y1 - y0, ny - y0)),
+                     slice(max(-x0, 0), min(x1 - x0, nx - x0)))
+            rel = (slice(max(y0, 0) - cy0, min(y1, ny) - cy0),
+                   slice(max(x0, 0) - cx0, min(x1, nx) - cx0))
+            weights = circular_overlap_grid(ex0, ex1, ey0, ey1, x1 - x0, y1 - y0, r, 1, 1)[small]
+            good = weights > 0
+            if mcut is not None:
+                centre = circular_overlap_grid(ex0, ex1, ey0, ey1, x1 - x0, y1 - y0, r, 0, 1)
+                if np.any(mcut[rel][centre[small] > 0]):
+                    continue
+            sums[i, k] = (dcut[rel] * weights)[good].sum()
+            if var_cut is not None:
+                errs[i, k] = np.sqrt((var_cut[rel] * weights)[good].sum())
     return sums, errs
 
 
@@ -470,6 +571,42 @@ def encircled_energy_radii(
     ``norm_radius``.  Saturated stars cannot be recognised from an image
     alone; the caller must not pass them.
     """
+    return _encircled_energy(data, positions, aperture_ee, norm_radius=norm_radius,
+                             bkg_inner=bkg_inner, bkg_outer=bkg_outer, radius_step=radius_step,
+                             mask=mask)
+
+
+def _boxes_overlap(positions, radii, shape):
+    """(n, n_r) bool: the bounding box of each circular aperture overlaps the image."""
+    ny, nx = shape
+    x = positions[:, 0][:, None]
+    y = positions[:, 1][:, None]
+    with np.errstate(invalid="ignore"):
+        return ~((np.floor((x - radii) + 0.5) >= nx) | (np.floor((y - radii) + 0.5) >= ny)
+                 | (np.ceil((x + radii) + 0.5) <= 0) | (np.ceil((y + radii) + 0.5) <= 0))
+
+
+# Radii of the curve of growth measured per call of _aperture_sums when only
+# the start of the curve is needed.
+_EE_CHUNK = 10
+
+
+def _encircled_energy(data, positions, aperture_ee, *, norm_radius, bkg_inner=None,
+                      bkg_outer=None, radius_step=_EE_RADIUS_STEP, mask=None, upto=None):
+    """`encircled_energy_radii`; with ``upto``, the curve only as far as needed.
+
+    ``upto`` (a fraction, 0-1): the curve is measured outwards in chunks of
+    radii and stops once it reaches both ``upto`` and the largest of
+    ``aperture_ee``; ``curve`` and ``radius_grid`` of the result are then a
+    prefix of the full ones.  The radii, the prefix and `_radius_at` of the
+    prefix for any fraction up to ``upto`` are the same as with the full
+    curve: the median at one radius does not depend on the other radii, a
+    running maximum's prefix is the running maximum of the prefix, and
+    which stars are usable (finite curve at every radius) follows from the
+    normalisation aperture alone -- the pixels of a smaller aperture (and
+    the masked pixel centres inside it) are a subset of the larger one's --
+    and from each aperture's bounding box overlapping the image.
+    """
     _check_positive("norm_radius", norm_radius)
     _check_positive("radius_step", radius_step)
     ee = np.asarray(aperture_ee, dtype=float) / 100.0
@@ -484,24 +621,41 @@ def encircled_energy_radii(
     grid[-1] = norm_radius
     if positions.size == 0:
         return EncircledEnergy(np.full(ee.shape, np.nan), grid, np.full(grid.shape, np.nan), 0)
-    sums, _ = _aperture_sums(data, positions, grid, mask=mask)
+    areas = np.pi * grid**2
+    norm_sums, _ = _aperture_sums(data, positions, grid[-1:], mask=mask)
     bkg, bkg_err, bkg_std = _local_background(data, positions, bkg_inner, bkg_outer, mask=mask)
-    curves = sums - bkg[:, None] * (np.pi * grid**2)[None, :]
-    total = curves[:, -1]
+    total = norm_sums[:, 0] - bkg * areas[-1]
     area = np.pi * norm_radius**2
     # Noise of each star's normalising flux: pixel noise over the aperture
     # plus the error of the background level times the aperture area.
     total_err = np.sqrt(bkg_std**2 * area + (bkg_err * area) ** 2)
     with np.errstate(divide="ignore", invalid="ignore"):
-        curves = curves / total[:, None]
         weight = (total / total_err) ** 2
-    good = np.all(np.isfinite(curves), axis=1) & (total > 0)
+    # Stars whose curve is finite at every radius.
+    good = (np.isfinite(total) & (total > 0) & np.isfinite(bkg)
+            & np.all(_boxes_overlap(positions, grid, data.shape), axis=1))
     if not good.any():
         return EncircledEnergy(np.full(ee.shape, np.nan), grid, np.full(grid.shape, np.nan), 0)
     weight = weight[good]
     if not np.all(np.isfinite(weight) & (weight > 0)):  # e.g. noiseless data
         weight = np.ones_like(weight)
-    curve = np.maximum.accumulate(_weighted_median(curves[good], weight))
+    stars, bkg, total = positions[good], bkg[good], total[good]
+    target = None if upto is None else max(float(np.max(ee)), float(upto))
+    step = grid.size if upto is None else _EE_CHUNK
+    medians = []
+    peak = -np.inf
+    for k0 in range(0, grid.size, step):
+        k1 = min(k0 + step, grid.size)
+        sums, _ = _aperture_sums(data, stars, grid[k0:k1], mask=mask)
+        curves = sums - bkg[:, None] * areas[None, k0:k1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            curves = curves / total[:, None]
+        medians.append(_weighted_median(curves, weight))
+        peak = max(peak, float(np.max(medians[-1])))
+        if target is not None and peak >= target:
+            break
+    curve = np.maximum.accumulate(np.concatenate(medians))
+    grid = grid[: curve.size]
     radii = np.array([_radius_at(curve, grid, f) for f in ee])
     return EncircledEnergy(radii, grid, curve, int(good.sum()))
 
@@ -617,9 +771,10 @@ def _self_calibrated_params(data, mask, cat_fwhm, snr, xy, nn_dist, aperture_ee,
                 stars[order[:_MAX_PSF_STARS]] = True
             if stars.sum() < min_psf_stars:
                 break
-            eec = encircled_energy_radii(
+            # The curve only as far as the radii and the half-light radius need.
+            eec = _encircled_energy(
                 data, xy[stars], aperture_ee, norm_radius=norm_radius, bkg_inner=norm_radius,
-                bkg_outer=r_out, mask=mask,
+                bkg_outer=r_out, mask=mask, upto=0.5,
             )
             if eec.n_stars < min_psf_stars or not np.all(np.isfinite(eec.radii)):
                 break
@@ -647,8 +802,12 @@ def _self_calibrated_params(data, mask, cat_fwhm, snr, xy, nn_dist, aperture_ee,
 # --------------------------------------------------------------------------
 
 
-def _cutouts(image, xy, size):
-    """(n, size, size) cutouts centred on the nearest pixels of ``xy``; 0 outside."""
+def _cutouts(image, xy, size, return_valid=False):
+    """(n, size, size) cutouts centred on the nearest pixels of ``xy``; 0 outside.
+
+    With ``return_valid``, also the (n, size, size) mask of the pixels inside
+    the image.
+    """
     half = size // 2
     ny, nx = image.shape
     ix = np.round(xy[:, 0]).astype(int)
@@ -658,7 +817,8 @@ def _cutouts(image, xy, size):
     xx = ix[:, None, None] + off[None, None, :]
     valid = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
     out = image[np.clip(yy, 0, ny - 1), np.clip(xx, 0, nx - 1)]
-    return np.where(valid, out, 0.0)
+    out = np.where(valid, out, 0.0)
+    return (out, valid) if return_valid else out
 
 
 def _daofind_stats(data, xy, kernel_fwhm):
@@ -673,9 +833,15 @@ def _daofind_stats(data, xy, kernel_fwhm):
     npix = kmask.sum()
     denom = np.sum(gauss**2) - np.sum(gauss) ** 2 / npix
     kernel = (gauss - gauss.sum() / npix) / denom * kmask
-    conv = ndimage.convolve(data, kernel, mode="constant", cval=0.0)
-    cut = _cutouts(data, xy, size)
-    cut_conv = _cutouts(conv, xy, size)
+    # The convolved image is needed only in the size x size cutouts: convolve
+    # cutouts of twice the size (0 outside the image, as mode="constant"
+    # with cval=0 of the whole image) and keep their centres.  A kernel of
+    # shape (1, size, size) runs the same correlation, weight for weight, as
+    # the 2D one on the whole image, so the values are the same.
+    cut, valid = _cutouts(data, xy, size, return_valid=True)
+    wide = _cutouts(data, xy, size + 2 * c)
+    conv = ndimage.convolve(wide, kernel[None, :, :], mode="constant", cval=0.0)
+    cut_conv = np.where(valid, conv[:, c : c + size, c : c + size], 0.0)
     peak = cut[:, c, c]
     conv_peak = cut_conv[:, c, c]
     mean = (np.sum(cut * kmask, axis=(1, 2)) - peak) / (npix - 1)
@@ -890,9 +1056,10 @@ def make_source_catalog(
     if data.ndim != 2:
         raise ValueError(f"data must be a 2D array, got {data.ndim} dimensions")
     shape = data.shape
-    data = data.astype(np.float64)
-    err = _validate_image("err", err, shape)
-    wht = _validate_image("wht", wht, shape)
+    data = data.astype(np.float64)  # a copy, filled in place below
+    err = _validate_image("err", err, shape)  # a float64 copy, filled in place below
+    # Only compared with 0 (a float64 copy would give the same coverage).
+    wht = _validate_image("wht", wht, shape, copy=False)
     _check_positive("pixar_sr", pixar_sr)
     _check_positive("bkg_boxsize", bkg_boxsize, integer=True)
     _check_positive("kernel_fwhm", kernel_fwhm)
@@ -930,11 +1097,13 @@ def make_source_catalog(
         return _assemble(None, aperture_ee, meta), empty_segm
 
     # 2-4: background, subtraction, convolution, detection.
-    filled = np.where(coverage, 0.0, data)
+    filled = data
+    filled[coverage] = 0.0
     bkg = _background(filled, box, coverage)
     # Both full-size images from one pair of axis operators (calimage3.background).
     bkg_image, bkg_rms = background_images(bkg)
-    sub = np.where(coverage, 0.0, filled - bkg_image)
+    sub = filled - bkg_image
+    sub[coverage] = 0.0
     threshold = snr_threshold * bkg_rms
     segm, convolved = detect_segments(
         sub, threshold, kernel_fwhm=kernel_fwhm, npixels=npixels, deblend=deblend,
@@ -948,7 +1117,10 @@ def make_source_catalog(
     # 5: segment properties, in Jy.
     to_jy = 1.0e6 * pixar_sr
     data_jy = sub * to_jy
-    err_jy = None if err is None else np.where(coverage | ~np.isfinite(err), 0.0, err) * to_jy
+    err_jy = err
+    if err_jy is not None:
+        err_jy[coverage | ~np.isfinite(err_jy)] = 0.0
+        err_jy *= to_jy
     scat = SourceCatalog(
         data_jy << u.Jy, segm, convolved_data=(convolved * to_jy) << u.Jy,
         error=None if err_jy is None else err_jy << u.Jy, mask=coverage, wcs=wcs,
@@ -976,11 +1148,16 @@ def make_source_catalog(
     elif psf_fwhm is not None:
         params = _gaussian_params(float(psf_fwhm), aperture_ee, "psf_fwhm")
     else:
-        rms_jy = bkg_rms * to_jy
         area = np.asarray(scat.area.value, dtype=float)
+        # Sum of the background variance over each segment: a bincount over
+        # the segment pixels only (raster order, as ndimage.sum_labels over
+        # the whole image, so the same sums).
+        seg_flat = segm.data.ravel()
+        pix = np.flatnonzero(seg_flat)
+        var_sum = np.bincount(seg_flat[pix], weights=(bkg_rms.ravel()[pix] * to_jy) ** 2,
+                              minlength=int(labels.max()) + 1)
         with np.errstate(divide="ignore", invalid="ignore"):
-            noise = np.sqrt(np.asarray(
-                ndimage.sum_labels(rms_jy**2, segm.data, index=labels), dtype=float))
+            noise = np.sqrt(var_sum[labels])
             snr = np.asarray(scat.segment_flux.value, float) / noise
         snr[~(area > 0)] = np.nan
         params = _self_calibrated_params(

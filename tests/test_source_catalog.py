@@ -7,11 +7,20 @@ from astropy.coordinates import SkyCoord
 from astropy.modeling.models import Sersic2D
 from astropy.table import Table
 from photutils.aperture import CircularAperture, aperture_photometry
+from photutils.segmentation import deblend_sources, detect_sources
+from scipy import ndimage
 from scipy.ndimage import gaussian_filter
 from scipy.spatial import KDTree
 from scipy.special import erf
 
 from calimage3.source_catalog import (
+    _aperture_sums,
+    _cutouts,
+    _daofind_stats,
+    _deblend,
+    _encircled_energy,
+    _multi_peak_labels,
+    _radius_at,
     encircled_energy_radii,
     flux_to_abmag,
     gaussian_ee_radii,
@@ -349,3 +358,117 @@ def test_bad_parameters_are_rejected(kwargs, match):
     data = np.zeros((20, 20))
     with pytest.raises(ValueError, match=match):
         make_source_catalog(data, None, imaging_wcs(data.shape, CRVAL, SCALE), **kwargs)
+
+
+# ----------------------------------------------------- fast paths equal the photutils ones
+
+
+def _reference_aperture_sums(data, positions, radii, error=None, mask=None):
+    """The aperture_photometry formulation that _aperture_sums replaces."""
+    apertures = [CircularAperture(positions, r) for r in radii]
+    clean = np.where(mask, 0.0, data) if mask is not None else data
+    err = None if error is None else (np.where(mask, 0.0, error) if mask is not None else error)
+    phot = aperture_photometry(clean, apertures, error=err, method="exact")
+    sums = np.column_stack([np.asarray(phot[f"aperture_sum_{i}"], float) for i in range(len(radii))])
+    errs = (np.column_stack([np.asarray(phot[f"aperture_sum_err_{i}"], float)
+                             for i in range(len(radii))]) if err is not None
+            else np.full_like(sums, np.nan))
+    if mask is not None and mask.any():
+        cover = aperture_photometry(mask.astype(float), apertures, method="center")
+        hit = np.column_stack([np.asarray(cover[f"aperture_sum_{i}"]) > 0 for i in range(len(radii))])
+        sums[hit] = np.nan
+        errs[hit] = np.nan
+    return sums, errs
+
+
+def test_aperture_sums_equal_aperture_photometry():
+    """Sums and errors equal photutils' bit for bit: edges, off-image, masked pixels."""
+    rng = np.random.default_rng(11)
+    data = rng.normal(size=(60, 70))
+    error = rng.uniform(0.5, 1.5, data.shape)
+    mask = np.zeros(data.shape, bool)
+    mask[40:44, 10:13] = True
+    pos = np.column_stack([rng.uniform(-5, 75, 80), rng.uniform(-5, 65, 80)])
+    pos[:4] = [[-1000.0, -1000.0], [11.3, 41.2], [0.0, 0.0], [69.4, 59.6]]
+    radii = [0.4, 1.3, 2.75, 6.0]
+    for m in (None, mask):
+        got = _aperture_sums(data, pos, radii, error, m)
+        want = _reference_aperture_sums(data, pos, radii, error, m)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+    assert np.isnan(got[0][1]).all() and np.isnan(got[0][0]).all()
+
+
+def test_deblend_leaves_single_peak_segments_to_no_one():
+    """Deblending only the multi-peak segments gives photutils' full result."""
+    rng = np.random.default_rng(12)
+    yy, xx = np.mgrid[:200, :220]
+    image = rng.normal(size=yy.shape)
+    for _ in range(60):
+        x0, y0, s = rng.uniform(0, 220), rng.uniform(0, 200), rng.uniform(0.8, 3.0)
+        image += rng.uniform(3, 200) * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * s * s))
+    conv = gaussian_filter(image, 1.0)
+    full = deblend_sources(conv, detect_sources(conv, 1.0, 5), 5, n_levels=32, contrast=0.001,
+                           mode="exponential", connectivity=8, relabel=True, progress_bar=False)
+    segm = detect_sources(conv, 1.0, 5)
+    sent = _multi_peak_labels(conv, segm, 10)
+    assert 0 < sent.size < np.count_nonzero(segm.areas >= 10)
+    np.testing.assert_array_equal(_deblend(conv, segm, 5).data, full.data)
+
+
+def test_encircled_energy_prefix_gives_the_same_radii():
+    """The curve measured only as far as needed gives the radii of the full curve."""
+    rng = np.random.default_rng(13)
+    yy, xx = np.mgrid[:120, :120]
+    canvas = rng.normal(0.0, 1e-3, yy.shape)
+    # Stars: 4 ordinary, one whose aperture leaves the image (kept), one centred
+    # off the image (its smallest apertures miss the image: dropped), one with
+    # a masked pixel in its normalisation aperture (dropped).
+    pos = np.array([[30.2, 30.7], [80.6, 35.1], [40.9, 85.4], [90.0, 90.3], [5.0, 20.0],
+                    [-1.0, 60.0], [60.2, 60.1]])
+    for x, y in pos:
+        canvas += np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * SIGMA**2)) / (2 * np.pi * SIGMA**2)
+    mask = np.zeros(canvas.shape, bool)
+    mask[58:61, 58:60] = True
+    full = encircled_energy_radii(canvas, pos, [30, 50, 70], norm_radius=8.0, mask=mask)
+    part = _encircled_energy(canvas, pos, [30, 50, 70], norm_radius=8.0, mask=mask, upto=0.5)
+    assert full.n_stars == part.n_stars == 5
+    assert part.curve.size < full.curve.size
+    np.testing.assert_array_equal(part.radii, full.radii)
+    np.testing.assert_array_equal(part.curve, full.curve[: part.curve.size])
+    assert _radius_at(part.curve, part.radius_grid, 0.5) == _radius_at(full.curve,
+                                                                       full.radius_grid, 0.5)
+
+
+def test_daofind_stats_from_cutouts_equal_full_image_convolution():
+    """Sharpness and roundness as from the DAOFind kernel convolved over the whole image."""
+    rng = np.random.default_rng(14)
+    data = rng.normal(size=(50, 60))
+    xy = np.column_stack([rng.uniform(-2, 61, 40), rng.uniform(-2, 51, 40)])
+    xy[0] = [-1000.0, -1000.0]
+    fwhm = 2.0
+    sharp, rnd = _daofind_stats(data, xy, fwhm)
+    # Reference: the kernel of _daofind_stats convolved over the full image.
+    sigma = fwhm / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+    rmax = max(2.0, 1.5 * sigma)
+    size = 2 * int(rmax) + 1
+    c = size // 2
+    yy, xx = np.mgrid[0:size, 0:size]
+    kmask = (np.hypot(xx - c, yy - c) <= rmax).astype(float)
+    gauss = np.exp(-((xx - c) ** 2 + (yy - c) ** 2) / (2.0 * sigma**2)) * kmask
+    npix = kmask.sum()
+    kernel = (gauss - gauss.sum() / npix) / (np.sum(gauss**2) - np.sum(gauss) ** 2 / npix) * kmask
+    conv = ndimage.convolve(data, kernel, mode="constant", cval=0.0)
+    cut, cut_conv = _cutouts(data, xy, size), _cutouts(conv, xy, size)
+    peak, conv_peak = cut[:, c, c], cut_conv[:, c, c]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        want = (peak - (np.sum(cut * kmask, axis=(1, 2)) - peak) / (npix - 1)) / conv_peak
+    np.testing.assert_array_equal(sharp, want)
+    cc = cut_conv.copy()
+    cc[:, c, c] = 0.0
+    sum2 = (-cc[:, 0 : c + 1, c + 1 :].sum(axis=(1, 2)) + cc[:, 0:c, 0 : c + 1].sum(axis=(1, 2))
+            - cc[:, c:, 0:c].sum(axis=(1, 2)) + cc[:, c + 1 :, c:].sum(axis=(1, 2)))
+    sum4 = np.abs(cc).sum(axis=(1, 2))
+    sum4[sum4 == 0] = np.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        np.testing.assert_array_equal(rnd, 2.0 * sum2 / sum4)
