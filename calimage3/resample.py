@@ -556,6 +556,9 @@ def drizzle_exposure(
     return contribution
 
 
+_ADD_ROWS = 128  # rows per band in MosaicCombiner.add
+
+
 class MosaicCombiner:
     """Co-add of `ExposureContribution` objects into a mosaic, one at a time.
 
@@ -569,6 +572,9 @@ class MosaicCombiner:
     n_exposures : int or None
         Expected number of exposures; sizes the context image up front (it
         grows by one plane per 32 exposures otherwise).
+    threads : int
+        Threads adding bands of rows of a contribution at once (the bands
+        are disjoint, so the result does not depend on it).
 
     Notes
     -----
@@ -592,8 +598,9 @@ class MosaicCombiner:
       variance was resampled.
     """
 
-    def __init__(self, output_shape, *, fillval="NAN", n_exposures=None):
+    def __init__(self, output_shape, *, fillval="NAN", n_exposures=None, threads=1):
         self.output_shape = _check_shape(output_shape, "output_shape")
+        self.threads = max(1, int(threads))
         _, self._fill = _check_fillval(fillval)
         if n_exposures is not None and int(n_exposures) < 1:
             raise ValueError(f"n_exposures: must be a positive integer, got {n_exposures!r}")
@@ -641,19 +648,33 @@ class MosaicCombiner:
         if plane >= self._con.shape[0]:
             extra = np.zeros((plane + 1 - self._con.shape[0],) + self.output_shape, np.int32)
             self._con = np.concatenate([self._con, extra])
-        if y1 == y0 or x1 == x0:
-            return
-        cut = np.s_[y0:y1, x0:x1]
-        wht = np.asarray(c.wht, dtype=np.float32)
-        used = wht != 0
-        with np.errstate(invalid="ignore"):
-            self._wsum[cut] += np.where(used, wht.astype(np.float64) * c.data, 0.0)
-        self._wht[cut] += wht
-        self._con[plane].view(np.uint32)[cut] |= np.asarray(c.con, np.uint32) << np.uint32(bit)
-        if self.variance_method == "jwst":
-            self._add_variances_jwst(c, cut)
+        for name in c.variances:  # created here, not by the threads
+            self._accumulators(name, np.float32 if self.variance_method == "jwst" else np.float64)
+        # In bands of rows: numpy releases the GIL, so threads add bands at once.
+        bands = [slice(r0, min(r0 + _ADD_ROWS, y1 - y0)) for r0 in range(0, y1 - y0, _ADD_ROWS)]
+        if self.threads > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(self.threads) as pool:
+                list(pool.map(lambda rows: self._add_band(c, rows, plane, bit), bands))
         else:
-            self._add_variances_squared(c, cut, wht)
+            for rows in bands:
+                self._add_band(c, rows, plane, bit)
+
+    def _add_band(self, c, rows, plane, bit):
+        """Add rows ``rows`` of contribution ``c`` (its own row numbering)."""
+        y0, _, x0, x1 = (int(v) for v in c.bbox)
+        cut = np.s_[y0 + rows.start:y0 + rows.stop, x0:x1]
+        wht = np.asarray(c.wht[rows], dtype=np.float32)
+        with np.errstate(invalid="ignore"):
+            self._wsum[cut] += np.where(wht != 0, wht.astype(np.float64) * c.data[rows], 0.0)
+        self._wht[cut] += wht
+        self._con[plane].view(np.uint32)[cut] |= np.asarray(c.con[rows], np.uint32) << np.uint32(bit)
+        variances = {name: v[rows] for name, v in c.variances.items()}
+        if self.variance_method == "jwst":
+            self._add_variances_jwst(variances, c.exptime, cut)
+        else:
+            self._add_variances_squared(variances, cut, wht)
 
     def _accumulators(self, name, dtype):
         if name not in self._var_sum:
@@ -661,14 +682,14 @@ class MosaicCombiner:
             self._var_wht[name] = np.zeros(self.output_shape, np.float32)
         return self._var_sum[name], self._var_wht[name]
 
-    def _add_variances_jwst(self, c, cut):
+    def _add_variances_jwst(self, variances, exptime, cut):
         # Masked sums written as "+= where(ok, x, 0)": adding 0.0 leaves a
         # float32 sum bit-for-bit unchanged, and is much faster than
         # boolean-index assignment.
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            rn = c.variances.get("var_rnoise")
+            rn = variances.get("var_rnoise")
             if self.weight_type == "exptime":
-                weight = np.float64(c.exptime)
+                weight = np.float64(exptime)
             elif rn is None:
                 weight = np.float64(1.0)
             else:
@@ -677,7 +698,7 @@ class MosaicCombiner:
             if np.ndim(weight) == 0 and not weight > 0:
                 return
             weight2 = weight * weight
-            for name, root_var in c.variances.items():
+            for name, root_var in variances.items():
                 var = np.square(root_var, dtype=np.float64)
                 # A square is >= 0 unless NaN, and the weight is positive: only finiteness to check.
                 ok = np.isfinite(var)
@@ -685,9 +706,9 @@ class MosaicCombiner:
                 vsum[cut] += np.where(ok, var * weight2, 0.0)
                 vwht[cut] += np.where(ok, weight, 0.0)
 
-    def _add_variances_squared(self, c, cut, wht):
+    def _add_variances_squared(self, variances, cut, wht):
         w2 = np.square(wht.astype(np.float64))
-        for name, var in c.variances.items():
+        for name, var in variances.items():
             vsum, _ = self._accumulators(name, np.float64)
             var = np.asarray(var, np.float64)
             with np.errstate(invalid="ignore"):

@@ -90,7 +90,8 @@ for P in PRODUCTS:
             f"{P.logs}/resample.log",
         benchmark:
             f"{P.bench}/resample.tsv"
-        threads: 1
+        # the last job but the catalog, alone on the machine: its bands are added in threads
+        threads: min(4, workflow.cores)
         resources:
             mem_mb=mem_mb_group,
             runtime=runtime_minutes,

@@ -32,7 +32,7 @@ def read_contribution(path):
     return contribution, meta, keywords
 
 
-def resample(contribution_paths, grid_path, i2d_path, **params):
+def resample(contribution_paths, grid_path, i2d_path, *, threads=1, **params):
     """Add the per-exposure contributions one at a time and write the _i2d.
 
     ``grid_path`` holds the grid's WCS already rendered (`io.write_rendered_wcs`):
@@ -41,7 +41,7 @@ def resample(contribution_paths, grid_path, i2d_path, **params):
     grid = io.read_rendered_wcs(grid_path)
     out_shape = grid.shape
     combiner = MosaicCombiner(out_shape, fillval=params.get("fillval", "NAN"),
-                              n_exposures=len(contribution_paths))
+                              n_exposures=len(contribution_paths), threads=threads)
     metas, filenames, checksums = [], [], []
     for path in contribution_paths:
         contribution, meta, info = read_contribution(path)
@@ -62,4 +62,5 @@ def resample(contribution_paths, grid_path, i2d_path, **params):
 
 if "snakemake" in globals():
     configure_logging(snakemake.log[0])
-    resample(snakemake.input.contributions, snakemake.input.grid, snakemake.output.i2d, **snakemake.params.step)
+    resample(snakemake.input.contributions, snakemake.input.grid, snakemake.output.i2d, threads=snakemake.threads,
+             **snakemake.params.step)

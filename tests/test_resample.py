@@ -398,6 +398,26 @@ def test_contributions_combine_to_one_drizzle(noisy_set, kernel, pixfrac, weight
         np.testing.assert_allclose(out[name], expected[name], rtol=1e-5, equal_nan=True)
 
 
+@pytest.mark.parametrize("method", ["jwst", "squared_weights"])
+def test_combiner_threads_and_bands_do_not_change_the_mosaic(noisy_set, monkeypatch, method):
+    """Adding in bands of 5 rows over 3 threads gives the mosaic of one pass, bit for bit."""
+    import calimage3.resample as resample_module
+
+    exposures, out_wcs, out_shape = noisy_set
+    contributions = [drizzle_exposure(exp, out_wcs, out_shape, sky_level=0.5, variance_method=method)
+                     for exp in exposures]
+    results = []
+    for rows, threads in ((10_000, 1), (5, 3)):
+        monkeypatch.setattr(resample_module, "_ADD_ROWS", rows)
+        combiner = MosaicCombiner(out_shape, threads=threads)
+        for c in contributions:
+            combiner.add(c)
+        results.append(combiner.finalize())
+    assert max(c.data.shape[0] for c in contributions) > 10  # several bands per contribution
+    for name, array in results[0].items():
+        np.testing.assert_array_equal(results[1][name], array)
+
+
 def test_contribution_is_cut_to_the_exposure():
     """A 16x16 exposure on a 64x200 grid gives a ~26x26 cutout whatever the grid size."""
     wcs = _shift_wcs((16, 16), 0, 0)
