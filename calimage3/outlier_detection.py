@@ -25,7 +25,6 @@ singles may be numpy memmaps of files the caller wrote).
 
 import numpy as np
 from astropy.stats import sigma_clip
-from scipy import ndimage
 
 from .dqflags import PIXEL
 
@@ -355,8 +354,19 @@ def flag_outliers(sci, err, blot, *, snr="5.0 4.0", scale="1.2 0.7", backg=0.0):
         diff = np.abs(sci - blot - backg)
         mask1 = diff > scale1 * deriv + snr1 * err
         mask2 = diff > scale2 * deriv + snr2 * err
-    grown = ndimage.binary_dilation(mask1, structure=np.ones((3, 3), bool))
-    return grown & mask2
+    return _dilate_3x3(mask1) & mask2
+
+
+def _dilate_3x3(mask):
+    """Binary dilation by a 3x3 square (``scipy.ndimage.binary_dilation``),
+    in numpy: the flagging jobs then need not import scipy.ndimage."""
+    padded = np.pad(mask, 1)
+    grown = np.zeros_like(mask)
+    ny, nx = mask.shape
+    for dy in range(3):
+        for dx in range(3):
+            grown |= padded[dy:dy + ny, dx:dx + nx]
+    return grown
 
 
 def apply_outlier_flags(dq, mask):

@@ -243,3 +243,17 @@ def test_unresampled_flagging_is_jwst_flag_crs():
     # 0.6 > 0.5 flagged; NaN err counts as 0 so 0.4 > 0 flagged; NaN sci never flagged
     assert mask.tolist() == [[False, True, True, False]]
     assert not flag_outliers_unresampled(sci, err, median, snr="7.0 1.0")[0, 1]
+
+
+def test_neighbour_growth_is_a_3x3_binary_dilation():
+    """The numpy 3x3 growth equals scipy.ndimage.binary_dilation, edges and tiny images included."""
+    from scipy import ndimage
+
+    from calimage3.outlier_detection import _dilate_3x3
+
+    rng = np.random.default_rng(5)
+    for shape in ((1, 1), (1, 6), (5, 2), (64, 80)):
+        mask = rng.random(shape) < 0.05
+        mask[0, 0] = mask[-1, -1] = True
+        np.testing.assert_array_equal(_dilate_3x3(mask),
+                                      ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool)))
