@@ -1,8 +1,8 @@
-# outlier_detection: the common grid and each exposure's pixel map onto it
-# (one job), drizzle each exposure alone onto the grid (one job each), take
-# the median of those in sections (one job), then blot the median back and
-# flag outliers in each exposure (one job each), writing the _crf with its
-# WCS as rendered once for all exposures (one job).
+# outlier_detection: the common grid, each exposure's pixel map onto it and
+# each exposure's WCS rendered for its _crf (one job), drizzle each exposure
+# alone onto the grid (one job each), take the median of those in sections
+# (one job), then blot the median back and flag outliers in each exposure
+# (one job each), writing the _crf.
 # Rules per association (rules/common.smk: Product).
 
 OUTLIER_DRIZZLE = ("weight_type", "pixfrac", "kernel", "fillval", "good_bits", "resample_data")
@@ -19,6 +19,7 @@ for P in PRODUCTS:
         output:
             grid=P.outlier_grid(),
             pixmaps=[P.outlier_pixmap(r) for r in P.roots],
+            rendered=[P.rendered_wcs(r) for r in P.roots],
         params:
             grid_step=config["pixmap_grid_step"],
         log:
@@ -35,28 +36,6 @@ for P in PRODUCTS:
             "../envs/calimage3.yaml"
         script:
             "../scripts/output_grid.py"
-
-    rule:
-        name:
-            P.rule("outlier_crf_wcs")
-        input:
-            wcs=P.all_tweakreg_wcs(),
-        output:
-            rendered=[P.rendered_wcs(r) for r in P.roots],
-        log:
-            f"{P.logs}/outlier_crf_wcs.log",
-        benchmark:
-            f"{P.bench}/outlier_crf_wcs.tsv"
-        # alongside skymatch, ahead of resample_grid: the flagging jobs wait for it
-        priority: 1
-        threads: 1
-        resources:
-            mem_mb=1000,
-            runtime=runtime_minutes,
-        conda:
-            "../envs/calimage3.yaml"
-        script:
-            "../scripts/render_wcs.py"
 
     rule:
         name:

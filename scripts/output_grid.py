@@ -18,12 +18,11 @@ GRID_PARAMETERS = ("pixel_scale_ratio", "pixel_scale", "rotation", "crval", "crp
 
 
 def read_any_wcs(path):
-    """WCS and shape from a workflow WCS file (.asdf) or a JWST image."""
+    """WCS, shape and the keywords stored with it, from a workflow WCS file (.asdf) or a JWST image."""
     if str(path).endswith(".asdf"):
-        wcs, shape, _ = io.read_wcs_file(path)
-        return wcs, shape
+        return io.read_wcs_file(path)
     wcs, shape, _ = io.read_exposure_wcs(path)
-    return wcs, shape
+    return wcs, shape, {}
 
 
 def user_grid_shape(wcs, pixel_shape=None, output_shape=None, *, source="output_wcs"):
@@ -71,14 +70,19 @@ def user_grid_shape(wcs, pixel_shape=None, output_shape=None, *, source="output_
 
 
 def write_pixel_maps(pairs, grid_wcs, grid_shape, pixmap_paths, grid_step):
-    """Write each exposure's coarse pixel map onto the grid (``pairs``: (wcs, shape) per exposure)."""
-    for (wcs, shape), path in zip(pairs, pixmap_paths, strict=True):
+    """Write each exposure's coarse pixel map onto the grid (``pairs``: (wcs, shape, info) per exposure)."""
+    for (wcs, shape, _), path in zip(pairs, pixmap_paths, strict=True):
         io.write_pixel_map(path, coarse_pixel_map(wcs, grid_wcs, shape, grid_step=grid_step, output_shape=grid_shape))
 
 
-def output_grid(wcs_paths, grid_path, *, pixmap_paths=(), grid_step=16, output_wcs_file="", **params):
+def output_grid(wcs_paths, grid_path, *, pixmap_paths=(), rendered_paths=(), grid_step=16, output_wcs_file="",
+                **params):
     """Write the output grid (the user's ``output_wcs`` file, or the JWST default or user-set
     one covering all inputs) and, for each exposure in ``pixmap_paths``, its pixel map onto it.
+
+    With ``rendered_paths``, each exposure's own WCS is also rendered as its
+    _crf will carry it (`io.write_rendered_wcs`): this job already has
+    every WCS and asdf loaded, and the flagging jobs then need neither.
 
     A ``grid_path`` ending in ``.fits`` gets the grid's WCS rendered as the
     mosaic will carry it, pixel area included (`io.write_rendered_wcs`), so
@@ -93,7 +97,7 @@ def output_grid(wcs_paths, grid_path, *, pixmap_paths=(), grid_step=16, output_w
                  shape[1], shape[0], output_wcs_file)
     else:
         grid_args = {k: params[k] for k in GRID_PARAMETERS if params.get(k) is not None}
-        wcs, shape = output_wcs([w for w, _ in pairs], [s for _, s in pairs], **grid_args)
+        wcs, shape = output_wcs([p[0] for p in pairs], [p[1] for p in pairs], **grid_args)
         log.info("output grid: %d x %d pixels covering %d exposures", shape[1], shape[0], len(pairs))
     if str(grid_path).endswith(".fits"):
         io.write_rendered_wcs(grid_path, wcs, shape, pixel_area=True)
@@ -102,10 +106,13 @@ def output_grid(wcs_paths, grid_path, *, pixmap_paths=(), grid_step=16, output_w
     if pixmap_paths:
         write_pixel_maps(pairs, wcs, shape, pixmap_paths, grid_step)
         log.info("pixel maps of %d exposures evaluated every %d pixels", len(pixmap_paths), grid_step)
+    for (exposure_wcs, exposure_shape, info), path in zip(pairs, rendered_paths, strict=bool(rendered_paths)):
+        io.write_rendered_wcs(path, exposure_wcs, exposure_shape, info)
 
 
 if "snakemake" in globals():
     configure_logging(snakemake.log[0])
     params = dict(snakemake.params.step) if hasattr(snakemake.params, "step") else {}
     output_grid(snakemake.input.wcs, snakemake.output.grid, pixmap_paths=snakemake.output.pixmaps,
-                grid_step=snakemake.params.grid_step, output_wcs_file=params.pop("output_wcs", "") or "", **params)
+                rendered_paths=snakemake.output.get("rendered", ()), grid_step=snakemake.params.grid_step,
+                output_wcs_file=params.pop("output_wcs", "") or "", **params)
