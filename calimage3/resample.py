@@ -520,20 +520,15 @@ def drizzle_exposure(
     bbox = _output_bbox(kwargs["pixmap"], input_range, output_shape, kwargs["pixel_scale_ratio"])
     y0, y1, x0, x1 = bbox
     shape = (y1 - y0, x1 - x0)
-    contribution = ExposureContribution(
-        bbox=bbox,
-        data=np.full(shape, np.nan, np.float32),
-        wht=np.zeros(shape, np.float32),
-        con=np.zeros(shape, bool),
-        variances={n: np.full(shape, np.nan, np.float32) for n in variances},
-        exptime=kwargs["exptime"],
-        weight_type=weight_type,
-        variance_method=variance_method,
-    )
-    if 0 in shape:
-        return contribution
+    settings = dict(bbox=bbox, exptime=kwargs["exptime"], weight_type=weight_type, variance_method=variance_method)
+    if 0 in shape:  # off the grid
+        return ExposureContribution(data=np.full(shape, np.nan, np.float32), wht=np.zeros(shape, np.float32),
+                                    con=np.zeros(shape, bool),
+                                    variances={n: np.full(shape, np.nan, np.float32) for n in variances},
+                                    **settings)
     kwargs["pixmap"] = kwargs["pixmap"] - np.array([x0, y0], dtype=np.float64)
     names = list(variances)
+    resampled = {}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*not a flux-conserving kernel.*")
         if variance_method == "squared_weights" and names:
@@ -541,7 +536,7 @@ def drizzle_exposure(
                            out_img2=[None] * len(names), fillval2="NAN")
             driz.add_image(sci, data2=[variances[n] for n in names], **kwargs)
             for name, arr in zip(names, driz.out_img2):
-                contribution.variances[name] = np.asarray(arr, dtype=np.float32)
+                resampled[name] = np.asarray(arr, dtype=np.float32)
         else:
             driz = Drizzle(kernel=kernel, fillval="NAN", out_shape=shape)
             driz.add_image(sci, **kwargs)
@@ -549,11 +544,10 @@ def drizzle_exposure(
                 single = Drizzle(kernel=kernel, fillval="NAN", out_shape=shape, disable_ctx=True)
                 with np.errstate(invalid="ignore"):
                     single.add_image(np.sqrt(variances[name]), **kwargs)
-                contribution.variances[name] = np.asarray(single.out_img, dtype=np.float32)
-    contribution.data = np.asarray(driz.out_img, dtype=np.float32)
-    contribution.wht = np.asarray(driz.out_wht, dtype=np.float32)
-    contribution.con = np.asarray(driz.out_ctx[0]) != 0
-    return contribution
+                resampled[name] = np.asarray(single.out_img, dtype=np.float32)
+    return ExposureContribution(data=np.asarray(driz.out_img, dtype=np.float32),
+                                wht=np.asarray(driz.out_wht, dtype=np.float32),
+                                con=np.asarray(driz.out_ctx[0]) != 0, variances=resampled, **settings)
 
 
 _ADD_ROWS = 128  # rows per band in MosaicCombiner.add
