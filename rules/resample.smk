@@ -90,8 +90,9 @@ for P in PRODUCTS:
             f"{P.logs}/resample.log",
         benchmark:
             f"{P.bench}/resample.tsv"
-        # the last job but the catalog, alone on the machine: its bands are added in threads
-        threads: min(4, workflow.cores)
+        # the last job but the catalog, alone on the machine: its bands are added
+        # in threads (Snakemake lowers this to --cores when fewer are given)
+        threads: 4
         resources:
             mem_mb=mem_mb_group,
             runtime=runtime_minutes,
