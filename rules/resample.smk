@@ -91,8 +91,8 @@ for P in PRODUCTS:
         benchmark:
             f"{P.bench}/resample.tsv"
         # the last job but the catalog, alone on the machine: its bands are added
-        # in threads (Snakemake lowers this to --cores when fewer are given)
-        threads: 4
+        # in two threads (Snakemake lowers this to --cores when fewer are given)
+        threads: 2
         resources:
             mem_mb=mem_mb_group,
             runtime=runtime_minutes,
