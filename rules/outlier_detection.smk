@@ -52,7 +52,7 @@ for P in PRODUCTS:
             f"{P.logs}/outlier_single/{{root}}.log",
         benchmark:
             f"{P.bench}/outlier_single/{{root}}.tsv"
-        # before the grids and WCS rendering that only later jobs need
+        # before the resample grid, which only later jobs need
         priority: 1
         threads: 1
         resources:
