@@ -62,6 +62,7 @@ __all__ = [
     "read_rendered_wcs",
     "write_i2d",
     "read_i2d",
+    "read_i2d_rendered",
     "write_segmentation",
     "read_wcs_file",
     "write_pixel_map",
@@ -845,6 +846,18 @@ def write_i2d(path, arrays, wcs, meta, *, hdrtab=None, sip_max_pix_error=0.01, r
     _write_hdus(path, hdus)
 
 
+def _read_i2d_arrays(hdul, names=None):
+    """The arrays (lower-case extension name; ``data`` for SCI) of an open mosaic.
+
+    ``names`` selects which (SCI is always read); None reads all present.
+    """
+    arrays = {"data": np.asarray(hdul["SCI"].data, dtype=np.float32)}
+    for extname in ("ERR", "WHT", "CON", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT"):
+        if extname in hdul and (names is None or extname.lower() in names):
+            arrays[extname.lower()] = np.asarray(hdul[extname].data)
+    return arrays
+
+
 def read_i2d(path):
     """Read a resampled mosaic written by `write_i2d`.
 
@@ -857,23 +870,66 @@ def read_i2d(path):
         Primary header and SCI photometric keywords.
     """
     with _open_fits(path) as hdul:
-        shape = hdul["SCI"].data.shape
-        arrays = {"data": np.asarray(hdul["SCI"].data, dtype=np.float32)}
-        for extname in ("ERR", "WHT", "CON", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT"):
-            if extname in hdul:
-                arrays[extname.lower()] = np.asarray(hdul[extname].data)
-        wcs, _ = _read_wcs(hdul, path, shape)
+        arrays = _read_i2d_arrays(hdul)
+        wcs, _ = _read_wcs(hdul, path, arrays["data"].shape)
         meta = _read_meta(hdul)
     return arrays, wcs, meta
 
 
-def write_segmentation(path, segm, wcs, meta):
-    """Write a segmentation map (int32 labels, 0 = background) with its WCS."""
+def read_i2d_rendered(path, arrays=None):
+    """Read a mosaic like `read_i2d`, its WCS as written (no asdf or gwcs needed).
+
+    Parameters
+    ----------
+    path : str or Path
+    arrays : iterable of str or None
+        Which arrays to read besides ``data`` (``"err"``, ``"wht"``,
+        ``"con"``, ``"var_poisson"``...); all present by default.
+
+    Returns
+    -------
+    arrays : dict
+        As for `read_i2d`.
+    rendered : RenderedWcs
+        The SCI header's WCS keywords (``S_REGION``, the TAN(-SIP) WCS and
+        its ``SIPMXERR``) and the ASDF extension, unparsed; with
+        `calimage3.fits_wcs.exact_fits_wcs` the header may stand in for
+        the gwcs, else read it with `read_exposure_wcs`.
+    meta : dict
+        As for `read_i2d`.
+    """
+    names = None if arrays is None else set(arrays)
+    with _open_fits(path) as hdul:
+        arrays = _read_i2d_arrays(hdul, names)
+        if "ASDF" not in hdul:
+            raise InputFileError(path, "no ASDF extension holding the mosaic's gwcs")
+        drop = _IMAGE_STRUCTURE_KEYS + ("NAXIS1", "NAXIS2") + tuple(k for k in _SCI_KEYWORDS if k != "S_REGION")
+        keys = fits.Header([card for card in hdul["SCI"].header.cards if card.keyword not in drop])
+        asdf = hdul["ASDF"]
+        asdf_hdu = fits.BinTableHDU(data=asdf.data.copy(), header=asdf.header.copy(), name="ASDF")
+        meta = _read_meta(hdul)
+    rendered = RenderedWcs(info={}, shape=arrays["data"].shape, sci_keywords=keys, asdf_hdu=asdf_hdu)
+    return arrays, rendered, meta
+
+
+def write_segmentation(path, segm, wcs, meta, *, rendered_wcs=None):
+    """Write a segmentation map (int32 labels, 0 = background) with its WCS.
+
+    ``rendered_wcs`` (`RenderedWcs`, e.g. the mosaic's from
+    `read_i2d_rendered`) is written as it is, with ``wcs`` None: no gwcs
+    is needed then.
+    """
     primary = fits.PrimaryHDU(header=_header_from_meta(meta, skip=_SCI_KEYWORDS))
     primary.header["FILENAME"] = Path(path).name
-    header = _sci_header(wcs, segm.shape, {}, 0.01)
-    header.remove("BUNIT", ignore_missing=True)
-    hdus = [primary, fits.ImageHDU(np.asarray(segm, dtype=np.int32), header=header, name="SCI"), _asdf_hdu({"meta": {"wcs": wcs}})]
+    if rendered_wcs is None:
+        header = _sci_header(wcs, segm.shape, {}, 0.01)
+        header.remove("BUNIT", ignore_missing=True)
+        asdf_hdu = _asdf_hdu({"meta": {"wcs": wcs}})
+    else:
+        if tuple(rendered_wcs.shape) != tuple(segm.shape):
+            raise ValueError(f"rendered_wcs: shape {rendered_wcs.shape} differs from the map's {segm.shape}")
+        header, asdf_hdu = rendered_wcs.sci_keywords.copy(), rendered_wcs.asdf_hdu.copy()
+    hdus = [primary, fits.ImageHDU(np.asarray(segm, dtype=np.int32), header=header, name="SCI"), asdf_hdu]
     _write_hdus(path, hdus)
 
 

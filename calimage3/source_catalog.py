@@ -1,6 +1,6 @@
 """Source detection and photometry on a resampled mosaic (the JWST ``source_catalog`` step).
 
-Arrays and a ``gwcs`` object come in; an `astropy.table.QTable` with one row
+Arrays and a WCS (the ``gwcs``, or an exact FITS equivalent) come in; an `astropy.table.QTable` with one row
 per source and an ``int32`` segmentation image come out.  Nothing here reads
 or writes files.
 
@@ -52,7 +52,6 @@ from typing import NamedTuple
 
 import numpy as np
 import astropy.units as u
-from astropy.convolution import Gaussian2DKernel, convolve
 from astropy.coordinates import SkyCoord
 from astropy.stats import SigmaClip, gaussian_fwhm_to_sigma
 from astropy.table import QTable
@@ -72,6 +71,7 @@ __all__ = [
     "EncircledEnergy",
     "make_source_catalog",
     "detect_segments",
+    "smooth",
     "encircled_energy_radii",
     "gaussian_ee_radii",
     "select_psf_stars",
@@ -260,10 +260,61 @@ def _background(data, box_size, coverage_mask):
             return Background2D(data, data.shape, exclude_percentile=100.0, **kwargs)
 
 
-def _gaussian_kernel(fwhm):
-    kernel = Gaussian2DKernel(fwhm * gaussian_fwhm_to_sigma)
-    kernel.normalize(mode="integral")
-    return kernel
+def _gaussian_profile(fwhm):
+    """1-D factor of astropy's ``Gaussian2DKernel`` for ``fwhm``, normalised to unit sum.
+
+    That kernel samples the Gaussian at pixel centres on an odd
+    ``ceil(8 sigma)`` grid; it is the outer product of this profile with
+    itself.
+    """
+    sigma = fwhm * gaussian_fwhm_to_sigma
+    size = int(np.ceil(8.0 * sigma))
+    size += 1 - size % 2
+    x = np.arange(size, dtype=float) - size // 2
+    profile = np.exp(-0.5 * (x / sigma) ** 2)
+    return profile / profile.sum()
+
+
+def smooth(data, fwhm, mask=None):
+    """``data`` convolved with a normalised Gaussian, masked pixels interpolated over.
+
+    The result of ``astropy.convolution.convolve(data, kernel, mask=mask,
+    normalize_kernel=True)`` with ``kernel`` the integral-normalised
+    ``Gaussian2DKernel`` of ``fwhm`` (JWST's detection kernel): each pixel
+    is the kernel-weighted mean of the usable pixels around it, where
+    masked and non-finite pixels are left out and pixels beyond the edges
+    count as 0.  The kernel is separable, so two 1-D passes replace the 2-D
+    sum; the values agree to rounding.
+
+    Parameters
+    ----------
+    data : ndarray, shape (ny, nx)
+    fwhm : float
+        FWHM of the Gaussian, pixels.
+    mask : ndarray of bool or None
+        True where a pixel must be left out.
+
+    Returns
+    -------
+    ndarray of float64, shape (ny, nx)
+        NaN where no usable pixel is within the kernel.
+    """
+    profile = _gaussian_profile(fwhm)
+    data = np.asarray(data, dtype=float)
+    bad = ~np.isfinite(data)
+    if mask is not None:
+        bad |= mask
+
+    def separable(image, outside):
+        rows = ndimage.correlate1d(image, profile, axis=0, mode="constant", cval=outside)
+        return ndimage.correlate1d(rows, profile, axis=1, mode="constant", cval=outside)
+
+    if not bad.any():
+        return separable(data, 0.0)
+    total = separable(np.where(bad, 0.0, data), 0.0)
+    weight = separable((~bad).astype(float), 1.0)  # beyond the edges counts as usable
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(weight > 0, total / weight, np.nan)
 
 
 def _multi_peak_labels(image, segm, min_area):
@@ -337,15 +388,13 @@ def detect_segments(data, threshold, *, kernel_fwhm=2.0, npixels=5, deblend=Fals
     segm : photutils.segmentation.SegmentationImage or None
         Labels 1..n consecutive, 0 = background; None when nothing is found.
     convolved : ndarray, shape (ny, nx)
-        The convolved image (masked pixels interpolated over by
-        `astropy.convolution.convolve`, then set to 0).
+        The convolved image (masked pixels interpolated over by `smooth`,
+        then set to 0).
     """
     _check_positive("kernel_fwhm", kernel_fwhm)
     _check_positive("npixels", npixels, integer=True)
     npixels = int(npixels)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", AstropyUserWarning)
-        convolved = convolve(data, _gaussian_kernel(kernel_fwhm), mask=mask, normalize_kernel=True)
+    convolved = smooth(data, kernel_fwhm, mask)
     if mask is not None:
         convolved[mask] = 0.0
     convolved = np.nan_to_num(convolved, nan=0.0, copy=False)
@@ -864,8 +913,8 @@ def _sky_orientation(wcs, xy, orientation_deg):
     """Position angle (deg, east of north, [0, 360)) of the major axis at each source."""
     theta = np.deg2rad(orientation_deg)
     step = 0.5
-    ra0, dec0 = wcs(xy[:, 0], xy[:, 1])
-    ra1, dec1 = wcs(xy[:, 0] + step * np.cos(theta), xy[:, 1] + step * np.sin(theta))
+    ra0, dec0 = wcs.pixel_to_world_values(xy[:, 0], xy[:, 1])
+    ra1, dec1 = wcs.pixel_to_world_values(xy[:, 0] + step * np.cos(theta), xy[:, 1] + step * np.sin(theta))
     c0 = SkyCoord(ra0, dec0, unit="deg")
     c1 = SkyCoord(ra1, dec1, unit="deg")
     return c0.position_angle(c1).to(u.deg) % (360 * u.deg)
@@ -996,8 +1045,9 @@ def make_source_catalog(
     err : ndarray, shape (ny, nx), or None
         Total 1-sigma error of ``data``, MJy/sr.  None gives NaN in every
         ``*_err`` column except ``aper_bkg_flux_err``.
-    wcs : gwcs.WCS
-        Maps zero-based pixel ``(x, y)`` to ICRS ``(RA, Dec)`` degrees.
+    wcs : gwcs.WCS or astropy.wcs.WCS
+        Maps zero-based pixel ``(x, y)`` to ICRS ``(RA, Dec)`` degrees
+        through ``pixel_to_world_values`` (any APE 14 celestial WCS).
     wht : ndarray, shape (ny, nx), or None
         Drizzle weight; pixels with ``wht == 0`` have no coverage.
     pixar_sr : float

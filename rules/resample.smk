@@ -67,6 +67,9 @@ for P in PRODUCTS:
             f"{P.logs}/resample_exposure/{{root}}.log",
         benchmark:
             f"{P.bench}/resample_exposure/{{root}}.tsv"
+        # ahead of the remaining (shorter) flag jobs, so that the last
+        # drizzles do not run alone at the end with a core idle
+        priority: 1
         threads: 1
         resources:
             mem_mb=mem_mb_exposure,

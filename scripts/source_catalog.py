@@ -3,6 +3,7 @@
 import logging
 
 from calimage3 import io
+from calimage3.fits_wcs import exact_fits_wcs
 from calimage3.logs import configure_logging
 from calimage3.provenance import provenance_keywords
 from calimage3.source_catalog import make_source_catalog
@@ -12,7 +13,12 @@ log = logging.getLogger("source_catalog")
 
 def source_catalog(i2d_path, cat_path, segm_path, **params):
     """Detect and measure sources in the _i2d; write _cat.ecsv and _segm.fits."""
-    arrays, wcs, meta = io.read_i2d(i2d_path)
+    arrays, rendered, meta = io.read_i2d_rendered(i2d_path, arrays=("err", "wht"))
+    wcs = exact_fits_wcs(rendered.sci_keywords)
+    if wcs is None:  # the header only approximates the gwcs
+        wcs, _, _ = io.read_exposure_wcs(i2d_path)
+    else:
+        log.info("source_catalog: sky coordinates from the exact TAN WCS of the SCI header")
     table, segm = make_source_catalog(arrays["data"], arrays["err"], wcs, wht=arrays.get("wht"),
                                       pixar_sr=float(meta["PIXAR_SR"]), **params)
     provenance = provenance_keywords("source_catalog", params, io.input_checksums([i2d_path]))
@@ -20,7 +26,7 @@ def source_catalog(i2d_path, cat_path, segm_path, **params):
                        "provenance": provenance})
     io.write_table(cat_path, table)
     segm_meta = {k: meta[k] for k in ("TELESCOP", "INSTRUME", "FILTER") if k in meta}
-    io.write_segmentation(segm_path, segm, wcs, {**segm_meta, **provenance})
+    io.write_segmentation(segm_path, segm, None, {**segm_meta, **provenance}, rendered_wcs=rendered)
     n_ext = int(table["is_extended"].sum()) if "is_extended" in table.colnames and len(table) else 0
     log.info("source_catalog: %d sources (%d extended) in %s", len(table), n_ext, i2d_path)
 

@@ -77,6 +77,29 @@ def test_rendered_grid_wcs_gives_the_same_i2d(tmp_path):
     assert not (tmp_path / "bad_i2d.fits").exists()
 
 
+def test_segmentation_from_the_i2d_rendered_wcs(tmp_path):
+    """The _segm written from the _i2d's own WCS keywords and ASDF bytes equals one written from the gwcs."""
+    shape = (50, 60)
+    wcs = imaging_wcs(shape, (30.0, -5.0), 0.031, 10.0)
+    arrays = {"data": np.ones(shape, np.float32), "err": np.ones(shape, np.float32),
+              "wht": np.ones(shape, np.float32), "con": np.ones((1,) + shape, np.int32)}
+    io.write_i2d(tmp_path / "m_i2d.fits", arrays, wcs, {"EFFEXPTM": 300.0, "PHOTMJSR": 0.4})
+    back, rendered, meta = io.read_i2d_rendered(tmp_path / "m_i2d.fits", arrays=("wht",))
+    assert set(back) == {"data", "wht"} and meta["PHOTMJSR"] == 0.4
+    assert not {"PHOTMJSR", "PIXAR_SR", "BUNIT", "NAXIS1"} & set(rendered.sci_keywords)
+    segm = np.arange(np.prod(shape), dtype=np.int32).reshape(shape) % 7
+    io.write_segmentation(tmp_path / "direct_segm.fits", segm, wcs, {"FILTER": "F200W"})
+    io.write_segmentation(tmp_path / "copied_segm.fits", segm, None, {"FILTER": "F200W"}, rendered_wcs=rendered)
+    direct, copied = (fits.getheader(tmp_path / f"{n}_segm.fits", "SCI") for n in ("direct", "copied"))
+    assert copied == direct and "S_REGION" in copied and "SIPMXERR" in copied
+    assert fits.getheader(tmp_path / "copied_segm.fits")["FILTER"] == "F200W"
+    back_wcs, _, _ = io.read_exposure_wcs(tmp_path / "copied_segm.fits")
+    assert back_wcs(10.0, 20.0) == pytest.approx(wcs(10.0, 20.0), abs=1e-12)
+    with pytest.raises(ValueError, match="differs from the map"):
+        io.write_segmentation(tmp_path / "bad_segm.fits", segm[:5], None, {}, rendered_wcs=rendered)
+    assert not (tmp_path / "bad_segm.fits").exists()
+
+
 def test_sip_fallback_when_asdf_missing(tmp_path, caplog):
     """Without an ASDF extension the SIP header WCS is used, and the log says so."""
     exp = _exposure()

@@ -25,6 +25,7 @@ from calimage3.source_catalog import (
     flux_to_abmag,
     gaussian_ee_radii,
     make_source_catalog,
+    smooth,
 )
 from calimage3.wcs_tools import imaging_wcs
 
@@ -472,3 +473,27 @@ def test_daofind_stats_from_cutouts_equal_full_image_convolution():
     sum4[sum4 == 0] = np.nan
     with np.errstate(divide="ignore", invalid="ignore"):
         np.testing.assert_array_equal(rnd, 2.0 * sum2 / sum4)
+
+
+@pytest.mark.filterwarnings("ignore::astropy.utils.exceptions.AstropyUserWarning")  # astropy: NaN left
+@pytest.mark.parametrize("fwhm", [1.0, 2.0, 2.5, 3.3])
+def test_smooth_equals_astropy_convolve(fwhm):
+    """The separable smoothing is astropy's masked, normalised Gaussian convolution (JWST's kernel)."""
+    from astropy.convolution import Gaussian2DKernel, convolve
+    from astropy.stats import gaussian_fwhm_to_sigma
+
+    rng = np.random.default_rng(3)
+    data = rng.normal(size=(120, 97))
+    mask = rng.random(data.shape) < 0.05
+    mask[40:60, :20] = True  # a block reaching the edge
+    data[rng.random(data.shape) < 0.01] = np.nan
+    data[90:, 80:] = np.nan  # wider than the kernel: nothing usable near its middle
+    kernel = Gaussian2DKernel(fwhm * gaussian_fwhm_to_sigma)
+    kernel.normalize(mode="integral")
+    for m in (None, mask):
+        expected = convolve(data, kernel, mask=m, normalize_kernel=True)
+        got = smooth(data, fwhm, m)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-13, equal_nan=True)
+    clean = rng.normal(size=(50, 40))
+    np.testing.assert_allclose(smooth(clean, fwhm), convolve(clean, kernel, normalize_kernel=True), rtol=0, atol=1e-13)
