@@ -10,7 +10,6 @@ Nothing here reads or writes files.
 """
 
 import math
-import numbers
 import warnings
 
 import numpy as np
@@ -23,6 +22,7 @@ from photutils.utils import NoDetectionsWarning
 from scipy.special import erf
 
 from .background import background_images
+from .checks import require_positive
 
 __all__ = ["STARFINDERS", "detect_sources"]
 
@@ -42,15 +42,6 @@ def _empty_catalog():
     return Table(names=_CATALOG_COLUMNS, dtype=(float, float, float))
 
 
-def _require_positive(name, value, *, integer=False, allow_none=False):
-    if value is None and allow_none:
-        return
-    kind = numbers.Integral if integer else numbers.Real
-    if isinstance(value, bool) or not isinstance(value, kind) or not value > 0:
-        what = "a positive integer" if integer else "a positive number"
-        raise ValueError(f"{name} must be {what}{' or None' if allow_none else ''}, got {value!r}")
-
-
 def _validate_detection(data, err, mask, snr_threshold, kernel_fwhm, bkg_boxsize, brightest,
                         peakmax, starfinder, sharplo, sharphi, roundlo, roundhi):
     data = np.asarray(data)
@@ -61,11 +52,11 @@ def _validate_detection(data, err, mask, snr_threshold, kernel_fwhm, bkg_boxsize
             raise ValueError(
                 f"{name} must have the same shape as data {data.shape}, got {np.shape(arr)}"
             )
-    _require_positive("snr_threshold", snr_threshold)
-    _require_positive("kernel_fwhm", kernel_fwhm)
-    _require_positive("bkg_boxsize", bkg_boxsize, integer=True)
-    _require_positive("brightest", brightest, integer=True, allow_none=True)
-    _require_positive("peakmax", peakmax, allow_none=True)
+    require_positive("snr_threshold", snr_threshold)
+    require_positive("kernel_fwhm", kernel_fwhm)
+    require_positive("bkg_boxsize", bkg_boxsize, integer=True)
+    require_positive("brightest", brightest, integer=True, allow_none=True)
+    require_positive("peakmax", peakmax, allow_none=True)
     if not isinstance(starfinder, str) or starfinder.lower() not in STARFINDERS:
         raise ValueError(
             f"starfinder must be one of {sorted(set(STARFINDERS.values()))}, got {starfinder!r}"

@@ -2,10 +2,11 @@
 
 Two stages, as in the JWST ``tweakreg`` step:
 
-1. `detect_sources` (`calimage3.source_detection`, re-exported here) finds
-   point-like sources in one exposure (photutils ``Background2D`` for the
-   background and its noise, then ``IRAFStarFinder`` or ``DAOStarFinder``)
-   and returns their pixel centroids and fluxes.
+1. `calimage3.source_detection.detect_sources` finds point-like sources
+   in one exposure (photutils ``Background2D`` for the background and its
+   noise, then ``IRAFStarFinder`` or ``DAOStarFinder``) and returns their
+   pixel centroids and fluxes.  It is not imported here, so that the
+   alignment job does not import photutils.
 2. `align_exposures` matches those catalogues across exposures in a
    common tangent plane and fits a linear correction of each exposure (or
    rigid group of exposures) relative to a reference, using
@@ -26,7 +27,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from astropy import units as u
-from scipy.ndimage import uniform_filter
 from scipy.spatial import cKDTree
 from astropy.table import Table
 from tweakwcs.correctors import WCSCorrector
@@ -35,7 +35,7 @@ from tweakwcs.linearfit import iter_linear_fit
 from tweakwcs.matchutils import MatchCatalogs, MatchSourceConfusionError, XYXYMatch
 
 from calimage3.refcat import REMOTE_CATALOGS, reference_catalog_path
-from calimage3.source_detection import STARFINDERS, _require_positive, detect_sources
+from calimage3.checks import require_positive
 from calimage3.wcs_tools import (
     footprint,
     from_tangent_plane,
@@ -46,12 +46,10 @@ from calimage3.wcs_tools import (
 
 __all__ = [
     "FITGEOMETRIES",
-    "STARFINDERS",
     "AlignmentResult",
     "TangentPlaneCorrector",
     "REMOTE_CATALOGS",
     "AbsoluteAlignment",
-    "detect_sources",
     "align_exposures",
     "align_to_reference_catalog",
     "exposure_group_id",
@@ -230,7 +228,8 @@ def _histogram_offset(imxy, refxy, searchrad, binsize):
     binsize = max(binsize, searchrad / nhalf)
     edges = (np.arange(-nhalf, nhalf + 2) - 0.5) * binsize
     hist = np.histogram2d(diff[:, 0], diff[:, 1], bins=(edges, edges))[0]
-    boxed = uniform_filter(hist, size=3, mode="constant")
+    padded = np.pad(hist, 1)
+    boxed = sum(padded[i : i + hist.shape[0], j : j + hist.shape[1]] for i in range(3) for j in range(3))
     peak = (np.array(np.unravel_index(np.argmax(boxed), boxed.shape)) - nhalf) * binsize
     in_box = np.all(np.abs(diff - peak) <= 1.5 * binsize, axis=1)
     return diff[in_box].mean(axis=0)
@@ -430,9 +429,9 @@ class AlignmentResult:
 def _validate_match_parameters(prefix, searchrad, separation, tolerance, fitgeometry, nclip,
                                sigma, minobj):
     """Checks shared by relative (``prefix=''``) and absolute (``'abs_'``) alignment."""
-    _require_positive(f"{prefix}searchrad", searchrad)
-    _require_positive(f"{prefix}separation", separation)
-    _require_positive(f"{prefix}tolerance", tolerance)
+    require_positive(f"{prefix}searchrad", searchrad)
+    require_positive(f"{prefix}separation", separation)
+    require_positive(f"{prefix}tolerance", tolerance)
     if not separation > math.sqrt(2.0) * tolerance and not prefix:
         raise ValueError(
             "separation must exceed sqrt(2) * tolerance to avoid source confusion, got "
@@ -444,8 +443,8 @@ def _validate_match_parameters(prefix, searchrad, separation, tolerance, fitgeom
         )
     if isinstance(nclip, bool) or not isinstance(nclip, numbers.Integral) or nclip < 0:
         raise ValueError(f"{prefix}nclip must be a non-negative integer, got {nclip!r}")
-    _require_positive(f"{prefix}sigma", sigma)
-    _require_positive(f"{prefix}minobj", minobj, integer=True)
+    require_positive(f"{prefix}sigma", sigma)
+    require_positive(f"{prefix}minobj", minobj, integer=True)
     needed = FITGEOMETRIES[fitgeometry.lower()]
     if minobj < needed:
         raise ValueError(

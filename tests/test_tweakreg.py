@@ -9,11 +9,11 @@ from calimage3 import io
 from calimage3 import tweakreg
 from calimage3.dqflags import good_pixel_mask
 from calimage3.simulate import simulate_dither
+from calimage3.source_detection import detect_sources
 from calimage3.tweakreg import (
     AlignmentResult,
     TangentPlaneCorrector,
     align_exposures,
-    detect_sources,
 )
 from calimage3.wcs_tools import (
     from_tangent_plane,

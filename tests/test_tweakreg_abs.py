@@ -10,10 +10,10 @@ from astropy.table import Table
 from calimage3 import io
 from calimage3.dqflags import good_pixel_mask
 from calimage3.simulate import simulate_dither
+from calimage3.source_detection import detect_sources
 from calimage3.tweakreg import (
     align_exposures,
     align_to_reference_catalog,
-    detect_sources,
     exposure_group_id,
     reference_catalog_path,
 )

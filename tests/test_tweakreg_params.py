@@ -37,7 +37,8 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from calimage3.tweakreg import align_exposures, align_to_reference_catalog, detect_sources
+from calimage3.source_detection import detect_sources
+from calimage3.tweakreg import align_exposures, align_to_reference_catalog
 from calimage3.wcs_tools import (
     from_tangent_plane,
     imaging_wcs,
