@@ -1,8 +1,8 @@
 """Source detection and photometry on a resampled mosaic (the JWST ``source_catalog`` step).
 
-Arrays and a WCS (the ``gwcs``, or an exact FITS equivalent) come in; an `astropy.table.QTable` with one row
-per source and an ``int32`` segmentation image come out.  Nothing here reads
-or writes files.
+Arrays and a WCS (the ``gwcs``, or an exact FITS equivalent) come in; an
+`astropy.table.QTable` with one row per source and an ``int32`` segmentation
+image come out.  Nothing here reads or writes files.
 
 The stages follow the JWST ``SourceCatalogStep`` on an ``_i2d`` product:
 
