@@ -905,8 +905,7 @@ def read_i2d_rendered(path, arrays=None):
             raise InputFileError(path, "no ASDF extension holding the mosaic's gwcs")
         drop = _IMAGE_STRUCTURE_KEYS + ("NAXIS1", "NAXIS2") + tuple(k for k in _SCI_KEYWORDS if k != "S_REGION")
         keys = fits.Header([card for card in hdul["SCI"].header.cards if card.keyword not in drop])
-        stored = hdul["ASDF"]
-        asdf_hdu = fits.BinTableHDU(data=stored.data.copy(), header=stored.header.copy(), name="ASDF")
+        asdf_hdu = hdul["ASDF"].copy()  # a table, or a uint8 image in older files
         meta = _read_meta(hdul)
     rendered = RenderedWcs(info={}, shape=arrays["data"].shape, sci_keywords=keys, asdf_hdu=asdf_hdu)
     return arrays, rendered, meta
