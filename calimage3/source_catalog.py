@@ -510,12 +510,14 @@ def _aperture_sums(data, positions, radii, error=None, mask=None):
     finite = finite.tolist()
     r_list = radii.tolist()
     big = int(np.argmax(radii))  # its box contains the boxes of all the other radii
+    def on_image(i, k):  # the box of aperture k of source i is finite and overlaps the image
+        x0, x1, y0, y1 = boxes[i][k]
+        return finite[i][k] and x0 < nx and y0 < ny and x1 > 0 and y1 > 0
+
     for i in range(n):
-        if not finite[i][big]:
+        if not on_image(i, big):
             continue
         bx0, bx1, by0, by1 = boxes[i][big]
-        if bx0 >= nx or by0 >= ny or bx1 <= 0 or by1 <= 0:
-            continue
         cx0, cy0 = max(bx0, 0), max(by0, 0)
         cut = (slice(cy0, min(by1, ny)), slice(cx0, min(bx1, nx)))
         dcut = data[cut]
@@ -528,11 +530,9 @@ def _aperture_sums(data, positions, radii, error=None, mask=None):
             mcut = None
         var_cut = None if ecut is None else ecut**2
         for k in range(nr):
-            if not finite[i][k]:
+            if not on_image(i, k):
                 continue
             x0, x1, y0, y1 = boxes[i][k]
-            if x0 >= nx or y0 >= ny or x1 <= 0 or y1 <= 0:
-                continue
             ex0, ex1, ey0, ey1 = edges[i][k]
             r = r_list[k]
             small = (slice(max(-y0, 0), min(y1 - y0, ny - y0)),
