@@ -41,11 +41,33 @@ LOGS = f"{OUT}/logs"
 BENCH = f"{OUT}/benchmarks"
 # Exposure root -> _cal file, over every association (preflight made them agree).
 CAL_FILES = {m.root: str(m.path) for a in ASNS for m in a.members}
-ROOTS = list(CAL_FILES)
+
+if CAMPAIGN:
+    _single_cal = [a.members[0].path for a in ASNS if a.single]
+    if _single_cal:
+        raise _io.InputFileError(_single_cal[0], "a campaign (asns=...) takes image3 associations (.json); "
+                                                 "run a lone _cal with asn=PATH")
+
+# Every rule is defined once: a product's files are under PRODUCT_DIR, which
+# in a campaign holds the {product} wildcard, and an input function finds
+# the association of the job's product.  The constraints are fixed
+# patterns, so matching a file against a rule costs the same however large
+# the campaign (a list of every root or product would not).
+PRODUCT_DIR = f"{OUT}/{{product}}" if CAMPAIGN else OUT
+
+
+def _asn_id_pattern():
+    """Regex of the {asn_id} in _crf names: an asn_id without '_' when all are (JWST's are, e.g. a3001)."""
+    ids = sorted({a.asn_id for a in ASNS}, key=len, reverse=True)
+    if all("_" not in i for i in ids):
+        return "[^_/]+"
+    return "|".join(re.escape(i) for i in ids)
 
 
 wildcard_constraints:
-    root="|".join(ROOTS),
+    root="[^/]+",
+    product="[^/]+",
+    asn_id=_asn_id_pattern(),
 
 
 def step_params(step, names=None):
@@ -70,47 +92,84 @@ def sources_path(root):
     return f"{WORK}/tweakreg/{root}_sources.ecsv"
 
 
-class Product:
-    """Paths and rule names of one association's jobs.
+class ProductPaths:
+    """Where one product's files are: under ``out``, named with ``product`` and ``asn_id``.
 
-    Each step's .smk file defines its rules once per Product; the bound
-    methods taking ``wildcards`` are the rules' input functions.  With one
-    association the rule names are the plain step names; in a campaign of
-    several they end in ``__<product>``.
+    With literal names these are a product's files; with ``{product}``,
+    ``{asn_id}`` and ``{root}`` wildcards they are the rules' patterns.
+    Folders written whole by one group job (``*_dir``) hold one file per
+    exposure, named by `calimage3.layout`.
     """
 
-    def __init__(self, asn, out, suffix=""):
-        self.asn = asn
+    def __init__(self, out, product, asn_id):
         self.out = out
+        self.product = product
+        self.asn_id = asn_id
         self.work = f"{out}/work"
         self.logs = f"{out}/logs"
         self.bench = f"{out}/benchmarks"
         self.qa = f"{out}/qa"
+
+    def crf(self, root):
+        return f"{self.out}/{root}_{self.asn_id}_crf.fits"
+
+    def mtwcs_dir(self):
+        """Every exposure's WCS shifted onto the moving target (assign_mtwcs)."""
+        return f"{self.work}/assign_mtwcs"
+
+    def tweakreg_dir(self):
+        """Every exposure's aligned WCS (tweakreg_align; calimage3.layout.aligned_wcs)."""
+        return f"{self.work}/tweakreg/aligned"
+
+    def skymatch(self):
+        return f"{self.work}/skymatch/skymatch.json"
+
+    def outlier_grid_dir(self):
+        """The outlier-detection grid, each exposure's pixel map onto it and its WCS rendered for the _crf."""
+        return f"{self.work}/outlier_detection/grid"
+
+    def outlier_single(self, root):
+        return f"{self.work}/outlier_detection/{root}_single.fits"
+
+    def outlier_median(self):
+        return f"{self.work}/outlier_detection/median.fits"
+
+    def resample_grid_dir(self):
+        """The mosaic grid as the _i2d carries it and each exposure's pixel map onto it."""
+        return f"{self.work}/resample/grid"
+
+    def contribution(self, root):
+        """One exposure drizzled onto its part of the mosaic grid (rules/resample.smk)."""
+        return f"{self.work}/resample/{root}_contribution.fits"
+
+    def single_resampled(self, root):
+        """Exposure ``root`` resampled alone onto the mosaic grid, named as JWST names single outputs."""
+        return f"{self.out}/{root}_outlier_i2d.fits"
+
+    def i2d(self):
+        return f"{self.out}/{self.product}_i2d.fits"
+
+    def cat(self):
+        return f"{self.out}/{self.product}_cat.ecsv"
+
+    def segm(self):
+        return f"{self.out}/{self.product}_segm.fits"
+
+
+class Product(ProductPaths):
+    """One association's files, and the lists of them its group jobs take."""
+
+    def __init__(self, asn, out):
+        super().__init__(out, asn.product, asn.asn_id)
+        self.asn = asn
         self.roots = asn.roots
         self.single = asn.single
-        self.suffix = suffix
-
-    def rule(self, step):
-        """Name of this association's rule of ``step``."""
-        return step + self.suffix
 
     def all_cal(self):
         return [str(m.path) for m in self.asn.members]
 
-    def crf(self, root):
-        return f"{self.out}/{root}_{self.asn.asn_id}_crf.fits"
-
     def all_crf(self):
         return [self.crf(r) for r in self.roots]
-
-    def mtwcs(self, root):
-        return f"{self.work}/assign_mtwcs/{root}_wcs.asdf"
-
-    def tweakreg_wcs(self, root):
-        return f"{self.work}/tweakreg/{root}_tweakreg.asdf"
-
-    def all_tweakreg_wcs(self):
-        return [self.tweakreg_wcs(r) for r in self.roots]
 
     def tweakreg_catalogs(self):
         """Source catalogs tweakreg aligns; none when the step is skipped or the
@@ -119,71 +178,16 @@ class Product:
             return []
         return [sources_path(r) for r in self.roots]
 
-    def skymatch(self):
-        return f"{self.work}/skymatch/skymatch.json"
-
-    def outlier_grid(self):
-        return f"{self.work}/outlier_detection/grid_wcs.asdf"
-
-    def rendered_wcs(self, root):
-        """Exposure ``root``'s aligned WCS rendered for its _crf (calimage3.io.write_rendered_wcs)."""
-        return f"{self.work}/outlier_detection/{root}_crf_wcs.fits"
-
-    def outlier_pixmap(self, root):
-        """Exposure ``root``'s pixel map onto the outlier-detection grid (calimage3.pixmap)."""
-        return f"{self.work}/outlier_detection/{root}_pixmap.fits"
-
-    def outlier_single(self, root):
-        return f"{self.work}/outlier_detection/{root}_single.fits"
-
-    def outlier_median(self):
-        return f"{self.work}/outlier_detection/median.fits"
-
-    def outlier_median_inputs(self, wildcards):
-        """The median and its grid, unless outlier detection is skipped."""
-        if config["outlier_detection"].get("skip"):
-            return {}
-        return {"median": self.outlier_median(), "pixmap": self.outlier_pixmap(wildcards.root)}
-
-    def resample_grid(self):
-        """The mosaic grid, its WCS rendered as the _i2d carries it (calimage3.io.write_rendered_wcs)."""
-        return f"{self.work}/resample/output_wcs.fits"
-
-    def resample_pixmap(self, root):
-        """Exposure ``root``'s pixel map onto the mosaic grid (calimage3.pixmap)."""
-        return f"{self.work}/resample/{root}_pixmap.fits"
-
-    def resample_input(self, wildcards):
-        """The file exposure ``wildcards.root`` is drizzled from: its _crf, or the lone _cal."""
-        return cal_path(wildcards) if self.single else self.crf(wildcards.root)
-
-    def contribution(self, root):
-        """One exposure drizzled onto its part of the mosaic grid (rules/resample.smk)."""
-        return f"{self.work}/resample/{root}_contribution.fits"
-
     def all_contributions(self):
         """Every exposure's contribution to the mosaic, in association order."""
         return [self.contribution(r) for r in self.roots]
-
-    def resample_wcs_inputs(self):
-        """Where the exposures' final WCSs are: tweakreg output, or the lone _cal."""
-        return self.all_cal() if self.single else self.all_tweakreg_wcs()
-
-    def i2d(self):
-        return f"{self.out}/{self.asn.product}_i2d.fits"
-
-    def cat(self):
-        return f"{self.out}/{self.asn.product}_cat.ecsv"
-
-    def segm(self):
-        return f"{self.out}/{self.asn.product}_segm.fits"
 
     def final_products(self):
         """Every product of this association, as JWST names them."""
         single_images = bool(config["resample"].get("single"))
         if single_images:
             # JWST resample single=true: one resampled image per exposure, no mosaic or catalog
-            products = all_single_resampled(self)  # rules/resample.smk
+            products = [self.single_resampled(r) for r in self.roots]
         else:
             products = [self.i2d(), self.cat(), self.segm()]
         if not self.single:
@@ -193,32 +197,68 @@ class Product:
         return products
 
 
-def _rule_suffix(asn):
-    return f"__{re.sub(r'[^A-Za-z0-9_]', '_', asn.product)}" if len(ASNS) > 1 else ""
-
-
-PRODUCTS = [Product(a, f"{OUT}/{a.product}" if CAMPAIGN else OUT, _rule_suffix(a)) for a in ASNS]
+PRODUCTS = {a.product: Product(a, f"{OUT}/{a.product}" if CAMPAIGN else OUT) for a in ASNS}
+# The rules' patterns.  One association: its literal folder, product and
+# asn_id (no wildcards but {root}); a campaign: {product} and {asn_id}.
+RULE = (ProductPaths(PRODUCT_DIR, "{product}", "{asn_id}") if CAMPAIGN
+        else ProductPaths(OUT, ASNS[0].product, ASNS[0].asn_id))
+# Whether the rules make the figures of exposures (not for a lone _cal).
+RULE_HAS_EXPOSURES = not (len(ASNS) == 1 and ASNS[0].single)
 
 
 def final_products():
     """Every product of the stage, of every association."""
-    return [path for p in PRODUCTS for path in p.final_products()]
+    return [path for p in PRODUCTS.values() for path in p.final_products()]
+
+
+# ---- input functions: a job's association from its wildcards -------------
+
+def product_of(wildcards):
+    """The Product of a job: from its {product} wildcard in a campaign, else the only one."""
+    if CAMPAIGN:
+        return PRODUCTS[wildcards.product]
+    return next(iter(PRODUCTS.values()))
+
+
+def member_cal_files(wildcards):
+    """The _cal files of the job's association, in association order."""
+    return product_of(wildcards).all_cal()
+
+
+def member_roots(wildcards):
+    """Exposure roots of the job's association, in association order."""
+    return product_of(wildcards).roots
+
+
+def member_group_ids(wildcards):
+    """The ASN group_id of each member (tweakreg's exposure groups)."""
+    return [m.group_id for m in product_of(wildcards).asn.members]
+
+
+def member_crf_files(wildcards):
+    """The _crf files of the job's association."""
+    return product_of(wildcards).all_crf()
+
+
+def aligned_wcs_folder(wildcards):
+    """Folder of the association's tweakreg WCSs."""
+    return product_of(wildcards).tweakreg_dir()
 
 
 def mem_mb_group(wildcards, input, attempt):
     """Memory for a group job: a few copies of one input plus the output."""
-    largest = max((os.path.getsize(f) for f in input if os.path.exists(f)), default=0)
+    largest = max((os.path.getsize(f) for f in input if os.path.isfile(f)), default=0)
     return int(1000 + 6 * largest / 1e6) * attempt
 
 
 def runtime_minutes(wildcards, input, attempt):
     """Wall-time request: 5 minutes plus one per 20 MB of input (measured jobs read
     well over 100 MB a minute), doubled on each retry."""
-    total = sum(os.path.getsize(f) for f in input if os.path.exists(f))
+    total = sum(os.path.getsize(f) for f in input if os.path.isfile(f))
     return int(5 + total / 20e6) * 2 ** (attempt - 1)
 
 
 def mem_mb_exposure(wildcards, input, attempt):
     """Memory for a per-exposure job: a few copies of its inputs."""
-    total = sum(os.path.getsize(f) for f in input if os.path.exists(f))
+    total = sum(os.path.getsize(f) for f in input if os.path.isfile(f))
     return int(500 + 4 * total / 1e6) * attempt

@@ -2,7 +2,7 @@
 # A leaf rule: the science rules never wait for it, and its failure cannot
 # touch their products.  Per-exposure figures are made for associations
 # only; truth plots only when `truth` names a simulator truth folder.
-# One job per association (rules/common.smk: Product).
+# One job per association.
 
 include: "qa_common.smk"
 
@@ -10,34 +10,30 @@ include: "qa_common.smk"
 report: "../report/workflow.rst"
 
 
-for P in PRODUCTS:
-
-    rule:
-        name:
-            P.rule("qa_figures")
-        input:
-            unpack(qa_inputs(P)),
-        output:
-            mosaic=qa_png(P, "mosaic", "Mosaic"),
-            segmentation=qa_png(P, "segmentation", "Source catalog"),
-            magnitudes=qa_png(P, "magnitudes", "Source catalog"),
-            footprints=qa_exposure_png(P, "footprints", "Exposures"),
-            tweakreg=qa_exposure_png(P, "tweakreg", "Alignment (tweakreg)"),
-            skymatch=qa_exposure_png(P, "skymatch", "Sky (skymatch)"),
-            outliers=qa_outlier_pngs(P),
-            truth_flux=qa_truth_png(P, "truth_flux"),
-            truth_positions=qa_truth_png(P, "truth_positions"),
-        params:
-            roots=[] if P.single else P.roots,
-        log:
-            f"{P.logs}/qa_figures.log",
-        benchmark:
-            f"{P.bench}/qa_figures.tsv"
-        threads: 1
-        resources:
-            mem_mb=mem_mb_group,
-            runtime=runtime_minutes,
-        conda:
-            "../envs/qa.yaml"
-        script:
-            "../scripts/qa_figures.py"
+rule qa_figures:
+    input:
+        unpack(qa_inputs),
+    output:
+        mosaic=qa_png("mosaic", "Mosaic"),
+        segmentation=qa_png("segmentation", "Source catalog"),
+        magnitudes=qa_png("magnitudes", "Source catalog"),
+        footprints=qa_exposure_png("footprints", "Exposures"),
+        tweakreg=qa_exposure_png("tweakreg", "Alignment (tweakreg)"),
+        skymatch=qa_exposure_png("skymatch", "Sky (skymatch)"),
+        outliers=qa_outlier_folder(),
+        truth_flux=qa_truth_png("truth_flux"),
+        truth_positions=qa_truth_png("truth_positions"),
+    params:
+        roots=qa_roots,
+    log:
+        f"{RULE.logs}/qa_figures.log",
+    benchmark:
+        f"{RULE.bench}/qa_figures.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem_mb_group,
+        runtime=runtime_minutes,
+    conda:
+        "../envs/qa.yaml"
+    script:
+        "../scripts/qa_figures.py"

@@ -1,17 +1,19 @@
 # Path helpers of qa_figures (in rules/qa.smk): which figures a configuration
-# makes for one association (a Product of rules/common.smk), flagged for the
-# report, and the products they show.
+# makes, flagged for the report, and the products they show.
 
 QA_CATEGORY = "Quality assurance"
+# Figures of the exposures; the per-exposure outlier previews go in the folder qa/outliers/.
+QA_EXPOSURE_FIGURES = ("footprints", "tweakreg", "skymatch")
+QA_TRUTH_FIGURES = ("truth_flux", "truth_positions")
 
 
-def qa_png(P, name, subcategory, caption=None, labels=None):
-    """The PNG of figure ``name``, flagged for the report with its caption."""
+def qa_png(name, subcategory, caption=None, labels=None):
+    """The rule's PNG of figure ``name``, flagged for the report with its caption."""
     labels = labels or {"figure": name}
     if CAMPAIGN:
-        labels = {"product": P.asn.product, **labels}
+        labels = {"product": "{product}", **labels}
     return report(
-        f"{P.qa}/{name}.png",
+        f"{RULE.qa}/{name}.png",
         category=QA_CATEGORY,
         subcategory=subcategory,
         caption=f"../report/{caption or name}.rst",
@@ -19,50 +21,63 @@ def qa_png(P, name, subcategory, caption=None, labels=None):
     )
 
 
-def qa_exposure_png(P, name, subcategory):
+def qa_exposure_png(name, subcategory):
     """A figure about the exposures of an association; none for a lone _cal."""
-    return [] if P.single else qa_png(P, name, subcategory)
+    return qa_png(name, subcategory) if RULE_HAS_EXPOSURES else []
 
 
-def qa_truth_png(P, name):
+def qa_truth_png(name):
     """A truth-comparison figure; none unless the `truth` folder is given."""
-    return qa_png(P, name, "Against truth") if config.get("truth") else []
+    return qa_png(name, "Against truth") if config.get("truth") else []
 
 
-def qa_outlier_pngs(P):
-    """One outlier preview per exposure of an association."""
-    if P.single:
+def qa_outlier_folder():
+    """The folder of per-exposure outlier previews (one <root>.png each); none for a lone _cal."""
+    if not RULE_HAS_EXPOSURES:
         return []
-    return [
-        qa_png(P, f"outliers/{r}", "Outliers", caption="outliers", labels={"figure": "outliers", "exposure": r})
-        for r in P.roots
-    ]
+    labels = {"figure": "outliers", "exposure": "{exposure}"}
+    if CAMPAIGN:
+        labels = {"product": "{product}", **labels}
+    return report(
+        directory(f"{RULE.qa}/outliers"),
+        patterns=["{exposure}.png"],
+        category=QA_CATEGORY,
+        subcategory="Outliers",
+        caption="../report/outliers.rst",
+        labels=labels,
+    )
 
 
 def qa_figure_paths(P):
-    """Every QA PNG this configuration makes (for Product.final_products())."""
+    """Every QA file this configuration makes for product P (for Product.final_products())."""
     names = ["mosaic", "segmentation", "magnitudes"]
     if not P.single:
-        names += ["footprints", "tweakreg", "skymatch"] + [f"outliers/{r}" for r in P.roots]
+        names += list(QA_EXPOSURE_FIGURES)
     if config.get("truth"):
-        names += ["truth_flux", "truth_positions"]
-    return [f"{P.qa}/{n}.png" for n in names]
+        names += list(QA_TRUTH_FIGURES)
+    paths = [f"{P.qa}/{n}.png" for n in names]
+    if not P.single:
+        paths.append(f"{P.qa}/outliers")
+    return paths
 
 
-def qa_inputs(P):
-    """Input function of P's qa_figures rule: the mosaic set, plus per-exposure files and truth."""
+def qa_inputs(wildcards):
+    """Input function of qa_figures: the mosaic set, plus per-exposure files and truth."""
+    P = product_of(wildcards)
+    inputs = {"i2d": P.i2d(), "cat": P.cat(), "segm": P.segm()}
+    if not P.single:
+        inputs.update(
+            crf=P.all_crf(),
+            wcs=P.tweakreg_dir(),
+            sources=P.tweakreg_catalogs(),
+            sky=P.skymatch(),
+        )
+    if config.get("truth"):
+        inputs["truth"] = f"{config['truth']}/sources.ecsv"
+    return inputs
 
-    def inputs_of_product(wildcards):
-        inputs = {"i2d": P.i2d(), "cat": P.cat(), "segm": P.segm()}
-        if not P.single:
-            inputs.update(
-                crf=P.all_crf(),
-                wcs=P.all_tweakreg_wcs(),
-                sources=P.tweakreg_catalogs(),
-                sky=P.skymatch(),
-            )
-        if config.get("truth"):
-            inputs["truth"] = f"{config['truth']}/sources.ecsv"
-        return inputs
 
-    return inputs_of_product
+def qa_roots(wildcards):
+    """Roots whose exposures get figures: the association's, none for a lone _cal."""
+    P = product_of(wildcards)
+    return [] if P.single else P.roots

@@ -51,31 +51,39 @@ rule tweakreg_detect:
         "../scripts/tweakreg_detect.py"
 
 
-for P in PRODUCTS:
+def tweakreg_input_wcs(wildcards):
+    """The WCSs tweakreg starts from: the _cal files', or assign_mtwcs's for a
+    moving target (JWST runs assign_mtwcs only then)."""
+    P = product_of(wildcards)
+    return [P.mtwcs_dir()] if P.asn.moving_target else P.all_cal()
 
-    rule:
-        name:
-            P.rule("tweakreg_align")
-        input:
-            sources=P.tweakreg_catalogs(),
-            # JWST runs assign_mtwcs only for moving targets: otherwise the _cal WCSs
-            wcs=[P.mtwcs(r) for r in P.roots] if P.asn.moving_target else P.all_cal(),
-            cal=P.all_cal(),
-            refcat=abs_refcat_input(),
-        output:
-            wcs=P.all_tweakreg_wcs(),
-        params:
-            step=step_params("tweakreg", TWEAKREG_ALIGNMENT),
-            asn_group_ids=[m.group_id for m in P.asn.members],
-        log:
-            f"{P.logs}/tweakreg_align.log",
-        benchmark:
-            f"{P.bench}/tweakreg_align.tsv"
-        threads: 1
-        resources:
-            mem_mb=1000,
-            runtime=runtime_minutes,
-        conda:
-            "../envs/calimage3.yaml"
-        script:
-            "../scripts/tweakreg_align.py"
+
+def tweakreg_source_catalogs(wildcards):
+    """The source catalogs the association's alignment matches (none when skipped or moving)."""
+    return product_of(wildcards).tweakreg_catalogs()
+
+
+rule tweakreg_align:
+    input:
+        sources=tweakreg_source_catalogs,
+        wcs=tweakreg_input_wcs,
+        cal=member_cal_files,
+        refcat=abs_refcat_input(),
+    output:
+        wcs=directory(RULE.tweakreg_dir()),
+    params:
+        step=step_params("tweakreg", TWEAKREG_ALIGNMENT),
+        roots=member_roots,
+        asn_group_ids=member_group_ids,
+    log:
+        f"{RULE.logs}/tweakreg_align.log",
+    benchmark:
+        f"{RULE.bench}/tweakreg_align.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=runtime_minutes,
+    conda:
+        "../envs/calimage3.yaml"
+    script:
+        "../scripts/tweakreg_align.py"

@@ -2,7 +2,7 @@
 
 import logging
 
-from calimage3 import io
+from calimage3 import io, layout
 from calimage3.assign_mtwcs import assign_moving_target_wcs, is_moving_target
 from calimage3.logs import configure_logging
 
@@ -29,4 +29,5 @@ def assign_mtwcs(cal_paths, wcs_paths, *, skip=False):
 
 if "snakemake" in globals():
     configure_logging(snakemake.log[0])
-    assign_mtwcs(snakemake.input.cal, snakemake.output.wcs, **snakemake.params.step)
+    wcs_paths = layout.member_files(layout.moving_target_wcs, snakemake.output.wcs, snakemake.params.roots)
+    assign_mtwcs(snakemake.input.cal, wcs_paths, **snakemake.params.step)

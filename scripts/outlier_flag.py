@@ -4,7 +4,7 @@ import logging
 
 import numpy as np
 
-from calimage3 import io
+from calimage3 import io, layout
 from calimage3.dqflags import PIXEL
 from calimage3.logs import configure_logging
 from calimage3.outlier_detection import apply_outlier_flags, flag_outliers, flag_outliers_unresampled, parse_pair
@@ -73,5 +73,7 @@ def _write_flagged(exposure, mask, crf_path, rendered):
 if "snakemake" in globals():
     configure_logging(snakemake.log[0])
     params = dict(snakemake.params.step)
-    outlier_flag(snakemake.input.cal, snakemake.input.wcs, snakemake.input.sky,
-                 snakemake.input.get("median"), snakemake.input.get("pixmap"), snakemake.output.crf, **params)
+    root, grid = snakemake.wildcards.root, snakemake.input.grid
+    median = snakemake.input.get("median")
+    outlier_flag(snakemake.input.cal, layout.rendered_wcs(grid, root), snakemake.input.sky,
+                 median, layout.pixel_map(grid, root) if median else None, snakemake.output.crf, **params)

@@ -2,7 +2,7 @@
 
 import logging
 
-from calimage3 import io
+from calimage3 import io, layout
 from calimage3.logs import configure_logging
 from calimage3.outlier_detection import typical_weight, unresampled_single
 from calimage3.pixmap import expand_pixel_map
@@ -50,5 +50,6 @@ def outlier_single(cal_path, sky_path, pixmap_path, single_path, *, resample_dat
 
 if "snakemake" in globals():
     configure_logging(snakemake.log[0])
-    outlier_single(snakemake.input.cal, snakemake.input.sky, snakemake.input.pixmap, snakemake.output.single,
+    pixmap = layout.pixel_map(snakemake.input.grid, snakemake.wildcards.root)
+    outlier_single(snakemake.input.cal, snakemake.input.sky, pixmap, snakemake.output.single,
                    **snakemake.params.step)

@@ -6,8 +6,9 @@ per-exposure drizzle and blot jobs need neither the WCSs nor gwcs.
 """
 
 import logging
+from pathlib import Path
 
-from calimage3 import io
+from calimage3 import io, layout
 from calimage3.logs import configure_logging
 from calimage3.pixmap import coarse_pixel_map
 from calimage3.wcs_tools import output_wcs
@@ -113,6 +114,15 @@ def output_grid(wcs_paths, grid_path, *, pixmap_paths=(), rendered_paths=(), gri
 if "snakemake" in globals():
     configure_logging(snakemake.log[0])
     params = dict(snakemake.params.step) if hasattr(snakemake.params, "step") else {}
-    output_grid(snakemake.input.wcs, snakemake.output.grid, pixmap_paths=snakemake.output.pixmaps,
-                rendered_paths=snakemake.output.get("rendered", ()), grid_step=snakemake.params.grid_step,
+    # outlier_grid: a gwcs grid and the _crf WCSs rendered too; resample_grid: the mosaic's rendered grid
+    step = "outlier_detection" if snakemake.rule == "outlier_grid" else "resample"
+    folder, roots = snakemake.output.grid, snakemake.params.roots
+    wcs_paths = snakemake.input.wcs
+    wcs_paths = [wcs_paths] if isinstance(wcs_paths, str) else list(wcs_paths)
+    if len(wcs_paths) == 1 and Path(wcs_paths[0]).is_dir():  # tweakreg's folder (else the lone _cal)
+        wcs_paths = layout.member_files(layout.aligned_wcs, wcs_paths[0], roots)
+    rendered = layout.member_files(layout.rendered_wcs, folder, roots) if step == "outlier_detection" else ()
+    output_grid(wcs_paths, layout.grid_wcs(folder, step),
+                pixmap_paths=layout.member_files(layout.pixel_map, folder, roots),
+                rendered_paths=rendered, grid_step=snakemake.params.grid_step,
                 output_wcs_file=params.pop("output_wcs", "") or "", **params)

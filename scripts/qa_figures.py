@@ -1,10 +1,11 @@
 """Snakemake entry point: quality-assurance figures (PNG) of the products, for the report."""
 
 import logging
+from pathlib import Path
 
 import numpy as np
 
-from calimage3 import io
+from calimage3 import io, layout
 from calimage3 import qa_plots
 from calimage3.logs import configure_logging
 from calimage3.wcs_tools import footprint
@@ -27,6 +28,7 @@ def _save(fig_maker, path, what):
     except Exception as exc:  # noqa: BLE001 - any failure is reported in the picture
         log.exception("qa_figures: %s figure failed", what)
         fig = qa_plots.message_figure(f"{type(exc).__name__}: {exc}", title=f"{what}: figure failed")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)  # qa/outliers/ is a folder output
     fig.savefig(path, dpi=DPI)
     log.info("qa_figures: %s -> %s", what, path)
 
@@ -162,16 +164,17 @@ def qa_figures(i2d_path, cat_path, segm_path, figures, *, roots=(), wcs_paths=()
 if "snakemake" in globals():
     configure_logging(snakemake.log[0])
     out = snakemake.output
+    roots = snakemake.params.roots
     # Figures this configuration does not make are empty lists in the rule.
     names = ("mosaic", "segmentation", "magnitudes", "footprints", "tweakreg", "skymatch", "truth_flux", "truth_positions")
     qa_figures(
         snakemake.input.i2d, snakemake.input.cat, snakemake.input.segm,
         {name: str(out.get(name)) for name in names if isinstance(out.get(name), str)},
-        roots=snakemake.params.roots,
-        wcs_paths=snakemake.input.get("wcs", []),
+        roots=roots,
+        wcs_paths=layout.member_files(layout.aligned_wcs, snakemake.input.wcs, roots) if roots else [],
         source_paths=snakemake.input.get("sources", []),
         skymatch_path=snakemake.input.get("sky"),
         crf_paths=snakemake.input.get("crf", []),
-        outlier_paths=out.get("outliers", []),
+        outlier_paths=[f"{out.outliers}/{root}.png" for root in roots],
         truth_path=snakemake.input.get("truth"),
     )

@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 
-from calimage3 import io
+from calimage3 import io, layout
 from calimage3.logs import configure_logging
 from calimage3.mosaic_metadata import GRID_KEYWORDS, header_table, mosaic_metadata
 from calimage3.provenance import provenance_keywords
@@ -62,5 +62,6 @@ def resample(contribution_paths, grid_path, i2d_path, *, threads=1, **params):
 
 if "snakemake" in globals():
     configure_logging(snakemake.log[0])
-    resample(snakemake.input.contributions, snakemake.input.grid, snakemake.output.i2d, threads=snakemake.threads,
+    resample(snakemake.input.contributions, layout.grid_wcs(snakemake.input.grid, "resample"), snakemake.output.i2d,
+             threads=snakemake.threads,
              **snakemake.params.step)

@@ -6,7 +6,7 @@ the exposure's metadata) is combined with the others by scripts/resample.py.
 
 import logging
 
-from calimage3 import io
+from calimage3 import io, layout
 from calimage3.logs import configure_logging
 from calimage3.pixmap import expand_pixel_map
 from calimage3.resample import drizzle_exposure
@@ -62,5 +62,6 @@ def resample_exposure(exposure_path, pixmap_path, contribution_path, **params):
 
 if "snakemake" in globals():
     configure_logging(snakemake.log[0])
-    resample_exposure(snakemake.input.exposure, snakemake.input.pixmap, snakemake.output.contribution,
+    pixmap = layout.pixel_map(snakemake.input.grid, snakemake.wildcards.root)
+    resample_exposure(snakemake.input.exposure, pixmap, snakemake.output.contribution,
                       **snakemake.params.step)

@@ -2,7 +2,7 @@
 
 import logging
 
-from calimage3 import io
+from calimage3 import io, layout
 from calimage3.association import exposure_root
 from calimage3.logs import configure_logging
 from calimage3.skymatch import SkyMatcher, user_sky_levels
@@ -66,4 +66,5 @@ def skymatch(cal_paths, wcs_paths, levels_path, *, skip=False, subtract=False, s
 
 if "snakemake" in globals():
     configure_logging(snakemake.log[0])
-    skymatch(snakemake.input.cal, snakemake.input.wcs, snakemake.output.levels, **snakemake.params.step)
+    wcs_paths = layout.member_files(layout.aligned_wcs, snakemake.input.wcs, snakemake.params.roots)
+    skymatch(snakemake.input.cal, wcs_paths, snakemake.output.levels, **snakemake.params.step)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from astropy.table import Table
 
-from calimage3 import io
+from calimage3 import io, layout
 from calimage3.assign_mtwcs import MOVING_TARGET_REASON, moving_target_wcs_assigned, targtype_is_moving
 from calimage3.logs import configure_logging
 from calimage3.tweakreg import (
@@ -194,6 +194,11 @@ def tweakreg_align(source_paths, wcs_paths, output_paths, *, cal_paths=None, asn
 
 if "snakemake" in globals():
     configure_logging(snakemake.log[0])
-    tweakreg_align(snakemake.input.sources, snakemake.input.wcs, snakemake.output.wcs,
+    roots = snakemake.params.roots
+    input_wcs = snakemake.input.wcs
+    input_wcs = [input_wcs] if isinstance(input_wcs, str) else list(input_wcs)
+    if len(input_wcs) == 1 and Path(input_wcs[0]).is_dir():  # assign_mtwcs's folder
+        input_wcs = layout.member_files(layout.moving_target_wcs, input_wcs[0], roots)
+    tweakreg_align(snakemake.input.sources, input_wcs, layout.member_files(layout.aligned_wcs, snakemake.output.wcs, roots),
                    cal_paths=snakemake.input.cal, asn_group_ids=snakemake.params.asn_group_ids,
                    **snakemake.params.step)

@@ -86,8 +86,7 @@ def test_catalog_parameters_rerun_only_catalogs(campaign_run):
     """Changing source_catalog parameters plans one catalog job per association."""
     jobs = planned_jobs(campaign_run["glob"], campaign_run["out"], *SETTINGS,
                         "source_catalog={'snr_threshold': 4.0}")
-    expected = {f"source_catalog__{re.sub(r'[^A-Za-z0-9_]', '_', p)}": 1 for p, _, _ in campaign_run["products"]}
-    assert jobs == {**expected, "all": 1}
+    assert jobs == {"source_catalog": len(campaign_run["products"]), "all": 1}
 
 
 def test_asn_and_asns_together_rejected(tmp_path):
