@@ -211,6 +211,17 @@ def final_products():
     return [path for p in PRODUCTS.values() for path in p.final_products()]
 
 
+def exposure_batch(step):
+    """Job group of a per-exposure rule of ``step``.
+
+    Only a cluster profile uses it: its ``group-components`` submits up to N
+    of these jobs as one cluster job (profiles/slurm).  In a campaign the
+    group is per product, so a batch never holds jobs of two associations
+    and one failing association cannot hold back the others.
+    """
+    return f"{step}_{{product}}" if CAMPAIGN else step
+
+
 # ---- input functions: a job's association from its wildcards -------------
 
 def product_of(wildcards):

@@ -65,6 +65,8 @@ rule outlier_single:
         f"{RULE.bench}/outlier_single/{{root}}.tsv"
     # before the resample grid, which only later jobs need
     priority: 1
+    group:
+        exposure_batch("outlier_single")
     threads: 1
     resources:
         mem_mb=mem_mb_exposure,
@@ -112,6 +114,8 @@ rule outlier_flag:
         f"{RULE.logs}/outlier_flag/{{root}}_{RULE.asn_id}.log",
     benchmark:
         f"{RULE.bench}/outlier_flag/{{root}}_{RULE.asn_id}.tsv"
+    group:
+        exposure_batch("outlier_flag")
     threads: 1
     resources:
         mem_mb=mem_mb_exposure,

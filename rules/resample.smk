@@ -71,6 +71,8 @@ rule resample_exposure:
     # ahead of the remaining (shorter) flag jobs, so that the last
     # drizzles do not run alone at the end with a core idle
     priority: 1
+    group:
+        exposure_batch("resample_exposure")
     threads: 1
     resources:
         mem_mb=mem_mb_exposure,

@@ -41,6 +41,9 @@ rule tweakreg_detect:
         f"{LOGS}/tweakreg_detect/{{root}}.log",
     benchmark:
         f"{BENCH}/tweakreg_detect/{{root}}.tsv"
+    # shared by every association that has the exposure: batched across associations
+    group:
+        "tweakreg_detect"
     threads: 1
     resources:
         mem_mb=mem_mb_exposure,
