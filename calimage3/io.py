@@ -74,6 +74,10 @@ __all__ = [
     "write_table",
     "write_json",
     "read_json",
+    "write_manifest",
+    "read_manifest",
+    "read_text_tail",
+    "list_files",
     "open_image_sections",
     "ImageSection",
     "read_image_meta",
@@ -1142,6 +1146,48 @@ def write_json(path, content):
 def read_json(path):
     """Read a JSON document."""
     return json.loads(Path(path).read_text())
+
+
+def write_manifest(path, content):
+    """Write the campaign manifest (calimage3.campaign) unless it already says the same.
+
+    Snakemake starts the workflow again in every cluster job; rewriting an
+    unchanged manifest there would only race with other jobs.
+    """
+    text = json.dumps(content, indent=1, sort_keys=True) + "\n"
+    try:
+        if Path(path).read_text() == text:
+            return
+    except (OSError, UnicodeDecodeError):
+        pass
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+def read_manifest(path):
+    """Read the campaign manifest; InputFileError naming it when it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputFileError(path, "no campaign manifest: the workflow has not been started with this output_dir") from None
+    except (OSError, ValueError) as exc:
+        raise InputFileError(path, f"unreadable campaign manifest ({exc})") from None
+
+
+def read_text_tail(path, size=65536):
+    """The last ``size`` bytes of a text file (a log), decoded leniently; '' when unreadable."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - size))
+            return fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def list_files(folder, pattern):
+    """Files under ``folder`` (recursively) matching ``pattern``, sorted; [] when it does not exist."""
+    return sorted(str(p) for p in Path(folder).rglob(pattern) if p.is_file())
 
 
 def file_sha256(path, chunk_size=1 << 22):

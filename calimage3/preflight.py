@@ -135,28 +135,44 @@ def resolve_asn_paths(asns):
     return paths
 
 
-def check_campaign(asns):
+def check_campaign(asns, *, skip_bad=False):
     """Validate every association of a campaign and return them.
 
     Parameters
     ----------
     asns : str or list of str
         As for `resolve_asn_paths`.
+    skip_bad : bool
+        Leave out, rather than stop at, an association that `check_inputs`
+        refuses (one broken association must not stop a campaign).
 
     Returns
     -------
-    list of calimage3.association.Association
-        One per file, each checked by `check_inputs`.
+    associations : list of calimage3.association.Association
+        One per file that passed `check_inputs`.
+    rejected : dict
+        Association file -> why it was refused (empty unless ``skip_bad``).
 
     Raises
     ------
     calimage3.io.InputFileError
-        For the first bad association or member; when two associations have
-        the same product name (they would share one folder), a product is
-        named like a top-level folder of the output, or one exposure root
-        names two different files.
+        For the first bad association or member (unless ``skip_bad``); when
+        every association was refused; when two associations have the same
+        product name (they would share one folder), a product is named like
+        a top-level folder of the output, or one exposure root names two
+        different files.
     """
-    associations = [check_inputs(p) for p in resolve_asn_paths(asns)]
+    associations, rejected = [], {}
+    for path in resolve_asn_paths(asns):
+        try:
+            associations.append(check_inputs(path))
+        except io.InputFileError as exc:
+            if not skip_bad:
+                raise
+            rejected[str(path)] = str(exc)
+    if not associations:
+        reasons = "; ".join(rejected.values())
+        raise io.InputFileError("config 'asns'", f"every association was refused: {reasons}")
     products, files = {}, {}
     for asn in associations:
         source = asn.path or asn.members[0].path
@@ -172,4 +188,4 @@ def check_campaign(asns):
             if Path(known).resolve() != Path(member.path).resolve():
                 raise io.InputFileError(source, f"exposure {member.root!r} is {member.path} here but {known} "
                                                 f"in another association")
-    return associations
+    return associations, rejected

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
@@ -24,7 +25,8 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 from calimage3 import io as _io
-from calimage3.preflight import check_campaign, check_inputs
+from calimage3.campaign import MANIFEST, manifest_entry, select_shard
+from calimage3.preflight import check_campaign, check_inputs, resolve_asn_paths
 
 # One association (asn=PATH): every product directly in output_dir.  A
 # campaign (asns=GLOB, folder or list): one folder per product under
@@ -34,8 +36,17 @@ from calimage3.preflight import check_campaign, check_inputs
 if config.get("asn") and config.get("asns"):
     raise _io.InputFileError("config 'asn' and 'asns'", "give one association (asn=PATH) or a campaign (asns=GLOB), not both")
 CAMPAIGN = bool(config.get("asns"))
-ASNS = check_campaign(config["asns"]) if CAMPAIGN else [check_inputs(config["asn"])]
 OUT = str(Path(config["output_dir"]))
+if CAMPAIGN:
+    try:
+        _asn_paths = select_shard(resolve_asn_paths(config["asns"]), config.get("shard"))
+    except ValueError as _exc:
+        raise _io.InputFileError("config 'shard'", str(_exc)) from None
+    ASNS, REJECTED = check_campaign([str(p) for p in _asn_paths], skip_bad=config["skip_bad_associations"])
+    for _path, _reason in REJECTED.items():
+        logger.warning(f"calimage3: association {_path} left out of the campaign: {_reason}")
+else:
+    ASNS, REJECTED = [check_inputs(config["asn"])], {}
 WORK = f"{OUT}/work"
 LOGS = f"{OUT}/logs"
 BENCH = f"{OUT}/benchmarks"
@@ -209,6 +220,19 @@ RULE_HAS_EXPOSURES = not (len(ASNS) == 1 and ASNS[0].single)
 def final_products():
     """Every product of the stage, of every association."""
     return [path for p in PRODUCTS.values() for path in p.final_products()]
+
+
+# What `calimage3-status OUTPUT_DIR` reads: every planned association, the
+# files that make it complete and its logs, and the refused ones.
+_io.write_manifest(f"{OUT}/{MANIFEST}", {
+    "campaign": CAMPAIGN,
+    "products": {
+        name: manifest_entry(P.asn.path or P.asn.members[0].path, P.out, P.final_products(), P.logs,
+                             [f"{LOGS}/tweakreg_detect/{r}.log" for r in P.roots])
+        for name, P in PRODUCTS.items()
+    },
+    "rejected": {str(path): reason for path, reason in REJECTED.items()},
+})
 
 
 def exposure_batch(step):

@@ -2,6 +2,8 @@
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,3 +114,117 @@ def test_duplicate_product_rejected(tmp_path):
     second.write_text(json.dumps(content))
     with pytest.raises(io.InputFileError, match="also the product of"):
         check_campaign(pattern)
+
+
+def test_rules_are_defined_once(campaign_run):
+    """A campaign has the same rules as one association: no per-association rule copies."""
+    proc = run_snakemake(campaign_run["glob"], campaign_run["out"], *SETTINGS, flags=("--list-rules",))
+    rules = set(proc.stdout.split())
+    assert {"tweakreg_align", "skymatch", "outlier_flag", "resample", "source_catalog"} <= rules
+    assert not [r for r in rules if "__" in r]
+
+
+def test_constraints_are_fixed_patterns(campaign_run):
+    """No wildcard constraint lists the campaign's roots or products (matching cost independent of size)."""
+    text = (REPO / "rules" / "common.smk").read_text()
+    block = text.split("wildcard_constraints:", 1)[1].split("\n\n", 1)[0]
+    assert "ROOTS" not in block and "join" not in block
+    for _, _, roots in campaign_run["products"]:
+        assert not any(root in block for root in roots)
+
+
+def test_shards_partition_the_campaign(tmp_path):
+    """shard=I/N plans every N-th association from the I-th; the shards together plan each once."""
+    pattern, products = write_campaign(tmp_path / "data")
+    names = [p for p, _, _ in products]
+    planned = []
+    for shard in ("1/2", "2/2"):
+        jobs = planned_jobs(pattern, tmp_path / "out", *SETTINGS, f"shard={shard}")
+        assert jobs["source_catalog"] == len(names[int(shard[0]) - 1 :: 2])
+        planned.append(jobs["source_catalog"])
+    assert sum(planned) == len(names)
+
+
+def test_bad_shard_is_named(tmp_path):
+    """A shard that is not I/N with 1 <= I <= N stops before any job, naming the setting."""
+    pattern, _ = write_campaign(tmp_path / "data", groups=((1, 2), (2, 3)))
+    proc = run_snakemake(pattern, tmp_path / "out", *SETTINGS, "shard=3/2", flags=("--dry-run",), check=False)
+    assert proc.returncode != 0
+    assert "shard" in proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def broken_campaign(tmp_path_factory):
+    """Three associations, the first with a truncated member of its own, plus one with a missing member.
+
+    Run with the local profile (keep-going); return the run and the status.
+    """
+    base = tmp_path_factory.mktemp("broken_campaign")
+    pattern, products = write_campaign(base / "data")
+    # Exposure 1 belongs to the first association only: half its bytes, as an interrupted download.
+    first_root = products[0][2][0]
+    cal = base / "data" / f"{first_root}_cal.fits"
+    cal.write_bytes(cal.read_bytes()[: cal.stat().st_size // 2])
+    missing = json.loads((base / "data" / "campaign2_asn.json").read_text())
+    missing["products"][0]["name"] = "jw01234-o001_t009_nircam_clear-f200w"
+    missing["products"][0]["members"][0]["expname"] = "jw_not_there_cal.fits"
+    (base / "data" / "campaign9_asn.json").write_text(json.dumps(missing))
+    out = base / "out"
+    proc = run_snakemake(pattern, out, *SETTINGS, flags=("--profile", "profiles/local", "--cores", "2"),
+                         check=False)
+    status = subprocess.run([sys.executable, "-m", "calimage3.status", str(out), "--json"],
+                            capture_output=True, text=True, cwd=REPO)
+    return {"proc": proc, "out": out, "products": products, "status": status, "missing": missing,
+            "glob": pattern}
+
+
+def test_broken_association_does_not_stop_the_others(broken_campaign):
+    """The run fails, but every association without the damaged member is complete."""
+    assert broken_campaign["proc"].returncode != 0
+    out = broken_campaign["out"]
+    for product, asn_id, roots in broken_campaign["products"][1:]:
+        for suffix in ("i2d.fits", "cat.ecsv", "segm.fits"):
+            assert (out / product / f"{product}_{suffix}").is_file(), product
+        for root in roots:
+            assert (out / product / f"{root}_{asn_id}_crf.fits").is_file()
+    first = broken_campaign["products"][0][0]
+    assert not (out / first / f"{first}_i2d.fits").exists()
+
+
+def test_status_names_failed_and_complete(broken_campaign):
+    """calimage3-status: the damaged and the refused association failed (with what to read), the rest complete."""
+    status = broken_campaign["status"]
+    assert status.returncode == 1, status.stderr
+    rows = json.loads(status.stdout)
+    by_product = {r["product"]: r for r in rows if r["product"]}
+    first = broken_campaign["products"][0]
+    damaged = by_product.get(first[0]) or next(r for r in rows if r["asn"].endswith("campaign1_asn.json"))
+    assert damaged["state"] == "failed"
+    # the log of the failed job, or the input check's reason naming the file
+    assert damaged["detail"].endswith(".log") or first[2][0] in damaged["detail"]
+    if damaged["detail"].endswith(".log"):
+        assert "JOB FAILED" in Path(damaged["detail"]).read_text()
+    for product, _, _ in broken_campaign["products"][1:]:
+        assert by_product[product]["state"] == "complete"
+        assert by_product[product]["done"] == by_product[product]["total"] > 0
+    refused = [r for r in rows if r["asn"].endswith("campaign9_asn.json")]
+    assert len(refused) == 1 and refused[0]["state"] == "failed"
+    assert "jw_not_there_cal.fits" in refused[0]["detail"]
+
+
+def test_status_lists_pending_before_a_run(tmp_path):
+    """Right after planning (a dry run), every association is pending."""
+    pattern, products = write_campaign(tmp_path / "data", groups=((1, 2), (2, 3)))
+    run_snakemake(pattern, tmp_path / "out", *SETTINGS, flags=("--dry-run",))
+    status = subprocess.run([sys.executable, "-m", "calimage3.status", str(tmp_path / "out")],
+                            capture_output=True, text=True, cwd=REPO)
+    assert status.returncode == 0, status.stderr
+    assert "2 associations: 0 complete, 0 failed, 2 pending" in status.stdout
+
+
+def test_status_without_a_run_is_an_error(tmp_path):
+    """calimage3-status on a folder the workflow never used says so and exits 2."""
+    status = subprocess.run([sys.executable, "-m", "calimage3.status", str(tmp_path)],
+                            capture_output=True, text=True, cwd=REPO)
+    assert status.returncode == 2
+    assert "no campaign manifest" in status.stderr
