@@ -24,6 +24,9 @@ include: "rules/source_catalog.smk"
 include: "rules/qa.smk"
 
 
+write_campaign_manifest()
+
+
 rule all:
     input:
         final_products(),

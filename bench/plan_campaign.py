@@ -14,10 +14,14 @@ disk holds 8 exposures.  For each N it times
   itself costs;
 
 and records wall seconds, peak memory (max RSS of the snakemake process) and
-the job count.  Results go to ``bench/results/plan_campaign.md`` and ``.csv``.
+the job count.  With ``--schedule N`` it also runs the bare DAG of N
+associations to the end (touch jobs, ``--cores 2``) with Snakemake's
+``greedy`` and ``ilp`` schedulers: the time then is job selection and
+bookkeeping, which is what the profiles' ``scheduler`` setting is chosen on.
+Results go to ``bench/results/plan_campaign.md`` and ``.csv``.
 
-    python bench/plan_campaign.py                   # N = 10, 100, 1000
-    python bench/plan_campaign.py -n 10 100 --work /tmp/plan
+    python bench/plan_campaign.py                   # N = 10, 100, 1000; schedulers at 100
+    python bench/plan_campaign.py -n 10 100 --work /tmp/plan --schedule 0
 """
 
 import argparse
@@ -182,7 +186,20 @@ def plan(n_assoc, work, template, source_dir):
     return row
 
 
-def write_results(rows, results):
+def schedule(n_assoc, work, schedulers=("greedy", "ilp")):
+    """Wall seconds of running the bare DAG of N associations to the end with each scheduler."""
+    bare_dir = Path(work) / f"n{n_assoc}" / "bare"
+    times = {}
+    for scheduler in schedulers:
+        shutil.rmtree(bare_dir / "out", ignore_errors=True)
+        shutil.rmtree(bare_dir / ".snakemake", ignore_errors=True)
+        cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--quiet", "--scheduler", scheduler, "--config",
+               f"campaign={bare_dir / 'campaign.json'}", f"out={bare_dir / 'out'}"]
+        times[scheduler], _, _ = timed(cmd, bare_dir)
+    return times
+
+
+def write_results(rows, results, schedule_times=None, schedule_n=0):
     results = Path(results)
     results.mkdir(parents=True, exist_ok=True)
     with open(results / "plan_campaign.csv", "w", newline="") as fh:
@@ -203,6 +220,11 @@ def write_results(rows, results):
         lines.append(f"| {r['associations']} | {r['ours_jobs']} / {r['bare_jobs']} | {r['ours_cold_s']:.1f} s | "
                      f"{r['ours_warm_s']:.1f} s | {r['bare_s']:.1f} s | {r['ratio_warm']:.2f} | "
                      f"{r['ours_cold_gb']:.2f} / {r['ours_warm_gb']:.2f} / {r['bare_gb']:.2f} |")
+    if schedule_times:
+        jobs = next((r["bare_jobs"] for r in rows if r["associations"] == schedule_n), "")
+        lines += ["", f"Running the bare DAG of {schedule_n} associations ({jobs} touch jobs) to the end, "
+                      "`--cores 2`: " + ", ".join(f"`--scheduler {k}` {v:.1f} s" for k, v in schedule_times.items())
+                  + "."]
     (results / "plan_campaign.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -212,13 +234,21 @@ def main(argv=None):
     parser.add_argument("-n", "--associations", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--work", default="/tmp/calimage3_plan_campaign", help="scratch folder")
     parser.add_argument("--results", default=str(REPO / "bench" / "results"))
+    parser.add_argument("--schedule", type=int, default=100,
+                        help="run the bare DAG of this many associations with each scheduler (0: skip)")
     args = parser.parse_args(argv)
     template, source_dir = make_exposures(Path(args.work) / "exposures")
     rows = []
     for n in args.associations:
         rows.append(plan(n, args.work, template, source_dir))
         print(rows[-1], flush=True)
-    write_results(rows, args.results)
+    schedule_times = None
+    if args.schedule:
+        if args.schedule not in args.associations:
+            rows.append(plan(args.schedule, args.work, template, source_dir))
+        schedule_times = schedule(args.schedule, args.work)
+        print(schedule_times, flush=True)
+    write_results(sorted(rows, key=lambda r: r["associations"]), args.results, schedule_times, args.schedule)
 
 
 if __name__ == "__main__":

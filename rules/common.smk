@@ -222,17 +222,19 @@ def final_products():
     return [path for p in PRODUCTS.values() for path in p.final_products()]
 
 
-# What `calimage3-status OUTPUT_DIR` reads: every planned association, the
-# files that make it complete and its logs, and the refused ones.
-_io.write_manifest(f"{OUT}/{MANIFEST}", {
-    "campaign": CAMPAIGN,
-    "products": {
-        name: manifest_entry(P.asn.path or P.asn.members[0].path, P.out, P.final_products(), P.logs,
-                             [f"{LOGS}/tweakreg_detect/{r}.log" for r in P.roots])
-        for name, P in PRODUCTS.items()
-    },
-    "rejected": {str(path): reason for path, reason in REJECTED.items()},
-})
+def write_campaign_manifest():
+    """Record what `calimage3-status OUTPUT_DIR` reads: every planned association,
+    the files that make it complete and its logs, and the refused ones.
+    Called by the Snakefile once every rule file is included."""
+    _io.write_manifest(f"{OUT}/{MANIFEST}", {
+        "campaign": CAMPAIGN,
+        "products": {
+            name: manifest_entry(P.asn.path or P.asn.members[0].path, P.out, P.final_products(), P.logs,
+                                 [f"{LOGS}/tweakreg_detect/{r}.log" for r in P.roots])
+            for name, P in PRODUCTS.items()
+        },
+        "rejected": {str(path): reason for path, reason in REJECTED.items()},
+    })
 
 
 def exposure_batch(step):

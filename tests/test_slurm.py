@@ -51,9 +51,13 @@ def slurm_env():
         subprocess.run(["bash", str(CLUSTER), "stop"], env=env, timeout=120)
 
 
-def _snakemake(asn, output_dir, env, *extra):
-    """Start the workflow with the documented command line plus ``extra``; return the process."""
-    cmd = [sys.executable, "-m", "snakemake", *extra, "--config", f"asn={asn}", f"output_dir={output_dir}"]
+def _snakemake(asn, output_dir, env, *extra, config=()):
+    """Start the workflow with the documented command line plus ``extra``; return the process.
+
+    ``asn`` is ``asn=PATH`` or ``asns=GLOB`` (a bare path means ``asn=``).
+    """
+    item = asn if str(asn).startswith(("asn=", "asns=")) else f"asn={asn}"
+    cmd = [sys.executable, "-m", "snakemake", *extra, "--config", item, f"output_dir={output_dir}", *config]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
@@ -70,6 +74,19 @@ def _finish(proc):
     return text
 
 
+def _slurm_flags(slurm_logdir):
+    """The SLURM profile as a user runs it, fitted to the one-node, 2-CPU test cluster."""
+    return (
+        "--profile", "profiles/slurm",
+        # Keep the SLURM logs of this run apart from the checkout's .snakemake/.
+        "--slurm-logdir", str(slurm_logdir),
+        # Short jobs: look at the queue soon after submitting.
+        "--slurm-init-seconds-before-status-checks", "2",
+        # Batches no wider than the test node (the profile's 4 would never start on it).
+        "--cores", "2",
+    )
+
+
 @pytest.fixture(scope="module")
 def runs(slurm_env, tmp_path_factory):
     """The same 3-exposure dither run locally (--cores 2) and through the SLURM profile."""
@@ -79,11 +96,7 @@ def runs(slurm_env, tmp_path_factory):
     # of its time waiting on job start-up and status polls.
     slurm = _snakemake(
         sim["asn"], base / "slurm", slurm_env,
-        "--profile", "profiles/slurm",
-        # Keep the SLURM logs of this run apart from the checkout's .snakemake/.
-        "--slurm-logdir", str(base / "slurm_logs"),
-        # Short jobs: look at the queue soon after submitting.
-        "--slurm-init-seconds-before-status-checks", "2",
+        *_slurm_flags(base / "slurm_logs"),
     )
     local = _snakemake(sim["asn"], base / "local", slurm_env, "--cores", "2")
     logs, failures = {}, []
@@ -100,9 +113,9 @@ def runs(slurm_env, tmp_path_factory):
 
 
 def _submitted(log):
-    """(rule, SLURM job id) of every job the executor submitted, from the Snakemake log."""
-    pattern = r"has been submitted with SLURM jobid (\d+) \(log: (\S+)/rule_(\w+)/"
-    return [(rule, jobid) for jobid, _, rule in re.findall(pattern, log)]
+    """(rule or group, SLURM job id) of every SLURM job the executor submitted, from the Snakemake log."""
+    pattern = r"has been submitted with SLURM jobid (\d+) \(log: (\S+)/(rule|group)_([\w.-]+?)/"
+    return [(name, jobid) for jobid, _, _, name in re.findall(pattern, log)]
 
 
 def _steps(log):
@@ -110,27 +123,34 @@ def _steps(log):
     return int(re.findall(r"(\d+) of \1 steps \(100%\) done", log)[-1])
 
 
-def test_every_job_ran_as_a_slurm_job(runs):
-    """Each non-local job was an sbatch job that SLURM reports COMPLETED and that left a SLURM log."""
-    log = runs["slurm_log"]
-    submitted = _submitted(log)
-    # The same jobs as the local run; all but local rules (the target `all`,
-    # run by Snakemake itself) went to SLURM.
-    assert _steps(log) == _steps(runs["local_log"])
-    local_rules = re.findall(r"^localrule (\w+):", log, flags=re.MULTILINE)
-    assert len(submitted) == _steps(log) - len(local_rules) > 10
-    assert {"tweakreg_align", "skymatch", "outlier_flag", "resample", "source_catalog"} <= {r for r, _ in submitted}
+def _assert_completed_slurm_jobs(run, submitted):
+    """Every submitted SLURM job is COMPLETED in squeue and left its SLURM log."""
     ids = sorted({j for _, j in submitted}, key=int)
     assert len(ids) == len(submitted)
     query = subprocess.run(["squeue", "--states=all", "--noheader", "--format=%i|%T", "--jobs", ",".join(ids)],
-                           capture_output=True, text=True, env=runs["env"], timeout=60)
+                           capture_output=True, text=True, env=run["env"], timeout=60)
     assert query.returncode == 0, query.stderr
     states = dict(line.split("|") for line in query.stdout.split())
     assert states == {j: "COMPLETED" for j in ids}
-    for rule, jobid in submitted:
-        assert list(runs["slurm_logs"].glob(f"rule_{rule}/**/{jobid}.log")), (rule, jobid)
+    for name, jobid in submitted:
+        assert list(run["slurm_logs"].glob(f"*_{name}/**/{jobid}.log")), (name, jobid)
     # Status came from squeue (no accounting database on this cluster).
-    assert "Falling back to 'sacct'" not in log
+    assert "Falling back to 'sacct'" not in run["slurm_log"]
+
+
+def test_every_job_ran_in_a_slurm_job(runs):
+    """Every non-local job ran inside an sbatch job (the per-exposure ones in batches), all COMPLETED."""
+    log = runs["slurm_log"]
+    submitted = _submitted(log)
+    # The same jobs as the local run; all but local rules (the target `all`,
+    # run by Snakemake itself) went to SLURM, the per-exposure ones batched.
+    assert _steps(log) == _steps(runs["local_log"])
+    local_rules = re.findall(r"^localrule (\w+):", log, flags=re.MULTILINE)
+    names = {name for name, _ in submitted}
+    assert {"tweakreg_align", "skymatch", "resample", "source_catalog"} <= names
+    assert {"tweakreg_detect", "outlier_flag", "resample_exposure"} <= names  # as batches (group_*)
+    assert 10 < len(submitted) < _steps(log) - len(local_rules)
+    _assert_completed_slurm_jobs(runs, submitted)
 
 
 def _products(run_dir, pattern):
@@ -180,3 +200,46 @@ def test_catalog_and_segmentation_equal_local_run(runs):
             assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), col
     name = f"{product}_segm.fits"
     _assert_same_arrays(name, runs["local"] / name, runs["slurm"] / name, ("SCI",))
+
+
+@pytest.fixture(scope="module")
+def campaign_runs(slurm_env, tmp_path_factory):
+    """A campaign of 3 associations over 5 exposures, run locally and through the SLURM profile."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_campaign import write_campaign
+
+    base = tmp_path_factory.mktemp("slurm_campaign")
+    pattern, products = write_campaign(base / "data")
+    config = ("tweakreg={'minobj': 8}", "qa_figures=false")
+    slurm = _snakemake(f"asns={pattern}", base / "slurm", slurm_env, *_slurm_flags(base / "slurm_logs"),
+                       config=config)
+    local = _snakemake(f"asns={pattern}", base / "local", slurm_env, "--cores", "2", config=config)
+    logs = {name: _finish(proc) for name, proc in (("local", local), ("slurm", slurm))}
+    return {"products": products, "local": base / "local", "slurm": base / "slurm", "local_log": logs["local"],
+            "slurm_log": logs["slurm"], "slurm_logs": base / "slurm_logs", "env": slurm_env}
+
+
+def test_campaign_submits_far_fewer_slurm_jobs(campaign_runs):
+    """The campaign's per-exposure work goes to SLURM in batches: far fewer SLURM jobs than Snakemake jobs."""
+    log = campaign_runs["slurm_log"]
+    submitted = _submitted(log)
+    steps = _steps(log)
+    assert steps == _steps(campaign_runs["local_log"]) > 50
+    assert len(submitted) < 0.7 * steps, (len(submitted), steps)
+    # a batch holds one association's jobs: its name carries the product
+    batches = [name for name, _ in submitted if name.startswith("outlier_flag")]
+    assert sorted(batches) == sorted(f"outlier_flag_{p}" for p, _, _ in campaign_runs["products"])
+    _assert_completed_slurm_jobs(campaign_runs, submitted)
+
+
+def test_campaign_products_equal_local_run(campaign_runs):
+    """Each association's _i2d, _crf and _segm arrays from SLURM equal the local run's exactly."""
+    for product, asn_id, roots in campaign_runs["products"]:
+        local, remote = campaign_runs["local"] / product, campaign_runs["slurm"] / product
+        name = f"{product}_i2d.fits"
+        _assert_same_arrays(name, local / name, remote / name, I2D_ARRAYS)
+        name = f"{product}_segm.fits"
+        _assert_same_arrays(name, local / name, remote / name, ("SCI",))
+        for root in roots:
+            name = f"{root}_{asn_id}_crf.fits"
+            _assert_same_arrays(name, local / name, remote / name, CRF_ARRAYS)
