@@ -113,9 +113,12 @@ def runs(slurm_env, tmp_path_factory):
 
 
 def _submitted(log):
-    """(rule or group, SLURM job id) of every SLURM job the executor submitted, from the Snakemake log."""
-    pattern = r"has been submitted with SLURM jobid (\d+) \(log: (\S+)/(rule|group)_([\w.-]+?)/"
-    return [(name, jobid) for jobid, _, _, name in re.findall(pattern, log)]
+    """(SLURM log folder, SLURM job id) of every SLURM job the executor submitted, from the Snakemake log.
+
+    The folder is ``rule_<rule>`` for one job, ``group_<group id>...`` for a batch.
+    """
+    pattern = r"has been submitted with SLURM jobid (\d+) \(log: \S+/((?:rule|group)_[^/]+)/"
+    return [(folder, jobid) for jobid, folder in re.findall(pattern, log)]
 
 
 def _steps(log):
@@ -132,8 +135,8 @@ def _assert_completed_slurm_jobs(run, submitted):
     assert query.returncode == 0, query.stderr
     states = dict(line.split("|") for line in query.stdout.split())
     assert states == {j: "COMPLETED" for j in ids}
-    for name, jobid in submitted:
-        assert list(run["slurm_logs"].glob(f"*_{name}/**/{jobid}.log")), (name, jobid)
+    for folder, jobid in submitted:
+        assert list(run["slurm_logs"].glob(f"{folder}/**/{jobid}.log")), (folder, jobid)
     # Status came from squeue (no accounting database on this cluster).
     assert "Falling back to 'sacct'" not in run["slurm_log"]
 
@@ -146,9 +149,11 @@ def test_every_job_ran_in_a_slurm_job(runs):
     # run by Snakemake itself) went to SLURM, the per-exposure ones batched.
     assert _steps(log) == _steps(runs["local_log"])
     local_rules = re.findall(r"^localrule (\w+):", log, flags=re.MULTILINE)
-    names = {name for name, _ in submitted}
-    assert {"tweakreg_align", "skymatch", "resample", "source_catalog"} <= names
-    assert {"tweakreg_detect", "outlier_flag", "resample_exposure"} <= names  # as batches (group_*)
+    folders = {folder for folder, _ in submitted}
+    assert {"rule_tweakreg_align", "rule_skymatch", "rule_resample", "rule_source_catalog"} <= folders
+    for batched in ("tweakreg_detect", "outlier_single", "outlier_flag", "resample_exposure"):
+        assert any(f.startswith(f"group_{batched}") for f in folders), batched
+        assert f"rule_{batched}" not in folders, batched
     assert 10 < len(submitted) < _steps(log) - len(local_rules)
     _assert_completed_slurm_jobs(runs, submitted)
 
@@ -227,8 +232,10 @@ def test_campaign_submits_far_fewer_slurm_jobs(campaign_runs):
     assert steps == _steps(campaign_runs["local_log"]) > 50
     assert len(submitted) < 0.7 * steps, (len(submitted), steps)
     # a batch holds one association's jobs: its name carries the product
-    batches = [name for name, _ in submitted if name.startswith("outlier_flag")]
-    assert sorted(batches) == sorted(f"outlier_flag_{p}" for p, _, _ in campaign_runs["products"])
+    batches = [folder for folder, _ in submitted if folder.startswith("group_outlier_flag")]
+    assert len(batches) == len(campaign_runs["products"])
+    for product, _, _ in campaign_runs["products"]:
+        assert sum(f.startswith(f"group_outlier_flag_{product}") for f in batches) == 1, product
     _assert_completed_slurm_jobs(campaign_runs, submitted)
 
 
