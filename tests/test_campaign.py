@@ -91,6 +91,16 @@ def test_catalog_parameters_rerun_only_catalogs(campaign_run):
     assert jobs == {"source_catalog": len(campaign_run["products"]), "all": 1}
 
 
+def test_outlier_parameters_rerun_flagging_and_dependents(campaign_run):
+    """Changing outlier_detection.snr plans flagging, the final drizzle, resample and catalog of every association."""
+    jobs = planned_jobs(campaign_run["glob"], campaign_run["out"], *SETTINGS,
+                        "outlier_detection={'snr': '4.5 3.5'}")
+    n_members = sum(len(roots) for _, _, roots in campaign_run["products"])
+    n_products = len(campaign_run["products"])
+    assert jobs == {"outlier_flag": n_members, "resample_exposure": n_members, "resample": n_products,
+                    "source_catalog": n_products, "all": 1}
+
+
 def test_asn_and_asns_together_rejected(tmp_path):
     """Giving both asn and asns stops before any job with a message naming both."""
     proc = run_snakemake("x_asn.json", tmp_path / "out", "asn=y_asn.json", flags=("--dry-run",), check=False)
