@@ -1,14 +1,36 @@
 """Checks on the inputs before any job starts.
 
-The workflow calls `check_inputs` while building its DAG, so a missing
-member, a corrupt file, a ``_cal`` without a WCS, an association without
-science members or an exposure that overlaps no other stops the run with
-one clear message naming the file, before any output exists.
-`check_campaign` does the same for every association of a campaign
-(``--config asns=GLOB``) and checks that they can share one output folder.
+The workflow calls `check_inputs` while building its DAG, so bad input
+stops the run with one clear message naming the file, before any output
+exists.  `check_campaign` does the same for every association of a
+campaign (``--config asns=GLOB``) and checks that they can share one
+output folder.
+
+What is checked, in order:
+
+1. the association: JSON, image3, exactly one product, science members,
+   product name, ``asn_id`` and exposure roots that are plain file-name
+   stems (no ``..``, no leading dot, no path separator), so that no path
+   built from them leaves the output folder;
+2. each member file, from its headers only (`check_member_file`): it
+   exists, its size is what its headers declare (a truncated file is
+   named without reading its data), it is readable FITS with a 2-D SCI
+   image whose unit is MJy/sr, and it has a WCS and a sky footprint;
+3. each association: one instrument, filter and pupil (unless
+   ``allow_mixed_filters``), moving-target keywords that agree, and every
+   exposure overlapping another on the sky;
+4. the campaign: product names that differ and are not the shared
+   folders, and one file for each exposure root.
+
+Step 2 is what costs (opening every member); with ``cache_dir`` its
+findings are kept in ``cache_dir/.calimage3/preflight.json``, keyed by the
+file's resolved path, size, modification time and `CHECK_VERSION`, so a
+later start reads only files that changed.  The FITS checksums of MAST
+files are verified by the jobs that read the data (`calimage3.io.read_exposure`).
 """
 
 import glob
+import math
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +40,168 @@ from .association import single_exposure_association
 from .assign_mtwcs import is_moving_target
 from .sky_geometry import polygon_overlap_area
 
-__all__ = ["check_inputs", "check_campaign", "resolve_asn_paths", "non_overlapping"]
+__all__ = [
+    "check_inputs",
+    "check_campaign",
+    "check_member_file",
+    "resolve_asn_paths",
+    "non_overlapping",
+    "CHECK_VERSION",
+    "CACHE_FILE",
+]
 
 # Top-level folders of a campaign output that no product may be named.
 RESERVED_FOLDERS = ("work", "logs", "benchmarks")
+# Bump when `check_member_file` checks more or records other keywords:
+# every cached finding is then checked again.
+CHECK_VERSION = 2
+# The cache of member checks, relative to the output folder.
+CACHE_FILE = ".calimage3/preflight.json"
+# Keywords of each member the association checks need (recorded in the cache).
+MEMBER_KEYWORDS = ("INSTRUME", "FILTER", "PUPIL", "BUNIT", "TARGTYPE", "MT_RA", "MT_DEC", "FILENAME")
+# Keywords that must agree among the members of one product; the filter
+# keywords may differ with allow_mixed_filters.
+_SAME_INSTRUMENT = ("INSTRUME",)
+_SAME_FILTER = ("FILTER", "PUPIL")
+# SCI units the stage combines: JWST _cal files are in MJy/sr.
+_SURFACE_BRIGHTNESS = "MJy/sr"
+
+
+def _unit_problem(bunit):
+    """Why ``bunit`` is not MJy/sr, or None when it is (any spelling astropy reads as exactly MJy/sr)."""
+    if bunit is None:
+        return "SCI has no BUNIT: its unit is unknown (the stage combines MJy/sr, as in _cal files)"
+    text = str(bunit).strip()
+    if text == _SURFACE_BRIGHTNESS:
+        return None
+    import astropy.units as u  # only for unusual spellings: the import costs 0.2 s
+
+    target = u.MJy / u.sr
+    unit = None
+    for fmt in ("fits", "generic"):
+        try:
+            unit = u.Unit(text, format=fmt)
+            break
+        except ValueError:
+            continue
+    if unit is not None and unit.is_equivalent(target) and math.isclose(unit.to(target), 1.0, rel_tol=1e-12):
+        return None
+    hint = " (a _rate file? the stage combines _cal files)" if "DN" in text.upper() else ""
+    return f"SCI BUNIT is {text!r}, not a surface brightness in MJy/sr{hint}"
+
+
+def _plain_value(value):
+    """A header value as JSON can keep it (numbers, strings, booleans); others as text."""
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+def check_member_file(path):
+    """Check one member from its headers and return what the association checks need.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``_cal`` file.
+
+    Returns
+    -------
+    dict
+        ``footprint`` (list of ``[RA, Dec]`` vertices, degrees), ``shape``
+        (``[ny, nx]``) and ``meta`` (the `MEMBER_KEYWORDS` present):
+        plain JSON values, as kept in the cache.
+
+    Raises
+    ------
+    calimage3.io.InputFileError
+        Missing file; a size that differs from what its headers declare
+        (truncated); unreadable FITS; no 2-D SCI image; a SCI unit that is
+        not MJy/sr; no WCS.  Only headers are read.
+    """
+    polygon, shape, meta = io.read_exposure_footprint(path)
+    if len(shape) != 2 or min(shape) < 1:
+        raise io.InputFileError(path, f"SCI image has shape {tuple(shape)}: no pixels")
+    problem = _unit_problem(meta.get("BUNIT"))
+    if problem:
+        raise io.InputFileError(path, problem)
+    return {
+        "footprint": np.asarray(polygon, float).tolist(),
+        "shape": [int(n) for n in shape],
+        "meta": {k: _plain_value(meta[k]) for k in MEMBER_KEYWORDS if k in meta},
+    }
+
+
+def _valid_entry(entry):
+    """True when a cached finding has the shape `check_member_file` gives (a damaged cache is not trusted)."""
+    try:
+        footprint = np.asarray(entry["footprint"], float)
+        return (footprint.ndim == 2 and footprint.shape[0] >= 3 and footprint.shape[1] == 2
+                and np.all(np.isfinite(footprint)) and len(entry["shape"]) == 2
+                and isinstance(entry["meta"], dict) and isinstance(entry["size"], int)
+                and isinstance(entry["mtime_ns"], int))
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+class _MemberChecks:
+    """`check_member_file` once per file, with findings cached by path, size and mtime."""
+
+    def __init__(self, cache_dir):
+        self.cache_path = Path(cache_dir) / CACHE_FILE if cache_dir else None
+        self.cached = io.read_check_cache(self.cache_path, CHECK_VERSION) if self.cache_path else {}
+        self.entries = {}
+        self.resolved = {}  # member path as named -> resolved path
+        self.files_read = 0
+
+    def __call__(self, path):
+        identity = io.file_identity(path)
+        if identity is None:
+            raise io.InputFileError(path, "file does not exist")
+        key, size, mtime_ns = identity
+        self.resolved[str(path)] = key
+        entry = self.entries.get(key)
+        if entry is not None:
+            return entry
+        entry = self.cached.get(key)
+        if not (isinstance(entry, dict) and entry.get("size") == size and entry.get("mtime_ns") == mtime_ns
+                and _valid_entry(entry)):
+            entry = dict(check_member_file(path), size=size, mtime_ns=mtime_ns)
+            self.files_read += 1
+        self.entries[key] = entry
+        return entry
+
+    def save(self, complete):
+        """Keep the findings for the next start.
+
+        After a complete check (``complete``), or when a cache already
+        exists (the output folder is in use): a failed first check leaves
+        the output folder untouched.
+        """
+        if self.cache_path is None or (self.files_read == 0 and self.entries.keys() == self.cached.keys()):
+            return
+        if complete or self.cache_path.is_file():
+            io.write_check_cache(self.cache_path, CHECK_VERSION, {**(self.cached if not complete else {}),
+                                                                   **self.entries})
+
+
+def _unit_vectors(polygon):
+    ra, dec = np.radians(polygon[:, 0]), np.radians(polygon[:, 1])
+    return np.column_stack((np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)))
+
+
+def _bounding_caps(footprints):
+    """Centre (unit vector) and angular radius (radians) of a cap holding each polygon."""
+    centres, radii = [], []
+    for polygon in footprints:
+        vectors = _unit_vectors(np.asarray(polygon, float))
+        centre = vectors.sum(axis=0)
+        centre /= np.linalg.norm(centre)
+        centres.append(centre)
+        radii.append(float(np.max(np.arccos(np.clip(vectors @ centre, -1.0, 1.0)))))
+    return np.array(centres), np.array(radii)
 
 
 def non_overlapping(footprints):
@@ -29,33 +209,123 @@ def non_overlapping(footprints):
 
     Parameters
     ----------
-    footprints : list of ndarray, shape (4, 2)
-        Sky polygons (RA, Dec) in degrees.
+    footprints : list of ndarray, shape (n, 2)
+        Convex sky polygons (RA, Dec) in degrees.
 
     Returns
     -------
     list of int
         Empty when every footprint overlaps at least one other (or there is
         only one).
+
+    Notes
+    -----
+    Stages: (1) a cap (centre, radius) around each polygon; (2) for each
+    pair not already known to overlap whose caps intersect, the area of
+    the polygons' intersection.  Pairs whose caps are apart, and pairs
+    both of whose polygons already overlap another, cost nothing, so a
+    dither of ``n`` exposures needs about ``n`` area computations.
     """
     n = len(footprints)
     if n < 2:
         return []
+    centres, radii = _bounding_caps(footprints)
+    separation = np.arccos(np.clip(centres @ centres.T, -1.0, 1.0))
+    near = separation <= (radii[:, None] + radii[None, :]) * (1 + 1e-9) + 1e-12
     overlaps = np.zeros(n, bool)
     for i in range(n):
         for j in range(i + 1, n):
-            if polygon_overlap_area(footprints[i], footprints[j]) > 0:
+            if (overlaps[i] and overlaps[j]) or not near[i, j]:
+                continue
+            if polygon_overlap_area(np.asarray(footprints[i], float), np.asarray(footprints[j], float)) > 0:
                 overlaps[i] = overlaps[j] = True
     return [i for i in range(n) if not overlaps[i]]
 
 
-def check_inputs(asn_path):
+def _odd_members(asn, metas, keys):
+    """``(keyword, members with a value other than the most common, that value, the common one)``, or None."""
+    for key in keys:
+        values = [str(m.get(key, "")).strip().upper() for m in metas]
+        if len(set(values)) < 2:
+            continue
+        common = max(dict.fromkeys(values), key=values.count)  # ties: the first member's value wins
+        odd = [(asn.members[k].path, v) for k, v in enumerate(values) if v != common]
+        return key, odd, common
+    return None
+
+
+def _check_same_setup(asn, metas, source, allow_mixed_filters):
+    """One instrument, filter and pupil among the members of one product."""
+    keys = _SAME_INSTRUMENT if allow_mixed_filters else _SAME_INSTRUMENT + _SAME_FILTER
+    found = _odd_members(asn, metas, keys)
+    if found is None:
+        return
+    key, odd, common = found
+    path, value = odd[0]
+    others = f" (and {len(odd) - 1} more member(s))" if len(odd) > 1 else ""
+    hint = "" if key in _SAME_INSTRUMENT else "; set allow_mixed_filters: true to combine them anyway"
+    raise io.InputFileError(path, f"{key} is {value or 'missing'!r} but the other members of product "
+                                  f"{asn.product!r} ({source}) have {common or 'none'!r}{others}: one product "
+                                  f"combines one {key.lower()}{hint}")
+
+
+def _check_moving_target(asn, metas, source):
+    try:
+        moving = is_moving_target(metas)
+    except ValueError as exc:
+        raise io.InputFileError(source, str(exc)) from None
+    if moving:
+        for member, meta in zip(asn.members, metas):
+            for key in ("MT_RA", "MT_DEC"):
+                value = meta.get(key)
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise io.InputFileError(member.path, f"TARGTYPE is MOVING but {key} = {value!r} is not a "
+                                                         f"position in degrees")
+    return moving
+
+
+def _check_association(asn_path, member_checks, allow_mixed_filters):
+    if not str(asn_path):
+        raise io.InputFileError("config 'asn'", "no input given: pass --config asn=PATH (an image3 ASN JSON or one _cal.fits)")
+    path = Path(asn_path)
+    if path.suffix.lower() == ".json":
+        asn = io.read_association(path)
+    elif path.name.lower().endswith((".fits", ".fits.gz")):
+        try:
+            asn = single_exposure_association(path)
+        except ValueError as exc:
+            raise io.InputFileError(path, str(exc)) from None
+    else:
+        raise io.InputFileError(path, "input must be an image3 association (.json) or a _cal.fits file")
+    source = asn.path or path
+    # Footprints from the S_REGION keywords: the gwcs of every member would
+    # be read at each start of Snakemake (a no-op rerun, each cluster job).
+    entries = [member_checks(member.path) for member in asn.members]
+    metas = [e["meta"] for e in entries]
+    _check_same_setup(asn, metas, source, allow_mixed_filters)
+    asn.moving_target = _check_moving_target(asn, metas, source)
+    lonely = non_overlapping([np.asarray(e["footprint"], float) for e in entries])
+    if lonely:
+        names = ", ".join(asn.members[i].path.name for i in lonely)
+        raise io.InputFileError(source, f"exposure(s) overlapping no other exposure on the sky: {names}")
+    return asn
+
+
+def check_inputs(asn_path, *, cache_dir=None, allow_mixed_filters=False):
     """Validate the workflow input and return its association.
 
     Parameters
     ----------
     asn_path : str or Path
         An image3 association (``.json``) or a single ``_cal.fits``.
+    cache_dir : str or Path or None
+        The output folder: findings on each member file are cached in
+        ``cache_dir/.calimage3/preflight.json`` (`CACHE_FILE`), and a later
+        call reads only members whose size or modification time changed.
+        None: no cache.
+    allow_mixed_filters : bool
+        Let one product combine members of different FILTER or PUPIL
+        (different instruments are always an error).
 
     Returns
     -------
@@ -64,32 +334,16 @@ def check_inputs(asn_path):
     Raises
     ------
     calimage3.io.InputFileError
-        Naming the file and what is wrong with it.
+        Naming the file (or association) and what is wrong with it; see
+        the module docstring for the checks.
     """
-    if not str(asn_path):
-        raise io.InputFileError("config 'asn'", "no input given: pass --config asn=PATH (an image3 ASN JSON or one _cal.fits)")
-    path = Path(asn_path)
-    if path.suffix.lower() == ".json":
-        asn = io.read_association(path)
-    elif path.name.lower().endswith((".fits", ".fits.gz")):
-        asn = single_exposure_association(path)
-    else:
-        raise io.InputFileError(path, "input must be an image3 association (.json) or a _cal.fits file")
-    # Footprints from the S_REGION keywords: the gwcs of every member would
-    # be read at each start of Snakemake (a no-op rerun, each cluster job).
-    footprints, metas = [], []
-    for member in asn.members:
-        polygon, _, meta = io.read_exposure_footprint(member.path)
-        footprints.append(polygon)
-        metas.append(meta)
+    member_checks = _MemberChecks(cache_dir)
     try:
-        asn.moving_target = is_moving_target(metas)
-    except ValueError as exc:
-        raise io.InputFileError(asn.path or path, str(exc)) from None
-    lonely = non_overlapping(footprints)
-    if lonely:
-        names = ", ".join(asn.members[i].path.name for i in lonely)
-        raise io.InputFileError(asn.path or path, f"exposure(s) overlapping no other exposure on the sky: {names}")
+        asn = _check_association(asn_path, member_checks, allow_mixed_filters)
+    except io.InputFileError:
+        member_checks.save(complete=False)
+        raise
+    member_checks.save(complete=True)
     return asn
 
 
@@ -105,7 +359,8 @@ def resolve_asn_paths(asns):
     Returns
     -------
     list of Path
-        Sorted within each entry, in the order of the entries; no duplicates.
+        Sorted within each entry, in the order of the entries; no duplicates
+        (two names of one file count once).
 
     Raises
     ------
@@ -116,7 +371,7 @@ def resolve_asn_paths(asns):
     entries = [str(e) for e in entries if str(e).strip()]
     if not entries:
         raise io.InputFileError("config 'asns'", "no associations given: pass --config asns=GLOB (ASN JSON files)")
-    paths = []
+    paths, seen = [], set()
     for entry in entries:
         if Path(entry).is_dir():
             found = sorted(Path(entry).glob("*_asn.json"))
@@ -130,23 +385,31 @@ def resolve_asn_paths(asns):
         if not found:
             raise io.InputFileError(entry, what)
         for p in found:
-            if p.resolve() not in [q.resolve() for q in paths]:
+            key = p.resolve()
+            if key not in seen:
+                seen.add(key)
                 paths.append(p)
     return paths
 
 
-def check_campaign(asns):
+def check_campaign(asns, *, cache_dir=None, allow_mixed_filters=False):
     """Validate every association of a campaign and return them.
 
     Parameters
     ----------
     asns : str or list of str
         As for `resolve_asn_paths`.
+    cache_dir : str or Path or None
+        As for `check_inputs`: the output folder, where the findings on
+        each member are cached; a member shared by several associations
+        is read once.
+    allow_mixed_filters : bool
+        As for `check_inputs`.
 
     Returns
     -------
     list of calimage3.association.Association
-        One per file, each checked by `check_inputs`.
+        One per file, each checked as by `check_inputs`.
 
     Raises
     ------
@@ -155,8 +418,29 @@ def check_campaign(asns):
         the same product name (they would share one folder), a product is
         named like a top-level folder of the output, or one exposure root
         names two different files.
+
+    Notes
+    -----
+    Linear in the number of members: each member file is checked once
+    (and, with a warm cache, only stat'ed), and the campaign-wide checks
+    are dictionary look-ups.
     """
-    associations = [check_inputs(p) for p in resolve_asn_paths(asns)]
+    member_checks = _MemberChecks(cache_dir)
+    try:
+        associations = [_check_association(p, member_checks, allow_mixed_filters) for p in resolve_asn_paths(asns)]
+        _check_shared_output(associations, member_checks.resolved)
+    except io.InputFileError:
+        member_checks.save(complete=False)
+        raise
+    member_checks.save(complete=True)
+    return associations
+
+
+def _check_shared_output(associations, resolved_paths):
+    """Product names that differ and are not shared folders; one file per exposure root.
+
+    ``resolved_paths`` maps each member path (as named) to the file it resolves to.
+    """
     products, files = {}, {}
     for asn in associations:
         source = asn.path or asn.members[0].path
@@ -168,8 +452,8 @@ def check_campaign(asns):
                                             f"{products[asn.product]}; each association needs its own product name")
         products[asn.product] = source
         for member in asn.members:
-            known = files.setdefault(member.root, member.path)
-            if Path(known).resolve() != Path(member.path).resolve():
-                raise io.InputFileError(source, f"exposure {member.root!r} is {member.path} here but {known} "
+            resolved = resolved_paths[str(member.path)]
+            known = files.setdefault(member.root, (member.path, resolved))
+            if known[1] != resolved:
+                raise io.InputFileError(source, f"exposure {member.root!r} is {member.path} here but {known[0]} "
                                                 f"in another association")
-    return associations
