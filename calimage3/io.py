@@ -141,17 +141,32 @@ class InputFileError(ValueError):
 
 
 @contextmanager
-def atomic_path(path):
+def atomic_path(path, *, unique=False):
     """Yield a temporary path beside ``path``; rename it into place on success.
 
     A failure inside the block removes the temporary file, so no partial
     output is ever left under the final name.
+
+    Parameters
+    ----------
+    path : str or Path
+        The final name.
+    unique : bool
+        False (the default): the temporary file is ``.<name>.part``, and a
+        stale one left by a writer that was killed (SIGKILL, a node lost)
+        is replaced, so rerunning the killed job leaves no partial file
+        behind.  True: a unique ``.<name>.<random>.part``, for files that
+        several processes may write at once (the last rename wins).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    os.remove(tmp)  # writers refuse to overwrite an existing file on some paths
+    if unique:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        os.close(fd)
+    else:
+        tmp = str(path.parent / f".{path.name}.part")
+    if os.path.lexists(tmp):
+        os.remove(tmp)  # writers refuse to overwrite an existing file on some paths
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)
@@ -782,7 +797,8 @@ def write_check_cache(path, version, entries):
     checks: the failure is logged, not raised.
     """
     try:
-        with atomic_path(path) as tmp:
+        # unique: on a cluster every job's Snakemake start may write it at once
+        with atomic_path(path, unique=True) as tmp:
             Path(tmp).write_text(json.dumps({"version": version, "entries": entries}, separators=(",", ":")))
     except OSError as exc:
         log.warning("input-check cache %s not written: %s", path, exc)
