@@ -221,10 +221,12 @@ def non_overlapping(footprints):
     Notes
     -----
     Stages: (1) a cap (centre, radius) around each polygon; (2) for each
-    pair not already known to overlap whose caps intersect, the area of
-    the polygons' intersection.  Pairs whose caps are apart, and pairs
-    both of whose polygons already overlap another, cost nothing, so a
-    dither of ``n`` exposures needs about ``n`` area computations.
+    polygon not yet known to overlap another, the area of its
+    intersection with the others whose caps meet its cap, nearest first,
+    until one is not empty.  A polygon found overlapping as the partner
+    of an earlier one is not searched again, so a dither of ``n``
+    exposures needs at most ``n`` area computations (all pairs only when
+    nothing overlaps).
     """
     n = len(footprints)
     if n < 2:
@@ -232,13 +234,15 @@ def non_overlapping(footprints):
     centres, radii = _bounding_caps(footprints)
     separation = np.arccos(np.clip(centres @ centres.T, -1.0, 1.0))
     near = separation <= (radii[:, None] + radii[None, :]) * (1 + 1e-9) + 1e-12
+    polygons = [np.asarray(f, float) for f in footprints]
     overlaps = np.zeros(n, bool)
     for i in range(n):
-        for j in range(i + 1, n):
-            if (overlaps[i] and overlaps[j]) or not near[i, j]:
-                continue
-            if polygon_overlap_area(np.asarray(footprints[i], float), np.asarray(footprints[j], float)) > 0:
+        if overlaps[i]:
+            continue
+        for j in np.argsort(separation[i], kind="stable"):  # nearest first: usually the first one overlaps
+            if j != i and near[i, j] and polygon_overlap_area(polygons[i], polygons[j]) > 0:
                 overlaps[i] = overlaps[j] = True
+                break
     return [i for i in range(n) if not overlaps[i]]
 
 
