@@ -398,15 +398,18 @@ def _open_fits(path, check_data=True, verify_checksums=False):
         hdul.verify("exception")
     except Exception as exc:
         raise InputFileError(path, f"not a readable FITS file ({exc})") from None
-    if verify_checksums:
-        try:
+    try:
+        if verify_checksums:
             verify_fits_checksums(hdul, path)
-        except BaseException:
-            hdul.close()
-            raise
-    if "SCI" not in hdul or (hdul["SCI"].header.get("NAXIS", 0) != 2 if not check_data else hdul["SCI"].data is None):
+        if "SCI" not in hdul or (hdul["SCI"].header.get("NAXIS", 0) != 2 if not check_data
+                                 else hdul["SCI"].data is None):
+            raise InputFileError(path, "no 2-D SCI image extension")
+    except InputFileError:
         hdul.close()
-        raise InputFileError(path, "no 2-D SCI image extension")
+        raise
+    except (ValueError, TypeError, OSError, EOFError) as exc:
+        hdul.close()
+        raise InputFileError(path, f"not a readable FITS file ({exc})") from None
     return hdul
 
 
@@ -536,8 +539,14 @@ def read_exposure(path, arrays=None, *, with_wcs=True, verify_checksums=False):
         shape = sci.shape
         loaded = {}
         for attr, (extname, dtype) in ARRAY_EXTENSIONS.items():
-            if attr in wanted and extname in hdul and hdul[extname].data is not None:
-                array = np.asarray(hdul[extname].data, dtype=dtype)
+            if attr in wanted and extname in hdul:
+                try:
+                    array = hdul[extname].data
+                    if array is None:
+                        continue
+                    array = np.asarray(array, dtype=dtype)
+                except (ValueError, TypeError, OSError, EOFError) as exc:
+                    raise InputFileError(path, f"{extname} data cannot be read ({exc})") from None
                 if array.shape != shape:
                     raise InputFileError(path, f"{extname} shape {array.shape} differs from SCI {shape}")
                 loaded[attr] = array
@@ -614,6 +623,8 @@ _CARD = 80
 _SIZE_KEYS = (b"BITPIX", b"NAXIS", b"PCOUNT", b"GCOUNT", b"GROUPS", b"EXTNAME")
 # More header blocks than this without an END card is not a header.
 _MAX_HEADER_BLOCKS = 4096
+# The bytes a FITS header may hold: printable ASCII (FITS standard 4.1.1).
+_HEADER_TEXT = bytes(range(0x20, 0x7F))
 
 
 def _card_value(card):
@@ -641,6 +652,10 @@ def _read_size_cards(fh, hdu_index, offset, size):
             return f"{size - offset} bytes after HDU {hdu_index - 1} that are not a FITS extension"
         if len(block) < _BLOCK:
             return f"truncated: the file ends inside the header of HDU {hdu_index} (byte {offset})"
+        if block.translate(None, _HEADER_TEXT):
+            # a damaged END card makes the data look like more header; the standard allows only text
+            return (f"HDU {hdu_index}: header block at byte {offset + (n_blocks - 1) * _BLOCK} holds bytes that "
+                    f"are not FITS header text (damaged header, or no END card before the data)")
         for start in range(0, _BLOCK, _CARD):
             card = block[start:start + _CARD]
             key = card[:8].rstrip()
@@ -749,20 +764,38 @@ def verify_fits_checksums(hdul, path):
                                            f"damaged (set verify_checksums: false to read it anyway)")
 
 
-def file_identity(path):
+def file_identity(path, resolved_folders=None):
     """``(resolved path, size in bytes, modification time in ns)`` of a file, or None when it is missing.
 
     The key under which the input checks cache what they found in a file:
     a file whose size or modification time changed is checked again.
+
+    Parameters
+    ----------
+    path : str or Path
+    resolved_folders : dict or None
+        Folder -> its resolved path, filled and reused across calls: the
+        members of a campaign sit in a few folders, so each file then
+        costs one ``lstat`` (plus a ``stat`` if it is a symbolic link).
     """
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.join(os.getcwd(), path))
+    if resolved_folders is None:
+        resolved_folders = {}
     try:
-        resolved = Path(path).resolve()
-        status = resolved.stat()
-    except (OSError, RuntimeError):
+        real_folder = resolved_folders.get(folder)
+        if real_folder is None:
+            real_folder = resolved_folders[folder] = os.path.realpath(folder)
+        resolved = os.path.join(real_folder, name)
+        status = os.lstat(resolved)
+        if stat.S_ISLNK(status.st_mode):
+            resolved = os.path.realpath(resolved)
+            status = os.stat(resolved)
+    except (OSError, ValueError):
         return None
     if not stat.S_ISREG(status.st_mode):
         return None
-    return str(resolved), int(status.st_size), int(status.st_mtime_ns)
+    return resolved, int(status.st_size), int(status.st_mtime_ns)
 
 
 def read_check_cache(path, version):
@@ -777,8 +810,9 @@ def read_check_cache(path, version):
     Returns
     -------
     dict
-        Key -> entry; empty when the file is missing, unreadable, corrupt
-        or of another version (the checks then simply run again).
+        What was written as ``entries``; empty when the file is missing,
+        unreadable, corrupt or of another version (the checks then simply
+        run again).  The caller validates each entry before trusting it.
     """
     try:
         content = json.loads(Path(path).read_text())

@@ -30,6 +30,8 @@ files are verified by the jobs that read the data (`calimage3.io.read_exposure`)
 """
 
 import glob
+import hashlib
+import json
 import math
 from pathlib import Path
 
@@ -37,7 +39,7 @@ import numpy as np
 
 from . import io
 from .association import single_exposure_association
-from .assign_mtwcs import is_moving_target
+from .assign_mtwcs import is_moving_target, targtype_is_moving
 from .sky_geometry import polygon_overlap_area
 
 __all__ = [
@@ -147,21 +149,32 @@ def _valid_entry(entry):
 
 
 class _MemberChecks:
-    """`check_member_file` once per file, with findings cached by path, size and mtime."""
+    """`check_member_file` once per file, with findings cached by path, size and mtime.
+
+    The cache (`CACHE_FILE` under the output folder) holds ``files``
+    (resolved path -> finding, size, mtime) and ``overlapping``: digests
+    of member sets whose footprints were found to overlap, so a warm
+    start needs no polygon geometry either.
+    """
 
     def __init__(self, cache_dir):
         self.cache_path = Path(cache_dir) / CACHE_FILE if cache_dir else None
-        self.cached = io.read_check_cache(self.cache_path, CHECK_VERSION) if self.cache_path else {}
+        cached = io.read_check_cache(self.cache_path, CHECK_VERSION) if self.cache_path else {}
+        files, overlapping = cached.get("files"), cached.get("overlapping")
+        self.cached = files if isinstance(files, dict) else {}
+        self.cached_overlapping = set(overlapping) if isinstance(overlapping, list) else set()
         self.entries = {}
-        self.resolved = {}  # member path as named -> resolved path
+        self.overlapping = set()
+        self.identity = {}  # member path as named -> (resolved path, size, mtime_ns)
+        self.resolved_folders = {}
         self.files_read = 0
 
     def __call__(self, path):
-        identity = io.file_identity(path)
+        identity = io.file_identity(path, self.resolved_folders)
         if identity is None:
             raise io.InputFileError(path, "file does not exist")
         key, size, mtime_ns = identity
-        self.resolved[str(path)] = key
+        self.identity[str(path)] = identity
         entry = self.entries.get(key)
         if entry is not None:
             return entry
@@ -173,18 +186,41 @@ class _MemberChecks:
         self.entries[key] = entry
         return entry
 
+    def resolved(self, path):
+        """The file a member path resolves to (after the member was checked)."""
+        return self.identity[str(path)][0]
+
+    def lonely(self, paths, entries):
+        """`non_overlapping` of the members ``paths`` (checked: ``entries``), skipped for a set found overlapping before."""
+        digest = hashlib.sha1(json.dumps(sorted(self.identity[str(p)] for p in paths)).encode()).hexdigest()
+        if digest in self.cached_overlapping or digest in self.overlapping:
+            self.overlapping.add(digest)
+            return []
+        lonely = non_overlapping([np.asarray(e["footprint"], float) for e in entries])
+        if not lonely:
+            self.overlapping.add(digest)
+        return lonely
+
     def save(self, complete):
         """Keep the findings for the next start.
 
         After a complete check (``complete``), or when a cache already
         exists (the output folder is in use): a failed first check leaves
-        the output folder untouched.
+        the output folder untouched.  Nothing is written when nothing
+        changed (a warm start), and a complete check drops the findings
+        on files no longer in the input.
         """
-        if self.cache_path is None or (self.files_read == 0 and self.entries.keys() == self.cached.keys()):
+        if self.cache_path is None:
             return
-        if complete or self.cache_path.is_file():
-            io.write_check_cache(self.cache_path, CHECK_VERSION, {**(self.cached if not complete else {}),
-                                                                   **self.entries})
+        if complete:
+            files, overlapping = self.entries, self.overlapping
+            if self.files_read == 0 and files.keys() == self.cached.keys() and overlapping == self.cached_overlapping:
+                return
+        elif self.cache_path.is_file() and (self.files_read or self.overlapping - self.cached_overlapping):
+            files, overlapping = {**self.cached, **self.entries}, self.cached_overlapping | self.overlapping
+        else:
+            return
+        io.write_check_cache(self.cache_path, CHECK_VERSION, {"files": files, "overlapping": sorted(overlapping)})
 
 
 def _unit_vectors(polygon):
@@ -274,6 +310,15 @@ def _check_same_setup(asn, metas, source, allow_mixed_filters):
 
 
 def _check_moving_target(asn, metas, source):
+    """True for a moving-target association; mixed or incomplete moving-target keywords name the file."""
+    flags = [targtype_is_moving(m) for m in metas]
+    if any(flags) and not all(flags):
+        odd = sum(flags) * 2 <= len(flags)  # the minority (moving ones on a tie) is named
+        k = flags.index(odd)
+        state = "is MOVING" if odd else f"is {metas[k].get('TARGTYPE')!r}, not MOVING,"
+        raise io.InputFileError(asn.members[k].path, f"TARGTYPE {state} unlike the other members of product "
+                                                     f"{asn.product!r} ({source}): one association cannot mix "
+                                                     f"moving-target and fixed-target exposures")
     try:
         moving = is_moving_target(metas)
     except ValueError as exc:
@@ -308,7 +353,7 @@ def _check_association(asn_path, member_checks, allow_mixed_filters):
     metas = [e["meta"] for e in entries]
     _check_same_setup(asn, metas, source, allow_mixed_filters)
     asn.moving_target = _check_moving_target(asn, metas, source)
-    lonely = non_overlapping([np.asarray(e["footprint"], float) for e in entries])
+    lonely = member_checks.lonely([m.path for m in asn.members], entries)
     if lonely:
         names = ", ".join(asn.members[i].path.name for i in lonely)
         raise io.InputFileError(source, f"exposure(s) overlapping no other exposure on the sky: {names}")
@@ -443,7 +488,7 @@ def check_campaign(asns, *, cache_dir=None, allow_mixed_filters=False):
 def _check_shared_output(associations, resolved_paths):
     """Product names that differ and are not shared folders; one file per exposure root.
 
-    ``resolved_paths`` maps each member path (as named) to the file it resolves to.
+    ``resolved_paths`` gives the file each member path (as named) resolves to.
     """
     products, files = {}, {}
     for asn in associations:
@@ -456,7 +501,7 @@ def _check_shared_output(associations, resolved_paths):
                                             f"{products[asn.product]}; each association needs its own product name")
         products[asn.product] = source
         for member in asn.members:
-            resolved = resolved_paths[str(member.path)]
+            resolved = resolved_paths(member.path)
             known = files.setdefault(member.root, (member.path, resolved))
             if known[1] != resolved:
                 raise io.InputFileError(source, f"exposure {member.root!r} is {member.path} here but {known[0]} "

@@ -52,12 +52,13 @@ def test_cold_check_reads_each_file_once_and_caches(campaign, footprint_reads):
     pattern, cals, out = campaign
     check_campaign(pattern, cache_dir=out)
     assert sorted(footprint_reads) == sorted(p.name for p in cals)
-    entries = io.read_check_cache(out / CACHE_FILE, preflight.CHECK_VERSION)
-    assert sorted(entries) == sorted(str(p.resolve()) for p in cals)
+    cached = io.read_check_cache(out / CACHE_FILE, preflight.CHECK_VERSION)
+    assert sorted(cached["files"]) == sorted(str(p.resolve()) for p in cals)
+    assert len(cached["overlapping"]) == 2  # one verdict per association
 
 
 def test_warm_check_reads_no_fits_file(campaign, monkeypatch):
-    """A second start with nothing changed opens no FITS file and returns the same associations."""
+    """A second start with nothing changed opens no FITS file, redoes no geometry, returns the same associations."""
     pattern, _, out = campaign
     cold = check_campaign(pattern, cache_dir=out)
 
@@ -68,6 +69,7 @@ def test_warm_check_reads_no_fits_file(campaign, monkeypatch):
     monkeypatch.setattr(io, "_open_fits", refuse)
     monkeypatch.setattr(io, "fits_layout_problem", refuse)
     monkeypatch.setattr(fits, "open", refuse)
+    monkeypatch.setattr(preflight, "non_overlapping", refuse)
     assert _summary(check_campaign(pattern, cache_dir=out)) == _summary(cold)
 
 
@@ -99,6 +101,17 @@ def test_newly_damaged_file_is_caught(campaign, damage):
         check_campaign(pattern, cache_dir=out)
 
 
+def test_moved_footprint_is_rechecked(campaign):
+    """A member replaced by one elsewhere on the sky fails the overlap check although its association passed before."""
+    pattern, cals, out = campaign
+    check_campaign(pattern, cache_dir=out)
+    with fits.open(cals[0]) as hdul:
+        hdul["SCI"].header["S_REGION"] = "POLYGON ICRS 120.0 10.0 120.01 10.0 120.01 10.01 120.0 10.01"
+        hdul.writeto(cals[0], overwrite=True)
+    with pytest.raises(io.InputFileError, match=f"overlapping no other exposure on the sky: {cals[0].name}"):
+        check_campaign(pattern, cache_dir=out)
+
+
 def test_failed_check_keeps_the_good_files_cached(campaign, footprint_reads):
     """After a failure in a used output folder, fixing the file makes the next start read only it."""
     pattern, cals, out = campaign
@@ -127,6 +140,7 @@ def test_failed_first_check_writes_nothing(campaign):
     b'{"version": 2, "entries": ',
     b'["a list"]',
     b'{"version": -1, "entries": {}}',
+    b'{"version": 2, "entries": {"files": [1, 2], "overlapping": 5}}',
     "entry",
 ])
 def test_corrupt_cache_is_ignored(campaign, footprint_reads, content):
@@ -136,8 +150,8 @@ def test_corrupt_cache_is_ignored(campaign, footprint_reads, content):
     cache = out / CACHE_FILE
     if content == "entry":
         whole = json.loads(cache.read_text())
-        first = sorted(whole["entries"])[0]
-        whole["entries"][first]["footprint"] = [[0, "x"]]
+        first = sorted(whole["entries"]["files"])[0]
+        whole["entries"]["files"][first]["footprint"] = [[0, "x"]]
         cache.write_text(json.dumps(whole))
         expected = [Path(first).name]
     else:
@@ -146,7 +160,7 @@ def test_corrupt_cache_is_ignored(campaign, footprint_reads, content):
     footprint_reads.clear()
     check_campaign(pattern, cache_dir=out)
     assert sorted(footprint_reads) == expected
-    assert len(io.read_check_cache(cache, preflight.CHECK_VERSION)) == 4
+    assert len(io.read_check_cache(cache, preflight.CHECK_VERSION)["files"]) == 4
 
 
 def test_unwritable_cache_is_not_fatal(campaign):
