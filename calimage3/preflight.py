@@ -56,7 +56,7 @@ __all__ = [
 RESERVED_FOLDERS = ("work", "logs", "benchmarks")
 # Bump when `check_member_file` checks more or records other keywords:
 # every cached finding is then checked again.
-CHECK_VERSION = 2
+CHECK_VERSION = 3
 # The cache of member checks, relative to the output folder.
 CACHE_FILE = ".calimage3/preflight.json"
 # Keywords of each member the association checks need (recorded in the cache).
@@ -67,6 +67,14 @@ _SAME_INSTRUMENT = ("INSTRUME",)
 _SAME_FILTER = ("FILTER", "PUPIL")
 # SCI units the stage combines: JWST _cal files are in MJy/sr.
 _SURFACE_BRIGHTNESS = "MJy/sr"
+# Keywords the steps read as numbers (exposure times summed, times blended,
+# photometric keywords) and as text (dates blended): when present, they
+# must have that type, or a late job would fail on them.
+_NUMBER_KEYWORDS = (
+    "EXPTIME", "EFFEXPTM", "DURATION", "TMEASURE", "XPOSURE", "TELAPSE", "EXPSTART", "EXPMID", "EXPEND",
+    "MJD-BEG", "MJD-END", "MJD-AVG", "TDB-BEG", "TDB-END", "TDB-MID", "PIXAR_SR", "PIXAR_A2", "PHOTMJSR", "PHOTUJA2",
+)
+_TEXT_KEYWORDS = ("DATE-OBS", "TIME-OBS", "DATE-BEG", "DATE-END")
 
 
 def _unit_problem(bunit):
@@ -121,7 +129,8 @@ def check_member_file(path):
     calimage3.io.InputFileError
         Missing file; a size that differs from what its headers declare
         (truncated); unreadable FITS; no 2-D SCI image; a SCI unit that is
-        not MJy/sr; no WCS.  Only headers are read.
+        not MJy/sr; an exposure-time, date or photometric keyword of the
+        wrong type; no WCS.  Only headers are read.
     """
     polygon, shape, meta = io.read_exposure_footprint(path)
     if len(shape) != 2 or min(shape) < 1:
@@ -129,6 +138,13 @@ def check_member_file(path):
     problem = _unit_problem(meta.get("BUNIT"))
     if problem:
         raise io.InputFileError(path, problem)
+    for key in _NUMBER_KEYWORDS:
+        value = meta.get(key)
+        if key in meta and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+            raise io.InputFileError(path, f"keyword {key} = {value!r} is not a finite number")
+    for key in _TEXT_KEYWORDS:
+        if key in meta and not isinstance(meta[key], str):
+            raise io.InputFileError(path, f"keyword {key} = {meta[key]!r} is not text")
     return {
         "footprint": np.asarray(polygon, float).tolist(),
         "shape": [int(n) for n in shape],

@@ -27,8 +27,10 @@ from calimage3.preflight import check_inputs
 from calimage3.simulate import simulate_dither
 
 # Keywords the input check and the job readers use, by HDU.
-KEYWORDS = [(0, k) for k in ("INSTRUME", "FILTER", "PUPIL", "TARGTYPE", "MT_RA")] + \
-           [("SCI", k) for k in ("BUNIT", "S_REGION", "CTYPE1", "CRVAL1", "CRPIX2", "CD1_1", "EXTNAME")]
+KEYWORDS = [(0, k) for k in ("INSTRUME", "FILTER", "PUPIL", "TARGTYPE", "MT_RA", "EXPTIME", "EFFEXPTM", "EXPSTART",
+                              "DATE-OBS")] + \
+           [("SCI", k) for k in ("BUNIT", "S_REGION", "CTYPE1", "CRVAL1", "CRPIX2", "CD1_1", "EXTNAME", "PIXAR_SR",
+                                 "PHOTMJSR")]
 # Cards that fix the layout, rewritten in the raw bytes (astropy would not write them wrong).
 STRUCTURAL = ("SIMPLE", "XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "PCOUNT", "GCOUNT", "END")
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -236,6 +237,43 @@ def test_mixed_filters_allowed_with_switch(dither_copy):
     _set_keyword(cals[1], 0, "INSTRUME", "MIRI")
     with pytest.raises(io.InputFileError, match=f"{cals[1].name}: INSTRUME is 'MIRI'"):
         check_inputs(asn, allow_mixed_filters=True)
+
+
+@pytest.mark.parametrize(("extension", "key", "value", "message"), [
+    (0, "EXPTIME", "long", "EXPTIME = 'long' is not a finite number"),
+    (0, "EXPSTART", True, "EXPSTART = True is not a finite number"),
+    ("SCI", "PHOTMJSR", "n/a", "PHOTMJSR = 'n/a' is not a finite number"),
+    (0, "DATE-OBS", 2023, "DATE-OBS = 2023 is not text"),
+])
+def test_wrong_typed_keyword_named(dither_copy, extension, key, value, message):
+    """A keyword a later step reads as a number (or text) with another type is named before any job."""
+    asn, cals = dither_copy
+    _set_keyword(cals[2], extension, key, value)
+    with pytest.raises(io.InputFileError, match=re.escape(f"{cals[2].name}: keyword {message}")):
+        check_inputs(asn)
+
+
+@pytest.mark.slow
+def test_damage_that_passes_every_check_still_completes(tmp_path, dither_copy):
+    """A member with optional keywords deleted and garbage in VAR_FLAT (no checksums to see it) runs to the end."""
+    asn, cals = dither_copy
+    with fits.open(cals[1]) as hdul:
+        for key in ("EXPTIME", "DURATION", "TARGTYPE", "DATE-OBS"):
+            del hdul[0].header[key]
+        for key in ("S_REGION", "PIXAR_SR", "PIXAR_A2"):
+            del hdul["SCI"].header[key]
+        hdul.writeto(cals[1], overwrite=True)
+        offset = hdul.fileinfo(hdul.index_of("VAR_FLAT"))["datLoc"] + 1000
+    raw = bytearray(cals[1].read_bytes())
+    raw[offset:offset + 64] = bytes(range(64))
+    cals[1].write_bytes(bytes(raw))
+    check_inputs(asn)
+    out = tmp_path / "out"
+    proc = _run(f"asn={asn}", out, "qa_figures=false", "tweakreg={'minobj': 8}")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    with fits.open(next(out.glob("*_i2d.fits"))) as hdul:
+        assert np.isfinite(hdul["SCI"].data).any()
+    assert len(list(out.glob("*_crf.fits"))) == 4
 
 
 def test_several_products_named(tmp_path, dither_copy):

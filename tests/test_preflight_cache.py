@@ -137,10 +137,10 @@ def test_failed_first_check_writes_nothing(campaign):
 
 @pytest.mark.parametrize("content", [
     b"\x00\xffnot json",
-    b'{"version": 2, "entries": ',
+    f'{{"version": {preflight.CHECK_VERSION}, "entries": '.encode(),
     b'["a list"]',
-    b'{"version": -1, "entries": {}}',
-    b'{"version": 2, "entries": {"files": [1, 2], "overlapping": 5}}',
+    f'{{"version": {preflight.CHECK_VERSION - 1}, "entries": {{}}}}'.encode(),
+    f'{{"version": {preflight.CHECK_VERSION}, "entries": {{"files": [1, 2], "overlapping": 5}}}}'.encode(),
     "entry",
 ])
 def test_corrupt_cache_is_ignored(campaign, footprint_reads, content):
