@@ -178,7 +178,7 @@ class _MemberChecks:
         cached = io.read_check_cache(self.cache_path, CHECK_VERSION) if self.cache_path else {}
         files, overlapping = cached.get("files"), cached.get("overlapping")
         self.cached = files if isinstance(files, dict) else {}
-        self.cached_overlapping = set(overlapping) if isinstance(overlapping, list) else set()
+        self.cached_overlapping = {d for d in overlapping if isinstance(d, str)} if isinstance(overlapping, list) else set()
         self.entries = {}
         self.overlapping = set()
         self.identity = {}  # member path as named -> (resolved path, size, mtime_ns)
@@ -207,7 +207,7 @@ class _MemberChecks:
         return self.identity[str(path)][0]
 
     def lonely(self, paths, entries):
-        """`non_overlapping` of the members ``paths`` (checked: ``entries``), skipped for a set found overlapping before."""
+        """`non_overlapping` of members ``paths`` (their findings: ``entries``); skipped for a set seen overlapping."""
         digest = hashlib.sha1(json.dumps(sorted(self.identity[str(p)] for p in paths)).encode()).hexdigest()
         if digest in self.cached_overlapping or digest in self.overlapping:
             self.overlapping.add(digest)

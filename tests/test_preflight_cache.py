@@ -141,6 +141,7 @@ def test_failed_first_check_writes_nothing(campaign):
     b'["a list"]',
     f'{{"version": {preflight.CHECK_VERSION - 1}, "entries": {{}}}}'.encode(),
     f'{{"version": {preflight.CHECK_VERSION}, "entries": {{"files": [1, 2], "overlapping": 5}}}}'.encode(),
+    f'{{"version": {preflight.CHECK_VERSION}, "entries": {{"files": {{"x": 1}}, "overlapping": [[1], {{}}]}}}}'.encode(),
     "entry",
 ])
 def test_corrupt_cache_is_ignored(campaign, footprint_reads, content):
