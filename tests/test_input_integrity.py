@@ -253,6 +253,24 @@ def test_wrong_typed_keyword_named(dither_copy, extension, key, value, message):
         check_inputs(asn)
 
 
+def test_moving_target_keywords_name_the_member(dither_copy):
+    """One moving member among fixed ones, or a moving set missing MT_RA, is named by file."""
+    asn, cals = dither_copy
+    _set_keyword(cals[2], 0, "TARGTYPE", "MOVING")
+    with pytest.raises(io.InputFileError, match=f"{cals[2].name}: TARGTYPE is MOVING unlike the other members"):
+        check_inputs(asn)
+    for cal in cals:
+        _set_keyword(cal, 0, "TARGTYPE", "MOVING")
+        _set_keyword(cal, 0, "MT_RA", 53.16)
+        _set_keyword(cal, 0, "MT_DEC", -27.79)
+    assert check_inputs(asn).moving_target
+    with fits.open(cals[1]) as hdul:
+        del hdul[0].header["MT_DEC"]
+        hdul.writeto(cals[1], overwrite=True)
+    with pytest.raises(io.InputFileError, match=f"{cals[1].name}: TARGTYPE is MOVING but MT_DEC = None"):
+        check_inputs(asn)
+
+
 @pytest.mark.slow
 def test_damage_that_passes_every_check_still_completes(tmp_path, dither_copy):
     """A member with optional keywords deleted and garbage in VAR_FLAT (no checksums to see it) runs to the end."""
