@@ -82,10 +82,20 @@ def exposure_root(filename):
 
 
 def _safe_name(name, what):
+    """``name`` when it is a plain file-name stem (letters, digits, ``_.+-``, no leading dot).
+
+    Products, ``asn_id``s and exposure roots become file and folder names
+    under the output folder: ``..``, ``.``, hidden names and path
+    separators would put files elsewhere, so they are refused.
+    """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"{what} must be a non-empty string, got {name!r}")
     if not re.fullmatch(r"[A-Za-z0-9_.+\-]+", name):
-        raise ValueError(f"{what} {name!r} has characters that cannot appear in a file name")
+        raise ValueError(f"{what} {name!r} has characters that cannot appear in a file name "
+                         f"(use letters, digits and _ . + -)")
+    if name.startswith("."):
+        raise ValueError(f"{what} {name!r} is not a plain file name: it must not start with '.' "
+                         f"(files named after it would land outside the output folder or be hidden)")
     return name
 
 
@@ -102,12 +112,15 @@ def parse_association(content, base_dir="."):
     Returns
     -------
     Association
-        For the first product (image3 associations have one).
+        Of its one product.
 
     Raises
     ------
     ValueError
-        With a message naming what is missing or wrong.
+        With a message naming what is missing or wrong: not an image3
+        association, several products (naming them), no science members,
+        a member listed twice, or a product name, ``asn_id`` or exposure
+        root that is not a plain file-name stem.
     """
     if not isinstance(content, dict):
         raise ValueError("association must be a JSON object")
@@ -117,6 +130,13 @@ def parse_association(content, base_dir="."):
     products = content.get("products")
     if not isinstance(products, list) or not products:
         raise ValueError("association has no 'products'")
+    if not all(isinstance(p, dict) for p in products):
+        raise ValueError("association 'products' must be a list of objects with 'name' and 'members'")
+    if len(products) > 1:
+        names = ", ".join(repr(p.get("name")) for p in products)
+        raise ValueError(f"association has {len(products)} products ({names}); an image3 association builds one "
+                         f"product here: split it into one association per product and run them together "
+                         f"as a campaign (asns=...)")
     product = products[0]
     name = _safe_name(product.get("name"), "products[0].name")
     asn_id = _safe_name(str(content.get("asn_id", "a3001")), "asn_id")
@@ -127,8 +147,8 @@ def parse_association(content, base_dir="."):
     members = []
     seen = set()
     for i, m in enumerate(members_in):
-        if not isinstance(m, dict) or "expname" not in m:
-            raise ValueError(f"member {i} has no 'expname'")
+        if not isinstance(m, dict) or not isinstance(m.get("expname"), str) or not m["expname"].strip():
+            raise ValueError(f"member {i} has no 'expname' file name")
         if str(m.get("exptype", "science")).lower() != "science":
             continue
         path = Path(m["expname"])

@@ -31,6 +31,7 @@ import io as _io
 import json
 import logging
 import os
+import stat
 import tempfile
 import warnings
 from contextlib import contextmanager
@@ -86,6 +87,11 @@ __all__ = [
     "file_sha256",
     "input_checksums",
     "read_provenance",
+    "fits_layout_problem",
+    "verify_fits_checksums",
+    "file_identity",
+    "read_check_cache",
+    "write_check_cache",
 ]
 
 log = logging.getLogger(__name__)
@@ -139,17 +145,32 @@ class InputFileError(ValueError):
 
 
 @contextmanager
-def atomic_path(path):
+def atomic_path(path, *, unique=False):
     """Yield a temporary path beside ``path``; rename it into place on success.
 
     A failure inside the block removes the temporary file, so no partial
     output is ever left under the final name.
+
+    Parameters
+    ----------
+    path : str or Path
+        The final name.
+    unique : bool
+        False (the default): the temporary file is ``.<name>.part``, and a
+        stale one left by a writer that was killed (SIGKILL, a node lost)
+        is replaced, so rerunning the killed job leaves no partial file
+        behind.  True: a unique ``.<name>.<random>.part``, for files that
+        several processes may write at once (the last rename wins).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    os.remove(tmp)  # writers refuse to overwrite an existing file on some paths
+    if unique:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        os.close(fd)
+    else:
+        tmp = str(path.parent / f".{path.name}.part")
+    if os.path.lexists(tmp):
+        os.remove(tmp)  # writers refuse to overwrite an existing file on some paths
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)
@@ -367,18 +388,32 @@ def _read_wcs(hdul, path, shape):
     return wcs, "sip"
 
 
-def _open_fits(path, check_data=True):
+def _open_fits(path, check_data=True, verify_checksums=False):
     path = Path(path)
     if not path.is_file():
         raise InputFileError(path, "file does not exist")
+    # The sizes the headers declare, before astropy reads anything: a
+    # truncated file is named here, not by a reshape error in a later step.
+    problem = fits_layout_problem(path)
+    if problem:
+        raise InputFileError(path, f"not a readable FITS file ({problem})")
     try:
         hdul = fits.open(path, memmap=False)
         hdul.verify("exception")
     except Exception as exc:
         raise InputFileError(path, f"not a readable FITS file ({exc})") from None
-    if "SCI" not in hdul or (hdul["SCI"].header.get("NAXIS", 0) != 2 if not check_data else hdul["SCI"].data is None):
+    try:
+        if verify_checksums:
+            verify_fits_checksums(hdul, path)
+        if "SCI" not in hdul or (hdul["SCI"].header.get("NAXIS", 0) != 2 if not check_data
+                                 else hdul["SCI"].data is None):
+            raise InputFileError(path, "no 2-D SCI image extension")
+    except InputFileError:
         hdul.close()
-        raise InputFileError(path, "no 2-D SCI image extension")
+        raise
+    except (ValueError, TypeError, OSError, EOFError) as exc:
+        hdul.close()
+        raise InputFileError(path, f"not a readable FITS file ({exc})") from None
     return hdul
 
 
@@ -475,7 +510,7 @@ def _read_meta(hdul):
     return meta
 
 
-def read_exposure(path, arrays=None, *, with_wcs=True):
+def read_exposure(path, arrays=None, *, with_wcs=True, verify_checksums=False):
     """Read a JWST ``_cal`` (or ``_crf``) image file into an `Exposure`.
 
     Parameters
@@ -489,22 +524,33 @@ def read_exposure(path, arrays=None, *, with_wcs=True):
         Read the WCS (the default).  False leaves ``wcs`` None and skips
         deserializing the gwcs, for jobs that work from a precomputed
         pixel map or need no coordinates.
+    verify_checksums : bool
+        Check the ``DATASUM`` and ``CHECKSUM`` of every HDU that carries
+        them (MAST files do) against the bytes on disk; this reads every
+        HDU's data, also of arrays not asked for.  HDUs without them pass.
 
     Raises
     ------
     InputFileError
-        Missing file, corrupt FITS, no SCI, shape mismatch or no WCS.
+        Missing file, corrupt or truncated FITS, a checksum that differs
+        (with ``verify_checksums``), no SCI, shape mismatch or no WCS.
     """
     wanted = set(ARRAY_EXTENSIONS) if arrays is None else set(arrays) | {"data"}
-    with _open_fits(path) as hdul:
+    with _open_fits(path, verify_checksums=verify_checksums) as hdul:
         sci = hdul["SCI"].data
         if sci.ndim != 2:
             raise InputFileError(path, f"SCI must be a 2-D image, found {sci.ndim} dimensions")
         shape = sci.shape
         loaded = {}
         for attr, (extname, dtype) in ARRAY_EXTENSIONS.items():
-            if attr in wanted and extname in hdul and hdul[extname].data is not None:
-                array = np.asarray(hdul[extname].data, dtype=dtype)
+            if attr in wanted and extname in hdul:
+                try:
+                    array = hdul[extname].data
+                    if array is None:
+                        continue
+                    array = np.asarray(array, dtype=dtype)
+                except (ValueError, TypeError, OSError, EOFError) as exc:
+                    raise InputFileError(path, f"{extname} data cannot be read ({exc})") from None
                 if array.shape != shape:
                     raise InputFileError(path, f"{extname} shape {array.shape} differs from SCI {shape}")
                 loaded[attr] = array
@@ -518,7 +564,7 @@ def read_exposure(path, arrays=None, *, with_wcs=True):
     return Exposure(wcs=wcs, meta=meta, name=Path(path).name, wcs_source=source, **loaded)
 
 
-def read_aligned_exposure(cal_path, wcs_path, sky_path, *, arrays=None):
+def read_aligned_exposure(cal_path, wcs_path, sky_path, *, arrays=None, verify_checksums=False):
     """A ``_cal`` exposure with its tweakreg WCS and skymatch level applied to the metadata.
 
     Parameters
@@ -533,6 +579,8 @@ def read_aligned_exposure(cal_path, wcs_path, sky_path, *, arrays=None):
         The skymatch JSON of the association.
     arrays : iterable of str or None
         Arrays to read (see `read_exposure`); all by default.
+    verify_checksums : bool
+        Verify the file's FITS checksums (see `read_exposure`).
 
     Returns
     -------
@@ -548,7 +596,7 @@ def read_aligned_exposure(cal_path, wcs_path, sky_path, *, arrays=None):
     from .association import exposure_root
 
     # The _cal's own gwcs is replaced by the tweakreg one: never deserialize it.
-    exposure = read_exposure(cal_path, arrays, with_wcs=False)
+    exposure = read_exposure(cal_path, arrays, with_wcs=False, verify_checksums=verify_checksums)
     sky = read_json(sky_path)
     if wcs_path is not None:
         wcs, _, info = read_wcs_file(wcs_path)
@@ -568,6 +616,230 @@ def read_aligned_exposure(cal_path, wcs_path, sky_path, *, arrays=None):
         return exposure, 0.0
     exposure.meta["BKGSUB"] = False
     return exposure, level
+
+
+# --------------------------------------------------------------------------
+# Input integrity: FITS layout, checksums, and the input-check cache
+
+_BLOCK = 2880
+_CARD = 80
+# Keywords that fix the size of an HDU's data (FITS standard 4.4.1).
+_SIZE_KEYS = (b"BITPIX", b"NAXIS", b"PCOUNT", b"GCOUNT", b"GROUPS", b"EXTNAME")
+# More header blocks than this without an END card is not a header.
+_MAX_HEADER_BLOCKS = 4096
+# The bytes a FITS header may hold: printable ASCII (FITS standard 4.1.1).
+_HEADER_TEXT = bytes(range(0x20, 0x7F))
+
+
+def _card_value(card):
+    """The value of a fixed-format FITS card (bytes), as int, bool or str."""
+    text = card[10:].decode("ascii", "replace")
+    if text.lstrip().startswith("'"):
+        return text.lstrip()[1:].split("'", 1)[0].strip()
+    word = text.split("/", 1)[0].strip()
+    if word in ("T", "F"):
+        return word == "T"
+    try:
+        return int(word)
+    except ValueError:
+        return word
+
+
+def _read_size_cards(fh, hdu_index, offset, size):
+    """Size keywords of the header starting at ``offset``: (cards, header bytes), or a problem string."""
+    cards = {}
+    for n_blocks in range(1, _MAX_HEADER_BLOCKS + 1):
+        block = fh.read(_BLOCK)
+        if n_blocks == 1 and not block.startswith(b"XTENSION" if hdu_index else b"SIMPLE  "):
+            if hdu_index == 0:
+                return "does not start with SIMPLE: not a FITS file"
+            return f"{size - offset} bytes after HDU {hdu_index - 1} that are not a FITS extension"
+        if len(block) < _BLOCK:
+            return f"truncated: the file ends inside the header of HDU {hdu_index} (byte {offset})"
+        if block.translate(None, _HEADER_TEXT):
+            # a damaged END card makes the data look like more header; the standard allows only text
+            return (f"HDU {hdu_index}: header block at byte {offset + (n_blocks - 1) * _BLOCK} holds bytes that "
+                    f"are not FITS header text (damaged header, or no END card before the data)")
+        for start in range(0, _BLOCK, _CARD):
+            card = block[start:start + _CARD]
+            key = card[:8].rstrip()
+            if key == b"END":
+                return cards, n_blocks * _BLOCK
+            if card[8:10] == b"= " and (key in _SIZE_KEYS or (key.startswith(b"NAXIS") and key[5:].isdigit())):
+                cards[key.decode()] = _card_value(card)
+    return f"HDU {hdu_index} has no END card in its first {_MAX_HEADER_BLOCKS} header blocks"
+
+
+def _data_bytes(cards, primary):
+    """Bytes of data an HDU's size keywords declare (before padding), or a problem string."""
+    try:
+        bitpix, naxis = int(cards["BITPIX"]), int(cards["NAXIS"])
+        axes = [int(cards[f"NAXIS{i}"]) for i in range(1, naxis + 1)]
+        pcount, gcount = int(cards.get("PCOUNT", 0)), int(cards.get("GCOUNT", 1))
+    except KeyError as exc:
+        return f"keyword {exc.args[0]} is missing"
+    except (TypeError, ValueError):
+        return "a size keyword (BITPIX, NAXISn, PCOUNT, GCOUNT) is not an integer"
+    if bitpix not in (8, 16, 32, 64, -32, -64) or naxis < 0 or naxis > 999 or min(axes, default=0) < 0 \
+            or pcount < 0 or gcount < 0:
+        return f"invalid size keywords (BITPIX={bitpix}, NAXIS={naxis}, axes {axes}, PCOUNT={pcount}, GCOUNT={gcount})"
+    if naxis == 0:
+        return 0
+    if primary and cards.get("GROUPS") is True and axes[0] == 0:
+        axes = axes[1:]  # random groups: NAXIS1 = 0 is not an axis
+    return abs(bitpix) // 8 * gcount * (pcount + int(np.prod(axes, dtype=np.int64)))
+
+
+def fits_layout_problem(path):
+    """What is wrong with a FITS file's layout, from its headers alone.
+
+    Walks the HDUs header by header, adding to each header's blocks the
+    padded data size its ``BITPIX``, ``NAXISn``, ``PCOUNT`` and ``GCOUNT``
+    declare, and compares the total with the file's size.  Only the header
+    blocks are read (a few kB per HDU), never the data.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    str or None
+        A one-line description of the problem (truncated file, unreadable
+        header, bytes after the last HDU that are not an HDU); None when
+        the layout is consistent.  Gzip-compressed files are not walked
+        (None): astropy checks them as it decompresses.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        if fh.read(2) == b"\x1f\x8b":
+            return None
+        if size == 0:
+            return "empty file (0 bytes)"
+        offset, index = 0, 0
+        while offset < size:
+            fh.seek(offset)
+            if index > 0 and not fh.read(_BLOCK).strip(b"\0"):
+                offset += _BLOCK  # zero padding after the last HDU: tolerated, as astropy does
+                continue
+            fh.seek(offset)
+            found = _read_size_cards(fh, index, offset, size)
+            if isinstance(found, str):
+                return found
+            cards, header_bytes = found
+            nbytes = _data_bytes(cards, primary=index == 0)
+            name = f"HDU {index}" + (f" ({cards['EXTNAME']})" if cards.get("EXTNAME") else "")
+            if isinstance(nbytes, str):
+                return f"{name}: {nbytes}"
+            end = offset + header_bytes + -(-nbytes // _BLOCK) * _BLOCK
+            if end > size:
+                return (f"truncated: {name} ends at byte {end} by its header's size keywords, "
+                        f"but the file has {size} bytes")
+            offset, index = end, index + 1
+    return None
+
+
+def verify_fits_checksums(hdul, path):
+    """Check every HDU's ``DATASUM`` and ``CHECKSUM`` against its bytes.
+
+    Parameters
+    ----------
+    hdul : astropy.io.fits.HDUList
+        Opened from ``path``; each HDU's data is read.
+    path : str or Path
+        For the message.
+
+    Raises
+    ------
+    InputFileError
+        Naming the HDU whose data or header differ from their checksum.
+        HDUs that carry neither keyword pass.
+    """
+    for index, hdu in enumerate(hdul):
+        name = f"HDU {index}" + (f" ({hdu.name})" if hdu.name and hdu.name != "PRIMARY" else "")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if "DATASUM" in hdu.header and hdu.verify_datasum() == 0:
+                raise InputFileError(path, f"{name}: its data do not match DATASUM: the file is damaged "
+                                           f"(set verify_checksums: false to read it anyway)")
+            if "CHECKSUM" in hdu.header and hdu.verify_checksum() == 0:
+                raise InputFileError(path, f"{name}: its header and data do not match CHECKSUM: the file is "
+                                           f"damaged (set verify_checksums: false to read it anyway)")
+
+
+def file_identity(path, resolved_folders=None):
+    """``(resolved path, size in bytes, modification time in ns)`` of a file, or None when it is missing.
+
+    The key under which the input checks cache what they found in a file:
+    a file whose size or modification time changed is checked again.
+
+    Parameters
+    ----------
+    path : str or Path
+    resolved_folders : dict or None
+        Folder -> its resolved path, filled and reused across calls: the
+        members of a campaign sit in a few folders, so each file then
+        costs one ``lstat`` (plus a ``stat`` if it is a symbolic link).
+    """
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.join(os.getcwd(), path))
+    if resolved_folders is None:
+        resolved_folders = {}
+    try:
+        real_folder = resolved_folders.get(folder)
+        if real_folder is None:
+            real_folder = resolved_folders[folder] = os.path.realpath(folder)
+        resolved = os.path.join(real_folder, name)
+        status = os.lstat(resolved)
+        if stat.S_ISLNK(status.st_mode):
+            resolved = os.path.realpath(resolved)
+            status = os.stat(resolved)
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(status.st_mode):
+        return None
+    return resolved, int(status.st_size), int(status.st_mtime_ns)
+
+
+def read_check_cache(path, version):
+    """Entries of an input-check cache written by `write_check_cache`.
+
+    Parameters
+    ----------
+    path : str or Path
+    version : int or str
+        The check's version; a cache of another version is ignored.
+
+    Returns
+    -------
+    dict
+        What was written as ``entries``; empty when the file is missing,
+        unreadable, corrupt or of another version (the checks then simply
+        run again).  The caller validates each entry before trusting it.
+    """
+    try:
+        content = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(content, dict) or content.get("version") != version:
+        return {}
+    entries = content.get("entries")
+    return entries if isinstance(entries, dict) else {}
+
+
+def write_check_cache(path, version, entries):
+    """Write the input-check cache atomically (see `read_check_cache`).
+
+    A folder or file that cannot be written only costs the next start its
+    checks: the failure is logged, not raised.
+    """
+    try:
+        # unique: on a cluster every job's Snakemake start may write it at once
+        with atomic_path(path, unique=True) as tmp:
+            Path(tmp).write_text(json.dumps({"version": version, "entries": entries}, separators=(",", ":")))
+    except OSError as exc:
+        log.warning("input-check cache %s not written: %s", path, exc)
 
 
 # --------------------------------------------------------------------------

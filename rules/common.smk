@@ -37,16 +37,20 @@ if config.get("asn") and config.get("asns"):
     raise _io.InputFileError("config 'asn' and 'asns'", "give one association (asn=PATH) or a campaign (asns=GLOB), not both")
 CAMPAIGN = bool(config.get("asns"))
 OUT = str(Path(config["output_dir"]))
+# Findings on each member are cached in OUT/.calimage3/preflight.json: a later
+# start opens only members whose size or modification time changed.
+_CHECKS = {"cache_dir": OUT, "allow_mixed_filters": config["allow_mixed_filters"]}
 if CAMPAIGN:
     try:
         _asn_paths = select_shard(resolve_asn_paths(config["asns"]), config.get("shard"))
     except ValueError as _exc:
         raise _io.InputFileError("config 'shard'", str(_exc)) from None
-    ASNS, REJECTED = check_campaign([str(p) for p in _asn_paths], skip_bad=config["skip_bad_associations"])
+    ASNS, REJECTED = check_campaign([str(p) for p in _asn_paths], skip_bad=config["skip_bad_associations"],
+                                    **_CHECKS)
     for _path, _reason in REJECTED.items():
         logger.warning(f"calimage3: association {_path} left out of the campaign: {_reason}")
 else:
-    ASNS, REJECTED = [check_inputs(config["asn"])], {}
+    ASNS, REJECTED = [check_inputs(config["asn"], **_CHECKS)], {}
 WORK = f"{OUT}/work"
 LOGS = f"{OUT}/logs"
 BENCH = f"{OUT}/benchmarks"

@@ -16,7 +16,7 @@ log = logging.getLogger("outlier_detection")
 
 
 def outlier_flag(cal_path, wcs_path, sky_path, median_path, pixmap_path, crf_path, *, skip=False,
-                 resample_data=True, **params):
+                 resample_data=True, verify_checksums=False, **params):
     # median_path and pixmap_path are None when the step is skipped.
     """Write the exposure's _crf: tweaked WCS, sky level, and OUTLIER|DO_NOT_USE flags.
 
@@ -25,9 +25,10 @@ def outlier_flag(cal_path, wcs_path, sky_path, median_path, pixmap_path, crf_pat
     The median is blotted through the exposure's precomputed pixel map onto
     the median's grid (the map its single drizzle used).  With
     ``resample_data=False`` the median is on the exposure's own grid and
-    JWST's simpler test against it is used.
+    JWST's simpler test against it is used.  ``verify_checksums`` checks
+    the _cal's FITS checksums as it is read.
     """
-    exposure, sky_level = io.read_aligned_exposure(cal_path, None, sky_path)
+    exposure, sky_level = io.read_aligned_exposure(cal_path, None, sky_path, verify_checksums=verify_checksums)
     rendered = io.read_rendered_wcs(wcs_path)
     exposure.meta.update(rendered.info)
     inputs = [p for p in (cal_path, wcs_path, sky_path, median_path, pixmap_path) if p]
@@ -76,4 +77,5 @@ if "snakemake" in globals():
     root, grid = snakemake.wildcards.root, snakemake.input.grid
     median = snakemake.input.get("median")
     outlier_flag(snakemake.input.cal, layout.rendered_wcs(grid, root), snakemake.input.sky,
-                 median, layout.pixel_map(grid, root) if median else None, snakemake.output.crf, **params)
+                 median, layout.pixel_map(grid, root) if median else None, snakemake.output.crf,
+                 verify_checksums=snakemake.config.get("verify_checksums", True), **params)

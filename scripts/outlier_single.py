@@ -19,14 +19,17 @@ def write_single(single_path, data, wht):
     io.write_image(single_path, {"SCI": data, "WHT": wht}, meta={"WHTTYP": typical_weight(wht)})
 
 
-def outlier_single(cal_path, sky_path, pixmap_path, single_path, *, resample_data=True, **params):
+def outlier_single(cal_path, sky_path, pixmap_path, single_path, *, resample_data=True, verify_checksums=False,
+                   **params):
     """Drizzle one sky-subtracted exposure onto the common grid; write SCI and WHT.
 
     The exposure's pixel map onto the grid comes precomputed from the grid
     job (``pixmap_path``), so no WCS is read here.  With
     ``resample_data=False`` the exposure is its own single, on its own grid.
+    ``verify_checksums`` checks the _cal's FITS checksums as it is read.
     """
-    exposure, sky_level = io.read_aligned_exposure(cal_path, None, sky_path, arrays=SINGLE_ARRAYS)
+    exposure, sky_level = io.read_aligned_exposure(cal_path, None, sky_path, arrays=SINGLE_ARRAYS,
+                                                   verify_checksums=verify_checksums)
     if not resample_data:
         weight = build_driz_weight(exposure.err, exposure.dq, weight_type=params.get("weight_type", "ivm"),
                                    good_bits=params.get("good_bits", "~DO_NOT_USE"),
@@ -52,4 +55,4 @@ if "snakemake" in globals():
     configure_logging(snakemake.log[0])
     pixmap = layout.pixel_map(snakemake.input.grid, snakemake.wildcards.root)
     outlier_single(snakemake.input.cal, snakemake.input.sky, pixmap, snakemake.output.single,
-                   **snakemake.params.step)
+                   verify_checksums=snakemake.config.get("verify_checksums", True), **snakemake.params.step)

@@ -33,15 +33,17 @@ def contribution_meta(meta, keywords, *, name, sha256, sky_level):
     }
 
 
-def resample_exposure(exposure_path, pixmap_path, contribution_path, **params):
+def resample_exposure(exposure_path, pixmap_path, contribution_path, *, verify_checksums=False, **params):
     """Drizzle one exposure (data and variances) and write its contribution file.
 
     The exposure's pixel map onto the mosaic grid comes precomputed from the
-    grid job (``pixmap_path``), so no WCS is read here.
+    grid job (``pixmap_path``), so no WCS is read here.  ``verify_checksums``
+    checks the file's FITS checksums (a lone _cal is read first here).
     """
     coarse = io.read_pixel_map(pixmap_path)
     out_shape = coarse.output_shape
-    exposure = io.read_exposure(exposure_path, arrays=EXPOSURE_ARRAYS, with_wcs=False)
+    exposure = io.read_exposure(exposure_path, arrays=EXPOSURE_ARRAYS, with_wcs=False,
+                                verify_checksums=verify_checksums)
     sky_level = exposure_sky_level(exposure.meta)
     pixmap = expand_pixel_map(coarse)
     contribution = drizzle_exposure(
@@ -64,4 +66,4 @@ if "snakemake" in globals():
     configure_logging(snakemake.log[0])
     pixmap = layout.pixel_map(snakemake.input.grid, snakemake.wildcards.root)
     resample_exposure(snakemake.input.exposure, pixmap, snakemake.output.contribution,
-                      **snakemake.params.step)
+                      verify_checksums=snakemake.config.get("verify_checksums", True), **snakemake.params.step)

@@ -21,12 +21,13 @@ def _write_levels(levels_path, roots, levels, *, method, subtract):
 
 
 def skymatch(cal_paths, wcs_paths, levels_path, *, skip=False, subtract=False, skymethod="match", skylist=None,
-             **params):
+             verify_checksums=False, **params):
     """Compute each exposure's sky level and write them as JSON.
 
     Reads the WCSs first, then each exposure's SCI and DQ once, in turn:
     only one exposure is in memory at a time.  With ``skymethod='user'`` the
     levels come from the ``skylist`` file and no exposure is read.
+    ``verify_checksums`` checks each _cal's FITS checksums as it is read.
     """
     roots = [exposure_root(p) for p in cal_paths]
     if skip:
@@ -55,7 +56,8 @@ def skymatch(cal_paths, wcs_paths, levels_path, *, skip=False, subtract=False, s
     kwargs = {k: params[k] for k in SKY_PARAMETERS if k in params}
     matcher = SkyMatcher(wcs_list, shapes, skymethod=skymethod, **kwargs)
     for k, cal in enumerate(cal_paths):
-        exposure = io.read_exposure(cal, arrays=("data", "dq"), with_wcs=False)  # WCS from tweakreg
+        exposure = io.read_exposure(cal, arrays=("data", "dq"), with_wcs=False,  # WCS from tweakreg
+                                    verify_checksums=verify_checksums)
         if exposure.shape != shapes[k]:
             raise io.InputFileError(cal, f"SCI shape {exposure.shape} differs from {shapes[k]} in {wcs_paths[k]}")
         matcher.add_image(k, exposure.data, dq=exposure.dq)
@@ -66,5 +68,7 @@ def skymatch(cal_paths, wcs_paths, levels_path, *, skip=False, subtract=False, s
 
 if "snakemake" in globals():
     configure_logging(snakemake.log[0])
+    # verify_checksums is read from the config, not a param: it changes no output, so it reruns nothing.
     wcs_paths = layout.member_files(layout.aligned_wcs, snakemake.input.wcs, snakemake.params.roots)
-    skymatch(snakemake.input.cal, wcs_paths, snakemake.output.levels, **snakemake.params.step)
+    skymatch(snakemake.input.cal, wcs_paths, snakemake.output.levels,
+             verify_checksums=snakemake.config.get("verify_checksums", True), **snakemake.params.step)

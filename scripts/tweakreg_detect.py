@@ -17,9 +17,13 @@ DETECTION_PARAMETERS = (
 )
 
 
-def tweakreg_detect(cal_path, sources_path, **params):
-    """Detect point-like sources for alignment and write them as ECSV."""
-    exposure = io.read_exposure(cal_path, arrays=("data", "err", "dq"), with_wcs=False)
+def tweakreg_detect(cal_path, sources_path, *, verify_checksums=False, **params):
+    """Detect point-like sources for alignment and write them as ECSV.
+
+    ``verify_checksums`` checks the _cal's FITS checksums first (`calimage3.io.read_exposure`).
+    """
+    exposure = io.read_exposure(cal_path, arrays=("data", "err", "dq"), with_wcs=False,
+                                verify_checksums=verify_checksums)
     mask = ~good_pixel_mask(exposure.dq) | ~np.isfinite(exposure.data)
     kwargs = {k: params[k] for k in DETECTION_PARAMETERS if k in params}
     sources = detect_sources(exposure.data, exposure.err, mask, **kwargs)
@@ -30,4 +34,6 @@ def tweakreg_detect(cal_path, sources_path, **params):
 
 if "snakemake" in globals():
     configure_logging(snakemake.log[0])
-    tweakreg_detect(snakemake.input.cal, snakemake.output.sources, **snakemake.params.step)
+    # verify_checksums is read from the config, not a param: it changes no output, so it reruns nothing.
+    tweakreg_detect(snakemake.input.cal, snakemake.output.sources,
+                    verify_checksums=snakemake.config.get("verify_checksums", True), **snakemake.params.step)
