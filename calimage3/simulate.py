@@ -247,8 +247,7 @@ def _draw_stars(settings, image, x, y, flux_sb_pix):
 def _peak_fraction(settings):
     """Largest fraction of a star's flux in one pixel (star centred on a pixel)."""
     if settings.psf_stamp is not None:
-        stamp = settings.psf_stamp
-        return float(stamp.image.max() / stamp.oversample**2)
+        return float(settings.psf_stamp.image.max())
     sigma = settings.psf_fwhm / 2.3548
     return float(erf(0.5 / (np.sqrt(2.0) * sigma)) ** 2)
 
