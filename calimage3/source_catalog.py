@@ -111,6 +111,9 @@ _OUTER_RADIUS_FWHM = 12.0
 _MIN_OUTER_RADIUS = 15.0
 _MAX_OUTER_RADIUS = 60.0
 _NEIGHBOUR_FLUX_RATIO = 0.05
+# The residual background of a PSF star comes from its curve of growth
+# between this fraction of the outer radius and the outer radius.
+_BKG_FROM_OUTER = 0.6
 # Fractional half-width of the stellar locus in concentration.
 _CONCENTRATION_TOL = 0.06
 
@@ -1061,23 +1064,28 @@ def _star_curves(data, mask, xy, grid, core_radius):
     return out
 
 
-def _fit_limit(grid, curve, r_min):
-    """Limit of a curve of growth: least squares ``a + b / r + c r**2`` for ``r >= r_min``.
+def _fit_limit(grid, curve, r_min, r_bkg):
+    """Limit at infinity of a curve of growth from which a local background was removed.
 
     The far wings of a diffraction PSF fall as ``r**-3`` (edge diffraction,
-    spikes included), so the energy outside ``r`` goes as ``1 / r``: the
-    ``b / r`` term extrapolates it; ``c r**2`` absorbs a residual local
-    background (and faint neighbours spread over the annuli).  A fit with
-    ``b > 0`` (no wing) is redone without the ``1 / r`` term.
+    spikes included), so the curve goes as ``a + b / r``.  The curve
+    passed here had the mean surface brightness between ``r_bkg`` and the
+    last radius ``R`` removed (a residual background, and with it that
+    part of the wing), which turns ``b / r`` into ``b (1 / r + K r**2)``
+    with ``K = (1 / r_bkg - 1 / R) / (R**2 - r_bkg**2)``; ``a`` and ``b``
+    are fitted by least squares beyond ``r_min``.  A fit with ``b > 0``
+    (no wing) gives ``a`` as the mean there.  NaN with fewer than 4 points.
     """
     use = (grid >= r_min) & np.isfinite(curve)
     r, y = grid[use], curve[use]
     if r.size < 4:
         return np.nan
-    design = np.column_stack([np.ones_like(r), 1.0 / r, r**2])
+    big = grid[-1]
+    k = (1.0 / r_bkg - 1.0 / big) / (big**2 - r_bkg**2)
+    design = np.column_stack([np.ones_like(r), 1.0 / r + k * r**2])
     coef, *_ = np.linalg.lstsq(design, y, rcond=None)
     if coef[1] > 0:
-        coef, *_ = np.linalg.lstsq(design[:, [0, 2]], y, rcond=None)
+        return float(np.mean(y))
     return float(coef[0])
 
 
@@ -1129,10 +1137,12 @@ def psf_encircled_energy(data, xy, flux, noise, aperture_ee, *, fwhm, mask=None,
        stars, blends or compact galaxies.
     4. The curves are combined by a weighted median (weights ``SNR**2``,
        capped at the 75th percentile so that no single star decides).
-    5. Its limit at infinity comes from a fit of ``a + b / r + c r**2``
-       beyond ``norm_radius`` (`_fit_limit`): the ``1 / r`` energy of
-       diffraction wings and spikes outside the measured radius, with any
-       residual background as ``c``.
+    5. Each star's residual background (the mean surface brightness
+       between 0.6 and 1 times the outer radius, from its own curve) is
+       removed before stacking; the limit at infinity comes from a fit of
+       ``a + b / r`` (the ``1 / r`` energy of diffraction wings and spikes
+       outside a radius), with the part of the wing removed with the
+       background modelled (`_fit_limit`).
     6. Radii: where ``curve / a`` reaches each energy.  Corrections: ``a``
        over the weighted median of each star's normalised aperture flux
        minus the sigma-clipped median of the local-background annulus
@@ -1182,9 +1192,15 @@ def psf_encircled_energy(data, xy, flux, noise, aperture_ee, *, fwhm, mask=None,
     if not np.all(np.isfinite(weight) & (weight > 0)):
         weight = np.ones_like(norm)
     weight = np.minimum(weight, np.percentile(weight, 75))
-    stack = _weighted_median(curves, weight)
+    # Residual background of each star: the mean surface brightness between
+    # r_bkg and the outer radius, removed from its curve (the wing there is
+    # modelled in _fit_limit).
+    k_bkg = int(np.searchsorted(grid, _BKG_FROM_OUTER * outer))
+    r_bkg = grid[k_bkg]
+    slope = (curves[:, -1] - curves[:, k_bkg]) / (grid[-1] ** 2 - r_bkg**2)
+    stack = _weighted_median(curves - slope[:, None] * grid[None, :] ** 2, weight)
     # 5: the limit.
-    limit = _fit_limit(grid, stack, norm_radius)
+    limit = _fit_limit(grid, stack, norm_radius, r_bkg)
     if not (np.isfinite(limit) and limit > 0.5):
         return refuse("the curve of growth has no usable limit", fwhm)
     ee_curve = np.maximum.accumulate(stack / limit)
