@@ -107,10 +107,17 @@ _MAX_PSF_STARS = 100
 # Curves of growth of the mosaic's stars reach max(15, 12 FWHM) pixels, at
 # most 60; a PSF star has no other source brighter than this fraction of
 # its flux within that radius.
-_OUTER_RADIUS_FWHM = 12.0
-_MIN_OUTER_RADIUS = 15.0
+_OUTER_RADIUS_FWHM = 8.0
+_MIN_OUTER_RADIUS = 12.0
 _MAX_OUTER_RADIUS = 60.0
-_NEIGHBOUR_FLUX_RATIO = 0.05
+_NEIGHBOUR_LIGHT = 0.03
+# Bootstrap resamplings of the PSF stars, and the largest relative
+# uncertainty of the extrapolated total flux that is accepted.
+_N_BOOTSTRAP = 100
+_MAX_LIMIT_ERROR = 0.03
+# Flux of a source next to pixels without coverage (a saturated star: its
+# segment misses the core) counts this many times in `_neighbour_light`.
+_SATURATED_FLUX_FACTOR = 3.0
 # The residual background of a PSF star comes from its curve of growth
 # between this fraction of the outer radius and the outer radius.
 _BKG_FROM_OUTER = 0.6
@@ -796,6 +803,15 @@ def _gaussian_params(fwhm, aperture_ee, method):
     )
 
 
+def _touches(segm_data, mask, labels):
+    """(n,) bool: segment ``labels[k]`` has a pixel next to a ``mask`` pixel (a saturated core)."""
+    if not mask.any():
+        return np.zeros(labels.size, dtype=bool)
+    ring = ndimage.binary_dilation(mask, iterations=2) & ~mask
+    hit = np.unique(segm_data[ring])
+    return np.isin(labels, hit[hit > 0])
+
+
 def _curve_meta(curve):
     """The measured PSF curve as plain lists for the catalog's meta (and the QA figure)."""
     def plain(values, digits=5):
@@ -805,12 +821,38 @@ def _curve_meta(curve):
         "radius": plain(curve.radius_grid), "ee": plain(curve.ee),
         "fwhm": float(curve.fwhm), "norm_radius": float(curve.norm_radius),
         "outer_radius": float(curve.outer_radius), "total_over_norm": float(curve.total_over_norm),
+        "total_over_norm_err": float(curve.total_over_norm_err),
         "x": plain(curve.xy[:, 0], 7), "y": plain(curve.xy[:, 1], 7), "reason": curve.reason,
     }
 
 
+def _neighbour_light(xy, flux, idx, radius, fwhm, saturated=None):
+    """Light of the other sources expected within ``radius`` of each source ``idx``.
+
+    A neighbour at distance ``d`` puts about ``A R**2 / (2 d**3)`` of its
+    flux into a circle of radius ``R`` around the star (a diffraction wing
+    ``r**-3`` with ``1 - EE(r) = A / r``, ``A = 0.25 FWHM`` for a JWST-like
+    PSF), at most half of it.  Sources with a not-finite flux, and
+    ``saturated`` ones (times `_SATURATED_FLUX_FACTOR`), count as bright.
+
+    Returns
+    -------
+    ndarray, shape (len(idx),)
+        In the units of ``flux``.
+    """
+    lit = np.where(np.isfinite(flux), flux, np.nanmax(np.where(np.isfinite(flux), flux, 0.0)))
+    if saturated is not None:
+        lit = np.where(saturated, lit * _SATURATED_FLUX_FACTOR, lit)
+    ok = np.all(np.isfinite(xy), axis=1)
+    d = np.hypot(xy[idx, 0][:, None] - xy[ok, 0][None, :], xy[idx, 1][:, None] - xy[ok, 1][None, :])
+    with np.errstate(divide="ignore"):
+        share = np.minimum(0.5, 0.25 * fwhm * radius**2 / (2.0 * d**3))
+    share[d == 0] = 0.0  # the star itself
+    return share @ lit[ok]
+
+
 def _self_calibrated_params(data, mask, cat_fwhm, snr, flux, xy, noise, aperture_ee, kernel_fwhm,
-                            min_psf_stars):
+                            min_psf_stars, near_hole=None):
     """Aperture parameters from the mosaic's own bright, isolated, unsaturated point sources.
 
     Candidates: the stellar locus of the moment FWHM on the convolved image
@@ -840,14 +882,10 @@ def _self_calibrated_params(data, mask, cat_fwhm, snr, flux, xy, noise, aperture
         fwhm = pixel_profile_fwhm(data, xy[compact], flux[compact], max(window, 2.0))
     if np.isfinite(fwhm) and idx.size:
         outer = float(np.clip(_OUTER_RADIUS_FWHM * fwhm, _MIN_OUTER_RADIUS, _MAX_OUTER_RADIUS))
-        # Isolation: no comparable source (saturated stars included) within the outer radius.
-        tree = KDTree(np.where(np.isfinite(xy), xy, -1e6))
-        lit = np.where(np.isfinite(flux), flux, np.inf)  # unknown flux counts as bright
-        isolated = []
-        for i in idx:
-            near = [j for j in tree.query_ball_point(xy[i], outer) if j != i]
-            isolated.append(not np.any(lit[near] > _NEIGHBOUR_FLUX_RATIO * flux[i]))
-        idx = idx[np.asarray(isolated, dtype=bool)]
+        # Isolation: the light of all other sources within the outer radius
+        # (`_neighbour_light`) must stay below _NEIGHBOUR_LIGHT of the star's.
+        light = _neighbour_light(xy, flux, idx, outer, fwhm, saturated=near_hole)
+        idx = idx[light < _NEIGHBOUR_LIGHT * flux[idx]]
         idx = idx[np.argsort(-snr[idx])]
     else:
         idx = idx[:0]
@@ -893,6 +931,8 @@ class PsfCurve(NamedTuple):
         of growth divided by its extrapolated limit).
     total_over_norm : float
         Total energy over the energy within ``norm_radius``.
+    total_over_norm_err : float
+        Its 1-sigma uncertainty (bootstrap over the stars).
     norm_radius, outer_radius : float
         Normalisation radius and outermost radius of the curve, pixels.
     fwhm : float
@@ -912,6 +952,7 @@ class PsfCurve(NamedTuple):
     radius_grid: np.ndarray
     ee: np.ndarray
     total_over_norm: float
+    total_over_norm_err: float
     norm_radius: float
     outer_radius: float
     fwhm: float
@@ -1064,6 +1105,15 @@ def _star_curves(data, mask, xy, grid, core_radius):
     return out
 
 
+def _clipped_weighted_mean(values, weights, sigma=3.0):
+    """Weighted mean along axis 0 of ``values`` (n, m), leaving out values off the median by more than ``sigma`` robust sigma."""
+    med = np.median(values, axis=0)
+    mad = 1.4826 * np.median(np.abs(values - med), axis=0)
+    keep = np.abs(values - med) <= sigma * mad + 1e-12 * np.abs(med)
+    w = weights[:, None] * keep
+    return np.sum(w * values, axis=0) / np.sum(w, axis=0)
+
+
 def _fit_limit(grid, curve, r_min, r_bkg):
     """Limit at infinity of a curve of growth from which a local background was removed.
 
@@ -1135,8 +1185,8 @@ def psf_encircled_energy(data, xy, flux, noise, aperture_ee, *, fwhm, mask=None,
        that within ``norm_radius``; the densest value at the concentrated
        end, +-6 %, `select_psf_stars`) are kept -- no cratered saturated
        stars, blends or compact galaxies.
-    4. The curves are combined by a weighted median (weights ``SNR**2``,
-       capped at the 75th percentile so that no single star decides).
+    4. The curves are combined at each radius by a weighted mean (weights
+       ``SNR**2``) of the values within 3 robust sigma of the median.
     5. Each star's residual background (the mean surface brightness
        between 0.6 and 1 times the outer radius, from its own curve) is
        removed before stacking; the limit at infinity comes from a fit of
@@ -1156,8 +1206,8 @@ def psf_encircled_energy(data, xy, flux, noise, aperture_ee, *, fwhm, mask=None,
     nan3 = np.full(3, np.nan)
 
     def refuse(reason, fwhm=np.nan, grid=np.zeros(0), curve=np.zeros(0), used=np.zeros((0, 2))):
-        return PsfCurve(grid, curve, np.nan, np.nan, np.nan, float(fwhm), nan3, nan3, np.nan, np.nan,
-                        used, reason)
+        return PsfCurve(grid, curve, np.nan, np.nan, np.nan, np.nan, float(fwhm), nan3, nan3, np.nan,
+                        np.nan, used, reason)
 
     if xy.shape[0] < min_stars:
         return refuse(f"{xy.shape[0]} bright isolated point-source candidates, {min_stars} needed", fwhm)
@@ -1191,18 +1241,29 @@ def psf_encircled_energy(data, xy, flux, noise, aperture_ee, *, fwhm, mask=None,
         weight = (norm / (noise * np.sqrt(np.pi) * outer)) ** 2
     if not np.all(np.isfinite(weight) & (weight > 0)):
         weight = np.ones_like(norm)
-    weight = np.minimum(weight, np.percentile(weight, 75))
     # Residual background of each star: the mean surface brightness between
     # r_bkg and the outer radius, removed from its curve (the wing there is
     # modelled in _fit_limit).
     k_bkg = int(np.searchsorted(grid, _BKG_FROM_OUTER * outer))
     r_bkg = grid[k_bkg]
     slope = (curves[:, -1] - curves[:, k_bkg]) / (grid[-1] ** 2 - r_bkg**2)
-    stack = _weighted_median(curves - slope[:, None] * grid[None, :] ** 2, weight)
+    stack = _clipped_weighted_mean(curves - slope[:, None] * grid[None, :] ** 2, weight)
     # 5: the limit.
     limit = _fit_limit(grid, stack, norm_radius, r_bkg)
     if not (np.isfinite(limit) and limit > 0.5):
         return refuse("the curve of growth has no usable limit", fwhm)
+    # Its uncertainty: the same with the stars resampled (bootstrap).
+    corrected = curves - slope[:, None] * grid[None, :] ** 2
+    rng = np.random.default_rng(0)
+    boot = []
+    for _ in range(_N_BOOTSTRAP):
+        pick = rng.integers(0, corrected.shape[0], corrected.shape[0])
+        boot.append(_fit_limit(grid, _clipped_weighted_mean(corrected[pick], weight[pick]),
+                               norm_radius, r_bkg))
+    limit_err = float(np.nanstd(boot))
+    if not limit_err <= _MAX_LIMIT_ERROR * limit:
+        return refuse(f"the total flux is uncertain by {100 * limit_err / limit:.1f}% "
+                      f"(more than {100 * _MAX_LIMIT_ERROR:g}%) from {corrected.shape[0]} stars", fwhm)
     ee_curve = np.maximum.accumulate(stack / limit)
     # 6: radii and corrections.
     radii = np.array([_radius_at(ee_curve, grid, f) for f in ee])
@@ -1214,14 +1275,14 @@ def psf_encircled_energy(data, xy, flux, noise, aperture_ee, *, fwhm, mask=None,
     bkg = np.where(np.isfinite(bkg), bkg, 0.0)
     measured = np.array([[np.interp(r, grid, c) for r in radii] for c in curves])
     measured -= (bkg / norm)[:, None] * (np.pi * radii**2)[None, :]
-    corrections = limit / _weighted_median(measured, weight)
+    corrections = limit / _clipped_weighted_mean(measured, weight)
     log.info(
         "PSF from %d stars: FWHM %.2f pix, EE %s at %s pix, %.1f%% of the energy beyond %.1f pix "
-        "(extrapolated from %.1f-%.1f pix)",
+        "(extrapolated from %.1f-%.1f pix; total flux uncertain by %.1f%%)",
         xy.shape[0], fwhm, np.round(100 * ee).astype(int).tolist(), np.round(radii, 3).tolist(),
-        100.0 * (1.0 - 1.0 / limit), norm_radius, norm_radius, outer,
+        100.0 * (1.0 - 1.0 / limit), norm_radius, norm_radius, outer, 100.0 * limit_err / limit,
     )
-    return PsfCurve(grid, ee_curve, limit, norm_radius, outer, fwhm, radii, corrections,
+    return PsfCurve(grid, ee_curve, limit, limit_err, norm_radius, outer, fwhm, radii, corrections,
                     float(bkg_inner), float(bkg_outer), xy, "")
 
 
@@ -1604,6 +1665,7 @@ def make_source_catalog(
             sub, coverage, np.asarray(scat.fwhm.value, float), snr,
             np.asarray(scat.segment_flux.value, float) / to_jy, xy_phot, bkg_rms[iy, ix],
             aperture_ee, float(kernel_fwhm), int(min_psf_stars),
+            near_hole=_touches(segm.data, coverage, labels),
         )
         meta["psf_curve"] = _curve_meta(curve)
     meta["aperture_params"] = params.as_dict()
