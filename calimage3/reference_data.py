@@ -23,7 +23,8 @@ energy outside the tabulated range is an error.
 
 import numpy as np
 
-__all__ = ["apcorr_selector", "select_apcorr_rows", "apcorr_aperture_params", "select_abvega_offset"]
+__all__ = ["apcorr_selector", "select_apcorr_rows", "apcorr_aperture_params", "select_abvega_offset",
+           "catalog_reference_params"]
 
 
 def _norm(value):
@@ -189,3 +190,43 @@ def select_abvega_offset(table, meta):
     if len(rows) != 1:
         raise ValueError(f"the ABVEGAOFFSET table holds {len(rows)} rows for {selector}; need exactly one")
     return float(rows["abvega_offset"][0])
+
+
+def catalog_reference_params(meta, *, apcorr=None, abvegaoffset=None, apcorr_name="",
+                             abvegaoffset_name="", abvega_offset=None):
+    """Keyword arguments of `calimage3.source_catalog.make_source_catalog` from reference tables.
+
+    Parameters
+    ----------
+    meta : dict
+        Mosaic keywords (``INSTRUME``, ``FILTER``, ``PUPIL``, ``SUBARRAY``,
+        ``DETECTOR``, ``PXSCLRT``).
+    apcorr, abvegaoffset : astropy.table.Table or None
+        The tables of the APCORR and ABVEGAOFFSET files (None: not given).
+    apcorr_name, abvegaoffset_name : str
+        Their file names, for the log and the catalog's meta.
+    abvega_offset : float or None
+        The ``abvega_offset`` parameter; the ABVEGAOFFSET file, when given,
+        takes precedence.
+
+    Returns
+    -------
+    dict
+        ``apcorr_table``, ``pixel_scale_ratio`` and ``apcorr_source`` when
+        ``apcorr`` is given; ``abvega_offset`` (and ``abvega_source``, for
+        the meta) always.
+    """
+    out = {"abvega_offset": abvega_offset,
+           "abvega_source": "abvega_offset parameter" if abvega_offset is not None else ""}
+    if apcorr is not None:
+        rows = select_apcorr_rows(apcorr, meta)
+        ratio = meta.get("PXSCLRT")
+        out["apcorr_table"] = rows
+        out["pixel_scale_ratio"] = float(ratio) if ratio not in (None, "") else 1.0
+        selector = ", ".join(f"{k}={v}" for k, v in apcorr_selector(meta, "apcorr").items())
+        out["apcorr_source"] = f"APCORR {apcorr_name} ({selector or 'all rows'})"
+    if abvegaoffset is not None:
+        out["abvega_offset"] = select_abvega_offset(abvegaoffset, meta)
+        selector = ", ".join(f"{k}={v}" for k, v in apcorr_selector(meta, "abvegaoffset").items())
+        out["abvega_source"] = f"ABVEGAOFFSET {abvegaoffset_name} ({selector})"
+    return out

@@ -1,5 +1,12 @@
 # source_catalog: detection, deblending and photometry on each mosaic.
 
+
+def catalog_reference_files():
+    """The user's APCORR and ABVEGAOFFSET files as rule inputs (a change reruns the catalog); none when unset."""
+    step = config["source_catalog"]
+    return [step[k] for k in ("override_apcorr", "override_abvegaoffset") if step.get(k)]
+
+
 for P in PRODUCTS:
 
     rule:
@@ -7,6 +14,7 @@ for P in PRODUCTS:
             P.rule("source_catalog")
         input:
             i2d=P.i2d(),
+            refs=catalog_reference_files(),
         output:
             cat=P.cat(),
             segm=P.segm(),
