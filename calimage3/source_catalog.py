@@ -110,7 +110,7 @@ _MAX_PSF_STARS = 100
 _OUTER_RADIUS_FWHM = 8.0
 _MIN_OUTER_RADIUS = 12.0
 _MAX_OUTER_RADIUS = 60.0
-_NEIGHBOUR_LIGHT = 0.03
+_NEIGHBOUR_LIGHT = 0.01
 # Bootstrap resamplings of the PSF stars, and the largest relative
 # uncertainty of the extrapolated total flux that is accepted.
 _N_BOOTSTRAP = 100
@@ -827,12 +827,15 @@ def _curve_meta(curve):
 
 
 def _neighbour_light(xy, flux, idx, radius, fwhm, saturated=None):
-    """Light of the other sources expected within ``radius`` of each source ``idx``.
+    """Light of the other sources that would bias the curve of growth of each source ``idx``.
 
-    A neighbour at distance ``d`` puts about ``A R**2 / (2 d**3)`` of its
-    flux into a circle of radius ``R`` around the star (a diffraction wing
-    ``r**-3`` with ``1 - EE(r) = A / r``, ``A = 0.25 FWHM`` for a JWST-like
-    PSF), at most half of it.  Sources with a not-finite flux, and
+    A neighbour at distance ``d`` beyond the outer radius ``R`` lays a
+    diffraction wing of surface brightness ``A F / (2 pi d**3)`` over the
+    star (``1 - EE(r) = A / r``, ``A = 0.25 FWHM`` for a JWST-like PSF).  Its
+    mean and gradient cancel in the star's local background and circular
+    apertures; its curvature does not and adds about ``(9/16) A R**4 / d**5``
+    of its flux within ``R``.  A neighbour within ``R`` counts with half its
+    flux.  Sources with a not-finite flux, and
     ``saturated`` ones (times `_SATURATED_FLUX_FACTOR`), count as bright.
 
     Returns
@@ -845,8 +848,12 @@ def _neighbour_light(xy, flux, idx, radius, fwhm, saturated=None):
         lit = np.where(saturated, lit * _SATURATED_FLUX_FACTOR, lit)
     ok = np.all(np.isfinite(xy), axis=1)
     d = np.hypot(xy[idx, 0][:, None] - xy[ok, 0][None, :], xy[idx, 1][:, None] - xy[ok, 1][None, :])
-    with np.errstate(divide="ignore"):
-        share = np.minimum(0.5, 0.25 * fwhm * radius**2 / (2.0 * d**3))
+    with np.errstate(divide="ignore", over="ignore"):
+        wing = 0.25 * fwhm
+        # Beyond the circle: the curvature of the neighbour's wing (a constant
+        # and a gradient cancel in the star's background and its circular
+        # apertures): (9/16) A R**4 / d**5.  Inside: half its light.
+        share = np.where(d > radius, np.minimum(0.5, 9.0 / 16.0 * wing * radius**4 / d**5), 0.5)
     share[d == 0] = 0.0  # the star itself
     return share @ lit[ok]
 
