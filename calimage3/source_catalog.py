@@ -29,21 +29,42 @@ The stages follow the JWST ``SourceCatalogStep`` on an ``_i2d`` product:
 
 Fluxes are in Jy: the MJy/sr surface brightness times ``1e6 * pixar_sr``.
 
-Aperture radii without CRDS
----------------------------
-JWST takes the aperture radii and corrections from the APCORR reference file
-(a model PSF's encircled-energy curve).  Without it, this module, in order
-of preference, uses: an explicit ``apcorr_table`` with the APCORR columns;
-an explicit Gaussian ``psf_fwhm``; or the encircled-energy curve measured
-on the mosaic itself (`encircled_energy_radii`) from bright, isolated,
-compact sources (`select_psf_stars`), normalised at ``3 x FWHM`` with the
-local background taken between 3 and 5 FWHM; with fewer than
-``min_psf_stars`` usable stars it falls back to a Gaussian PSF of FWHM
-``kernel_fwhm``.  The aperture correction of each aperture is then
-``100 / ee``.  The measured curve cannot see the PSF energy outside the
-normalisation radius, so for a real JWST PSF (a few per cent of the energy
-in far wings) ``aper_total_flux`` is the flux within that radius, not the
-flux to infinity.  ``meta['aperture_params']`` records what was used.
+Aperture radii and corrections
+------------------------------
+As in JWST, from the APCORR reference file when the user gives one
+(``override_apcorr``; rows chosen by `calimage3.reference_data`:
+``apcorr_table``, radii divided by ``pixel_scale_ratio``).  Without it:
+an explicit Gaussian ``psf_fwhm``, or, by default, the encircled-energy
+curve of the mosaic's own bright, isolated, unsaturated point sources
+(`psf_encircled_energy`), built to be right for real JWST PSFs --
+undersampled, spiky, with far wings and saturated (NaN) cores:
+
+* the FWHM comes from the stars' pixel values against their distance to the
+  centroid, which samples the pixel-integrated PSF at all pixel phases
+  (`pixel_profile_fwhm`), not from segment moments (which the wings and
+  spikes inflate) nor from the half-light radius of a truncated curve;
+* stars with a masked pixel (a saturated NaN core) within 3 FWHM, off the
+  concentration locus (blends, galaxies, cratered saturated stars) or under
+  the wings of bright neighbours (`_neighbour_light`) are left out;
+* the curves of growth reach 8 FWHM (at least 12 pixels); each star's
+  residual background is removed; the energy beyond is extrapolated with
+  the ``1 / r`` deficit of a diffraction wing (`_fit_limit`), so the
+  correction is to the total flux, not to the flux within a radius;
+* the corrections are measured as the catalog measures fluxes (the local
+  background annulus sits on the PSF wings), and the bootstrap uncertainty
+  of the total is recorded.
+
+With too few such stars, or a total uncertain by more than 3 %, no
+correction is made up: ``aper_total_*`` are NaN and
+``meta['aperture_params']['method']`` is ``'refused'`` with the reason in
+``note``.  ``meta['psf_curve']`` holds the curve and the stars used.
+
+(The earlier self-calibration normalised the curve at 3x an FWHM that it
+took from the half-light radius of that same truncated curve, with the
+local background from 3-5 FWHM: on a spiky, undersampled JWST PSF the
+normalisation radius shrank with each pass, the wings and spikes beyond it
+and in the annulus were lost, and ``100 / ee`` was applied as if the curve
+held all the energy -- radii and totals far too small.)
 """
 
 import logging
@@ -862,10 +883,12 @@ def _self_calibrated_params(data, mask, cat_fwhm, snr, flux, xy, noise, aperture
                             min_psf_stars, near_hole=None):
     """Aperture parameters from the mosaic's own bright, isolated, unsaturated point sources.
 
-    Candidates: the stellar locus of the moment FWHM on the convolved image
-    (`select_psf_stars`, significance >= ``_PSF_STAR_MIN_SNR``), with no
-    other source brighter than ``_NEIGHBOUR_FLUX_RATIO`` times their flux
-    within the outer radius of the curve of growth, brightest first.
+    Candidates: sources of significance >= ``_PSF_STAR_MIN_SNR``; the
+    FWHM from the pixel profile (`pixel_profile_fwhm`) of the more compact
+    half by segment moments; those whose neighbours' light
+    (`_neighbour_light`, ``near_hole`` marking saturated ones) stays below
+    ``_NEIGHBOUR_LIGHT`` of their flux, brightest first.  The stellar locus
+    in concentration is picked in `psf_encircled_energy`.
     `psf_encircled_energy` measures the curve and the corrections, or says
     why it cannot; then the corrections are NaN (``method='refused'``: the
     radii are those of a Gaussian of FWHM ``kernel_fwhm``, and
