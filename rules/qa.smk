@@ -21,6 +21,7 @@ for P in PRODUCTS:
             mosaic=qa_png(P, "mosaic", "Mosaic"),
             segmentation=qa_png(P, "segmentation", "Source catalog"),
             magnitudes=qa_png(P, "magnitudes", "Source catalog"),
+            aperture_correction=qa_png(P, "aperture_correction", "Source catalog"),
             footprints=qa_exposure_png(P, "footprints", "Exposures"),
             tweakreg=qa_exposure_png(P, "tweakreg", "Alignment (tweakreg)"),
             skymatch=qa_exposure_png(P, "skymatch", "Sky (skymatch)"),

@@ -41,7 +41,7 @@ def qa_outlier_pngs(P):
 
 def qa_figure_paths(P):
     """Every QA PNG this configuration makes (for Product.final_products())."""
-    names = ["mosaic", "segmentation", "magnitudes"]
+    names = ["mosaic", "segmentation", "magnitudes", "aperture_correction"]
     if not P.single:
         names += ["footprints", "tweakreg", "skymatch"] + [f"outliers/{r}" for r in P.roots]
     if config.get("truth"):

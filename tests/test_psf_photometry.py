@@ -128,3 +128,16 @@ def test_refuses_when_only_saturated_and_faint_stars():
     params = cat.meta["aperture_params"]
     assert params["method"] == "refused" and "needed" in params["note"]
     assert len(cat) > 0 and np.all(np.isnan(cat["aper_total_flux"]))
+
+
+def test_aperture_correction_figure_shows_radii_and_stars(jwst_field):
+    """The QA figure draws the measured curve, one line per aperture with its correction, and the PSF stars."""
+    from calimage3.qa_plots import aperture_correction_figure
+
+    meta = jwst_field["cat"].meta
+    fig = aperture_correction_figure(meta["aperture_params"], meta["psf_curve"], data=np.zeros(SHAPE))
+    ax_curve, ax_image = fig.axes[:2]
+    labels = ax_curve.get_legend_handles_labels()[1]
+    for e, c in zip(meta["aperture_params"]["aperture_ee"], meta["aperture_params"]["aperture_corrections"]):
+        assert any(label.startswith(f"aper{e}:") and f"{c:.4f}" in label for label in labels)
+    assert len(ax_image.lines[0].get_xdata()) == meta["aperture_params"]["n_psf_stars"]
