@@ -132,6 +132,9 @@ _OUTER_RADIUS_FWHM = 8.0
 _MIN_OUTER_RADIUS = 12.0
 _MAX_OUTER_RADIUS = 60.0
 _NEIGHBOUR_LIGHT = 0.01
+# A PSF star's core pixels keep at least this fraction of the drizzle weight
+# around it (no outlier-flagged or saturated pixels in the core).
+_MIN_CORE_WEIGHT = 0.75
 # Bootstrap resamplings of the PSF stars, and the largest relative
 # uncertainty of the extrapolated total flux that is accepted.
 _N_BOOTSTRAP = 100
@@ -879,15 +882,39 @@ def _neighbour_light(xy, flux, idx, radius, fwhm, saturated=None):
     return share @ lit[ok]
 
 
+def _full_weight_cores(wht, xy, fwhm):
+    """(n,) bool: no pixel within ``1.5 FWHM`` of the centroid has less than ``_MIN_CORE_WEIGHT`` of the
+    median drizzle weight between 3 and 5 FWHM.
+
+    A star whose core pixels were flagged in some exposures (outliers, or the
+    edge of a saturated core) has a dip in the mosaic's weight there and a
+    core that no longer has the PSF's shape.
+    """
+    half = int(np.ceil(5.0 * fwhm)) + 1
+    cut = _cutouts(np.asarray(wht, dtype=float), xy, 2 * half + 1)
+    off = np.arange(-half, half + 1)
+    dx = (np.round(xy[:, 0]) - xy[:, 0])[:, None, None] + off[None, None, :]
+    dy = (np.round(xy[:, 1]) - xy[:, 1])[:, None, None] + off[None, :, None]
+    d = np.hypot(dx, dy)
+    core = d <= max(1.5 * fwhm, 1.5)
+    ring = (d >= 3.0 * fwhm) & (d <= 5.0 * fwhm)
+    ok = np.zeros(xy.shape[0], dtype=bool)
+    for i in range(xy.shape[0]):
+        ref = np.median(cut[i][ring[i]])
+        ok[i] = ref > 0 and np.min(cut[i][core[i]]) >= _MIN_CORE_WEIGHT * ref
+    return ok
+
+
 def _self_calibrated_params(data, mask, cat_fwhm, snr, flux, xy, noise, aperture_ee, kernel_fwhm,
-                            min_psf_stars, near_hole=None):
+                            min_psf_stars, near_hole=None, wht=None):
     """Aperture parameters from the mosaic's own bright, isolated, unsaturated point sources.
 
     Candidates: sources of significance >= ``_PSF_STAR_MIN_SNR``; the
     FWHM from the pixel profile (`pixel_profile_fwhm`) of the more compact
     half by segment moments; those whose neighbours' light
     (`_neighbour_light`, ``near_hole`` marking saturated ones) stays below
-    ``_NEIGHBOUR_LIGHT`` of their flux, brightest first.  The stellar locus
+    ``_NEIGHBOUR_LIGHT`` of their flux, and (with ``wht``) whose core has
+    its full drizzle weight (`_full_weight_cores`), brightest first.  The stellar locus
     in concentration is picked in `psf_encircled_energy`.
     `psf_encircled_energy` measures the curve and the corrections, or says
     why it cannot; then the corrections are NaN (``method='refused'``: the
@@ -916,6 +943,8 @@ def _self_calibrated_params(data, mask, cat_fwhm, snr, flux, xy, noise, aperture
         # (`_neighbour_light`) must stay below _NEIGHBOUR_LIGHT of the star's.
         light = _neighbour_light(xy, flux, idx, outer, fwhm, saturated=near_hole)
         idx = idx[light < _NEIGHBOUR_LIGHT * flux[idx]]
+        if wht is not None and idx.size:
+            idx = idx[_full_weight_cores(wht, xy[idx], fwhm)]
         idx = idx[np.argsort(-snr[idx])]
     else:
         idx = idx[:0]
@@ -1695,7 +1724,7 @@ def make_source_catalog(
             sub, coverage, np.asarray(scat.fwhm.value, float), snr,
             np.asarray(scat.segment_flux.value, float) / to_jy, xy_phot, bkg_rms[iy, ix],
             aperture_ee, float(kernel_fwhm), int(min_psf_stars),
-            near_hole=_touches(segm.data, coverage, labels),
+            near_hole=_touches(segm.data, coverage, labels), wht=wht,
         )
         meta["psf_curve"] = _curve_meta(curve)
     meta["aperture_params"] = params.as_dict()
