@@ -141,3 +141,13 @@ def test_aperture_correction_figure_shows_radii_and_stars(jwst_field):
     for e, c in zip(meta["aperture_params"]["aperture_ee"], meta["aperture_params"]["aperture_corrections"]):
         assert any(label.startswith(f"aper{e}:") and f"{c:.4f}" in label for label in labels)
     assert len(ax_image.lines[0].get_xdata()) == meta["aperture_params"]["n_psf_stars"]
+
+
+def test_star_with_flagged_core_pixels_is_not_a_psf_star():
+    """A dip of the drizzle weight in a star's core (outlier-flagged pixels) keeps it out of the PSF."""
+    from calimage3.source_catalog import _full_weight_cores
+
+    wht = np.full((60, 60), 100.0)
+    wht[30, 31] = 66.0  # one of three exposures flagged there
+    xy = np.array([[30.2, 29.9], [10.0, 45.0]])
+    np.testing.assert_array_equal(_full_weight_cores(wht, xy, fwhm=1.2), [False, True])
