@@ -115,3 +115,37 @@ def test_unreadable_reference_file_names_the_file(tmp_path):
     bad.write_text("not a reference file")
     with pytest.raises(io.InputFileError, match="junk.fits"):
         io.read_apcorr(bad)
+
+
+def test_catalog_job_uses_apcorr_and_abvegaoffset_files(tmp_path):
+    """The catalog job takes radii, corrections and Vega offset from the files and says so in the meta."""
+    import importlib.util
+    from pathlib import Path
+
+    from calimage3.wcs_tools import imaging_wcs
+
+    spec = importlib.util.spec_from_file_location(
+        "source_catalog_job", Path(__file__).parents[1] / "scripts" / "source_catalog.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    rng = np.random.default_rng(3)
+    yy, xx = np.indices((128, 128))
+    data = 0.2 + rng.normal(0, 0.01, (128, 128))
+    for x, y in ((40.3, 50.1), (90.7, 80.4)):
+        data += 30.0 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.2**2))
+    i2d = tmp_path / "m_i2d.fits"
+    io.write_i2d(i2d, {"data": data.astype(np.float32), "err": np.full((128, 128), 0.01, np.float32),
+                       "wht": np.ones((128, 128), np.float32)},
+                 imaging_wcs((128, 128), (53.16, -27.78), 0.031), {**NIRCAM, "TELESCOP": "JWST"})
+    apcorr = _nircam_apcorr(tmp_path / "apcorr.fits")
+    abvega = _abvegaoffset(tmp_path / "abvega.asdf", [("F090W", "CLEAR", 0.51)])
+    cat_path, segm_path = tmp_path / "m_cat.ecsv", tmp_path / "m_segm.fits"
+    job.source_catalog(i2d, cat_path, segm_path, override_apcorr=str(apcorr), override_abvegaoffset=str(abvega),
+                       npixels=5, abvega_offset=None)
+    cat = io.read_table(cat_path)
+    params = cat.meta["aperture_params"]
+    assert params["method"] == "apcorr_table" and "apcorr.fits" in cat.meta["apcorr_source"]
+    np.testing.assert_allclose(params["aperture_radii"], [1.6, 2.2, 3.6], rtol=1e-6)  # PXSCLRT 0.5
+    np.testing.assert_allclose(cat["aper_total_flux"].value, 1.35 * cat["aper70_flux"].value, rtol=1e-5)
+    np.testing.assert_allclose(cat["aper70_vegamag"], cat["aper70_abmag"] - 0.51, rtol=1e-6)
+    assert "abvega.asdf" in cat.meta["abvega_source"] and len(cat) == 2
