@@ -155,8 +155,9 @@ def psf_stamp(filter_name="F200W", *, pixel_scale=0.031, wavelength=None, bandwi
     oversample : int
         Samples per pixel, odd.
     half_size : int or None
-        Stamp radius in pixels; by default 20 diffraction widths
-        ``lambda / D`` at the longest wavelength, at least 24 pixels.
+        Stamp radius in pixels; by default 32 diffraction widths
+        ``lambda / D`` at the longest wavelength, at least 32 pixels
+        (about 1 % of the energy lies beyond).
     n_wavelengths : int
         Monochromatic PSFs summed across the band.
     n_pupil : int
@@ -185,7 +186,7 @@ def psf_stamp(filter_name="F200W", *, pixel_scale=0.031, wavelength=None, bandwi
     wl_max = wavelength + 0.5 * bandwidth
     if half_size is None:
         lambda_over_d = wl_max * 1e-6 / 6.5 * _RAD_TO_ARCSEC / pixel_scale
-        half_size = max(24, int(np.ceil(20 * lambda_over_d)))
+        half_size = max(32, int(np.ceil(32 * lambda_over_d)))
     half_size = int(half_size)
     pupil, dx = jwst_pupil(n_pupil)
     n_out = (2 * half_size + 1) * oversample + (oversample - 1)  # room for the pixel box

@@ -871,15 +871,19 @@ def _neighbour_light(xy, flux, idx, radius, fwhm, saturated=None):
     if saturated is not None:
         lit = np.where(saturated, lit * _SATURATED_FLUX_FACTOR, lit)
     ok = np.all(np.isfinite(xy), axis=1)
-    d = np.hypot(xy[idx, 0][:, None] - xy[ok, 0][None, :], xy[idx, 1][:, None] - xy[ok, 1][None, :])
-    with np.errstate(divide="ignore", over="ignore"):
-        wing = 0.25 * fwhm
-        # Beyond the circle: the curvature of the neighbour's wing (a constant
-        # and a gradient cancel in the star's background and its circular
-        # apertures): (9/16) A R**4 / d**5.  Inside: half its light.
-        share = np.where(d > radius, np.minimum(0.5, 9.0 / 16.0 * wing * radius**4 / d**5), 0.5)
-    share[d == 0] = 0.0  # the star itself
-    return share @ lit[ok]
+    wing = 0.25 * fwhm
+    out = np.zeros(len(idx))
+    for start in range(0, len(idx), 256):  # bounded memory on large mosaics
+        rows = np.asarray(idx[start:start + 256])
+        d = np.hypot(xy[rows, 0][:, None] - xy[ok, 0][None, :], xy[rows, 1][:, None] - xy[ok, 1][None, :])
+        with np.errstate(divide="ignore", over="ignore"):
+            # Beyond the circle: the curvature of the neighbour's wing (a
+            # constant and a gradient cancel in the star's background and its
+            # circular apertures): (9/16) A R**4 / d**5.  Inside: half its light.
+            share = np.where(d > radius, np.minimum(0.5, 9.0 / 16.0 * wing * radius**4 / d**5), 0.5)
+        share[d == 0] = 0.0  # the star itself
+        out[start:start + len(rows)] = share @ lit[ok]
+    return out
 
 
 def _full_weight_cores(wht, xy, fwhm):
@@ -928,6 +932,8 @@ def _self_calibrated_params(data, mask, cat_fwhm, snr, flux, xy, noise, aperture
     """
     cand = (np.all(np.isfinite(xy), axis=1) & np.isfinite(flux) & (flux > 0)
             & (np.nan_to_num(snr, nan=0.0) >= _PSF_STAR_MIN_SNR) & np.isfinite(cat_fwhm))
+    if near_hole is not None:
+        cand &= ~near_hole  # saturated (NaN core) or at a coverage edge
     idx = np.flatnonzero(cand)
     fwhm = np.nan
     if idx.size:
