@@ -218,9 +218,9 @@ def pixelated_fwhm(image, oversample):
     idx = np.digitize(r.ravel(), edges) - 1
     sums = np.bincount(idx, weights=image.ravel(), minlength=edges.size)[: edges.size]
     counts = np.bincount(idx, minlength=edges.size)[: edges.size]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        prof = sums / counts
-    centres = edges + 0.5 * step
+    filled = counts > 0  # fine sampling leaves some thin rings empty
+    prof = sums[filled] / counts[filled]
+    centres = (edges + 0.5 * step)[filled]
     below = np.flatnonzero(prof < 0.5 * peak)
     if below.size == 0 or below[0] == 0:
         return float("nan")

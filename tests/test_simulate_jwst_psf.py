@@ -8,7 +8,7 @@ from calimage3.dqflags import PIXEL
 from calimage3.jwst_psf import jwst_pupil, psf_stamp, render_psf_stars
 
 
-@pytest.mark.parametrize("filter_name, scale, fwhm", [("F090W", 0.031, 1.12), ("F444W", 0.063, 2.37)])
+@pytest.mark.parametrize("filter_name, scale, fwhm", [("F090W", 0.031, 1.12), ("F150W", 0.031, 1.72), ("F444W", 0.063, 2.37)])
 def test_psf_fwhm_follows_wavelength_and_pixel_scale(filter_name, scale, fwhm):
     """F090W at 0.031"/px is undersampled (FWHM ~1.1 px), F444W at 0.063"/px well sampled (~2.4 px)."""
     assert psf_stamp(filter_name, pixel_scale=scale).fwhm == pytest.approx(fwhm, abs=0.05)
