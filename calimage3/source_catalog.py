@@ -54,7 +54,7 @@ undersampled, spiky, with far wings and saturated (NaN) cores:
   background annulus sits on the PSF wings), and the bootstrap uncertainty
   of the total is recorded.
 
-With too few such stars, or a total uncertain by more than 3 %, no
+With too few such stars, or a total uncertain by more than 5 %, no
 correction is made up: ``aper_total_*`` are NaN and
 ``meta['aperture_params']['method']`` is ``'refused'`` with the reason in
 ``note``.  ``meta['psf_curve']`` holds the curve and the stars used.
@@ -138,7 +138,7 @@ _MIN_CORE_WEIGHT = 0.75
 # Bootstrap resamplings of the PSF stars, and the largest relative
 # uncertainty of the extrapolated total flux that is accepted.
 _N_BOOTSTRAP = 100
-_MAX_LIMIT_ERROR = 0.03
+_MAX_LIMIT_ERROR = 0.05
 # Flux of a source next to pixels without coverage (a saturated star: its
 # segment misses the core) counts this many times in `_neighbour_light`.
 _SATURATED_FLUX_FACTOR = 3.0
