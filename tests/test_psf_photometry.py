@@ -20,7 +20,7 @@ def _pixar(scale):
     return (scale / 206264.806) ** 2
 
 
-def _field(filter_name, scale, seed, n_stars=200, n_saturated=8, n_galaxies=10):
+def _field(filter_name, scale, seed, n_stars=200, n_saturated=8, n_galaxies=10, shape=SHAPE):
     """A mosaic-like image: stars (SNR 10-3000), saturated stars with NaN cores, galaxies, row noise.
 
     Pixels whose noiseless surface brightness exceeds the saturation level
@@ -32,23 +32,23 @@ def _field(filter_name, scale, seed, n_stars=200, n_saturated=8, n_galaxies=10):
     rng = np.random.default_rng(seed)
     sigma_psf = NOISE * np.sqrt(4 * np.pi) * stamp.fwhm / 2.3548  # point-source noise
     level = SKY + 1500 * sigma_psf * stamp.image.max()
-    x = rng.uniform(10, SHAPE[1] - 10, n_stars + n_saturated)
-    y = rng.uniform(10, SHAPE[0] - 10, n_stars + n_saturated)
+    x = rng.uniform(10, shape[1] - 10, n_stars + n_saturated)
+    y = rng.uniform(10, shape[0] - 10, n_stars + n_saturated)
     flux = np.concatenate([sigma_psf * 10 ** rng.uniform(1.0, np.log10(3000.0), n_stars),
                            level * 10 ** rng.uniform(0.5, 2.0, n_saturated) / stamp.image.max()])
-    model = np.zeros(SHAPE)
+    model = np.zeros(shape)
     render_psf_stars(model, x, y, flux, stamp)
     for _ in range(n_galaxies):
         gal, half = _psf_galaxy_stamp(rng.uniform(2.5, 8.0), rng.uniform(0.8, 3.0), rng.uniform(0.4, 1.0),
                                       rng.uniform(0, 180), stamp)
-        gx, gy = rng.integers(half, SHAPE[1] - half), rng.integers(half, SHAPE[0] - half)
+        gx, gy = rng.integers(half, shape[1] - half), rng.integers(half, shape[0] - half)
         model[gy - half:gy + half + 1, gx - half:gx + half + 1] += rng.uniform(2, 60) * gal
     saturated = model + SKY > level
-    rows = np.cumsum(rng.normal(0, 0.0003, SHAPE[0])) + rng.normal(0, 0.006, SHAPE[0])  # 1/f-like
-    data = model + SKY + rows[:, None] + rng.normal(0, NOISE, SHAPE)
+    rows = np.cumsum(rng.normal(0, 0.0003, shape[0])) + rng.normal(0, 0.006, shape[0])  # 1/f-like
+    data = model + SKY + rows[:, None] + rng.normal(0, NOISE, shape)
     data[saturated] = np.nan
     ix, iy = np.round(x).astype(int), np.round(y).astype(int)
-    star_saturated = saturated[np.clip(iy, 0, SHAPE[0] - 1), np.clip(ix, 0, SHAPE[1] - 1)]
+    star_saturated = saturated[np.clip(iy, 0, shape[0] - 1), np.clip(ix, 0, shape[1] - 1)]
     return data, dict(x=x, y=y, flux=flux, saturated=star_saturated), stamp
 
 
@@ -69,8 +69,8 @@ def _true_ee_radii(stamp, ee=(0.3, 0.5, 0.7), n_phases=40):
 
 
 def _catalog(data, scale):
-    wcs = imaging_wcs(SHAPE, CRVAL, scale)
-    return make_source_catalog(data, np.full(SHAPE, NOISE), wcs, pixar_sr=_pixar(scale), npixels=5,
+    wcs = imaging_wcs(data.shape, CRVAL, scale)
+    return make_source_catalog(data, np.full(data.shape, NOISE), wcs, pixar_sr=_pixar(scale), npixels=5,
                                deblend=True)[0]
 
 
@@ -84,12 +84,18 @@ def _isolated_unsaturated_ratios(cat, truth, scale):
     return total / truth["flux"][j[use]]
 
 
-@pytest.fixture(scope="module", params=[("F090W", 0.031, 2), ("F444W", 0.063, 4)],
+@pytest.fixture(scope="module", params=[("F090W", 0.031, 2, 512), ("F444W", 0.063, 4, 768)],
                 ids=["undersampled_F090W", "well_sampled_F444W"])
 def jwst_field(request):
-    """Catalog of a 512x512 field in an undersampled (FWHM 1.1 px) or well-sampled (2.4 px) JWST-like PSF."""
-    filter_name, scale, seed = request.param
-    data, truth, stamp = _field(filter_name, scale, seed)
+    """Catalog of a field in an undersampled (FWHM 1.1 px, 512x512) or well-sampled (2.4 px, 768x768) PSF.
+
+    The same density of stars (saturated ones included) and galaxies; the
+    larger field gives the wider PSF about as many PSF stars.
+    """
+    filter_name, scale, seed, size = request.param
+    k = (size / 512) ** 2
+    data, truth, stamp = _field(filter_name, scale, seed, n_stars=round(200 * k), n_saturated=round(8 * k),
+                                n_galaxies=round(10 * k), shape=(size, size))
     return dict(cat=_catalog(data, scale), truth=truth, stamp=stamp, scale=scale)
 
 
@@ -135,7 +141,7 @@ def test_aperture_correction_figure_shows_radii_and_stars(jwst_field):
     from calimage3.qa_plots import aperture_correction_figure
 
     meta = jwst_field["cat"].meta
-    fig = aperture_correction_figure(meta["aperture_params"], meta["psf_curve"], data=np.zeros(SHAPE))
+    fig = aperture_correction_figure(meta["aperture_params"], meta["psf_curve"], data=np.zeros((64, 64)))
     ax_curve, ax_image = fig.axes[:2]
     labels = ax_curve.get_legend_handles_labels()[1]
     for e, c in zip(meta["aperture_params"]["aperture_ee"], meta["aperture_params"]["aperture_corrections"]):
