@@ -893,7 +893,7 @@ def aperture_correction_figure(aperture_params, psf_curve=None, *, data=None, ti
         ax2.plot(x, y, "o", mfc="none", mec="tab:red", ms=9, mew=1.0, label=f"PSF stars ({x.size})")
         ax2.set_xlabel("x (pix)")
         ax2.set_ylabel("y (pix)")
-        ax2.set_title("stars of the curve of growth", fontsize=9)
+        ax2.set_title("stars of the curve of growth" if x.size else f"no PSF stars (method {method})", fontsize=9)
         if x.size:
             _legend(ax2, fontsize=8, loc="upper right")
     fig.suptitle(title, fontsize=11)
