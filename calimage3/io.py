@@ -92,6 +92,8 @@ __all__ = [
     "file_identity",
     "read_check_cache",
     "write_check_cache",
+    "read_apcorr",
+    "read_abvegaoffset",
 ]
 
 log = logging.getLogger(__name__)
@@ -1591,3 +1593,83 @@ def read_skylist(path):
         except ValueError:
             raise InputFileError(path, f"skylist {where}: sky value {value!r} is not a number") from None
     return [name for _, name, _ in rows], np.asarray(values, dtype=np.float64)
+
+
+def _plain_table(value, path, what):
+    """An astropy Table of a reference-file table (FITS record array, ASDF table or dict of columns)."""
+    from astropy.table import Table
+
+    try:
+        table = Table(value, masked=False) if not isinstance(value, Table) else Table(value, copy=True)
+    except (TypeError, ValueError) as exc:
+        raise InputFileError(path, f"its {what} is not a table ({exc})") from exc
+    for name in table.colnames:
+        if table[name].dtype.kind == "S":
+            table[name] = np.char.decode(np.asarray(table[name]), "ascii")
+        if table[name].dtype.kind == "U":
+            table[name] = np.char.strip(np.asarray(table[name]))
+    table.rename_columns(table.colnames, [c.lower() for c in table.colnames])
+    return table
+
+
+def _read_reference_table(path, fits_names, asdf_key, what):
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, "no such file")
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+    if magic.startswith(b"SIMPLE"):
+        try:
+            hdul = fits.open(path, memmap=False)
+        except Exception as exc:
+            raise InputFileError(path, f"not a readable FITS file ({exc})") from None
+        with hdul:
+            for name in fits_names:
+                if name in hdul:
+                    return _plain_table(hdul[name].data, path, what)
+            tables = [h for h in hdul[1:] if isinstance(h, fits.BinTableHDU)]
+            if not tables:
+                raise InputFileError(path, f"no {'/'.join(fits_names)} binary table")
+            return _plain_table(tables[0].data, path, what)
+    import asdf
+
+    try:
+        with asdf.open(path, lazy_load=False, memmap=False) as af:
+            if asdf_key not in af.tree:
+                raise InputFileError(path, f"no {asdf_key!r} in its ASDF tree")
+            return _plain_table(af.tree[asdf_key], path, what)
+    except InputFileError:
+        raise
+    except Exception as exc:  # asdf raises many kinds on a corrupt file
+        raise InputFileError(path, f"not a readable FITS or ASDF file ({exc})") from exc
+
+
+def read_apcorr(path):
+    """The aperture-correction table of a JWST APCORR reference file.
+
+    NIRCam, NIRISS, MIRI and FGS imaging APCORR files are FITS with an
+    ``APCORR`` binary table (columns ``filter``, ``pupil`` -- ``subarray``
+    for MIRI, neither for FGS -- ``eefraction``, ``radius``, ``apcorr``,
+    ``skyin``, ``skyout``); an ASDF file with ``apcorr_table`` is read too.
+
+    Returns
+    -------
+    astropy.table.Table
+        Lower-case column names, string columns stripped.
+    """
+    return _read_reference_table(path, ("APCORR",), "apcorr_table", "APCORR table")
+
+
+def read_abvegaoffset(path):
+    """The ``abvega_offset`` table of a JWST ABVEGAOFFSET reference file (ASDF).
+
+    Columns ``filter`` and ``pupil`` (NIRCam, NIRISS), ``filter`` (MIRI) or
+    ``detector`` (FGS), and ``abvega_offset`` (m_AB - m_Vega).  A FITS file
+    with an ``ABVEGA_OFFSET`` binary table is read too.
+
+    Returns
+    -------
+    astropy.table.Table
+    """
+    return _read_reference_table(path, ("ABVEGA_OFFSET", "ABVEGAOFFSET"), "abvega_offset",
+                                 "abvega_offset table")

@@ -16,6 +16,8 @@ Figures
 * `outlier_figure` – one exposure with its flagged outlier pixels marked.
 * `segmentation_figure` – the mosaic next to its segmentation map.
 * `magnitude_histogram_figure` – AB magnitudes of the catalog.
+* `aperture_correction_figure` – the encircled-energy curve behind the
+  catalog's aperture radii and corrections, and the stars that made it.
 * `truth_flux_figure`, `truth_position_figure` – the catalog against the
   simulator's truth (see `match_catalogs`).
 
@@ -52,6 +54,7 @@ __all__ = [
     "outlier_figure",
     "segmentation_figure",
     "magnitude_histogram_figure",
+    "aperture_correction_figure",
     "truth_flux_figure",
     "truth_position_figure",
     "message_figure",
@@ -801,6 +804,99 @@ def magnitude_histogram_figure(magnitudes, *, is_extended=None, binwidth=0.25,
     ax.set_xlabel(f"{label} (AB mag)")
     ax.set_ylabel("sources per bin")
     ax.set_title(f"{title}: {mags.size} sources, {int((~finite).sum())} without a magnitude", fontsize=10)
+    return fig
+
+
+def aperture_correction_figure(aperture_params, psf_curve=None, *, data=None, title="Aperture correction"):
+    """Encircled energy, aperture radii and corrections of a catalog, and the PSF stars.
+
+    Parameters
+    ----------
+    aperture_params : dict
+        ``meta['aperture_params']`` of a catalog (`calimage3.source_catalog`):
+        ``aperture_ee``, ``aperture_radii``, ``aperture_corrections``,
+        ``bkg_aperture_inner_radius``/``outer_radius``, ``method``,
+        ``psf_fwhm``, ``n_psf_stars``, ``note``.
+    psf_curve : dict or None
+        ``meta['psf_curve']`` (``radius``, ``ee``, ``x``, ``y``,
+        ``norm_radius``, ``outer_radius``, ``total_over_norm`` and its
+        ``_err``, ``reason``) when the curve was measured on the mosaic.
+    data : ndarray, shape (ny, nx), optional
+        The mosaic: a second panel marks the PSF stars on it.
+    title : str
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Left: the curve (fraction of the total energy against radius, pixels)
+        with each aperture's radius, energy and correction, the local
+        background annulus and the range beyond which the energy is
+        extrapolated; for APCORR values, the points ``(radius, 1 / apcorr)``.
+    """
+    ee = np.asarray(aperture_params.get("aperture_ee", []), float)
+    radii = np.asarray(aperture_params.get("aperture_radii", []), float)
+    corr = np.asarray(aperture_params.get("aperture_corrections", []), float)
+    if not (ee.size == radii.size == corr.size):
+        raise ValueError("aperture_ee, aperture_radii and aperture_corrections must have one value per aperture")
+    method = aperture_params.get("method", "?")
+    curve = psf_curve or {}
+    fig = _new_figure((11.0, 4.6) if data is not None else (7.0, 4.6))
+    ax = fig.add_subplot(1, 2 if data is not None else 1, 1)
+    r_curve = np.asarray(curve.get("radius", []), float)
+    e_curve = np.asarray(curve.get("ee", []), float)
+    r_max = max([*radii[np.isfinite(radii)] * 3.0, 5.0])
+    if r_curve.size:
+        ax.plot(r_curve, e_curve, color="k", lw=1.2, label=f"curve of growth ({len(curve.get('x', []))} stars)")
+        r_max = float(r_curve.max())
+        if np.isfinite(curve.get("norm_radius", np.nan)):
+            ax.axvspan(curve["norm_radius"], r_max, color="0.85", alpha=0.5, lw=0,
+                       label="1/r wing fit; energy beyond extrapolated")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        implied = 1.0 / corr
+    if method == "apcorr_table":
+        ax.plot(radii, implied, "s", color="tab:green", label="APCORR: radius, 1/apcorr")
+    r_in = aperture_params.get("bkg_aperture_inner_radius", np.nan)
+    r_out = aperture_params.get("bkg_aperture_outer_radius", np.nan)
+    if np.isfinite(r_in) and np.isfinite(r_out):
+        ax.axvspan(r_in, r_out, color="tab:orange", alpha=0.15, lw=0, label="local background annulus")
+        r_max = max(r_max, float(r_out) * 1.05)
+    colors = ["tab:blue", "tab:purple", "tab:red"]
+    for k, (e, r, c) in enumerate(zip(ee, radii, corr)):
+        color = colors[k % len(colors)]
+        ax.axvline(r, color=color, ls="--", lw=0.9,
+                   label=f"aper{e:g}: r = {r:.3f} pix, apcorr = {c:.4f}")
+        ax.axhline(e / 100.0, color=color, ls=":", lw=0.6)
+    ax.set_xscale("log")
+    lo = min([*radii[np.isfinite(radii) & (radii > 0)], *(r_curve[:1] if r_curve.size else [0.1])])
+    ax.set_xlim(max(lo * 0.5, 0.02), r_max)
+    ax.set_ylim(0.0, 1.05)
+    ax.set_xlabel("radius (mosaic pixels)")
+    ax.set_ylabel("fraction of the total energy")
+    fwhm = aperture_params.get("psf_fwhm", np.nan)
+    lines = [f"method: {method}" + (f", FWHM {fwhm:.2f} pix" if np.isfinite(fwhm) else "")]
+    if np.isfinite(curve.get("total_over_norm", np.nan)):
+        lines.append(f"total / EE({curve['norm_radius']:.1f} pix) = {curve['total_over_norm']:.4f}"
+                     f" +- {curve.get('total_over_norm_err', np.nan):.4f}")
+    note = aperture_params.get("note") or curve.get("reason") or ""
+    if note:
+        lines.append(note if len(note) < 90 else note[:87] + "...")
+    if method == "refused":
+        lines.append("aper_total_* are NaN")
+    ax.set_title("\n".join(lines), fontsize=8, loc="left")
+    _legend(ax, fontsize=7, loc="lower right")
+    if data is not None:
+        image = _check_image(data, "data")
+        ax2 = fig.add_subplot(1, 2, 2)
+        _show_image(ax2, image)
+        x = np.asarray(curve.get("x", []), float)
+        y = np.asarray(curve.get("y", []), float)
+        ax2.plot(x, y, "o", mfc="none", mec="tab:red", ms=9, mew=1.0, label=f"PSF stars ({x.size})")
+        ax2.set_xlabel("x (pix)")
+        ax2.set_ylabel("y (pix)")
+        ax2.set_title("stars of the curve of growth" if x.size else f"no PSF stars (method {method})", fontsize=9)
+        if x.size:
+            _legend(ax2, fontsize=8, loc="upper right")
+    fig.suptitle(title, fontsize=11)
     return fig
 
 

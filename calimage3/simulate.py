@@ -44,6 +44,7 @@ from scipy.special import erf
 from . import io
 from .dqflags import PIXEL
 from .exposure import Exposure
+from .jwst_psf import psf_stamp, render_psf_stars
 from .wcs_tools import (
     distortion_model,
     from_tangent_plane,
@@ -123,6 +124,24 @@ class SimulationSettings:
         Gap between adjacent detectors, pixels.
     seed : int
         Random seed; the same settings and seed give identical files.
+    psf : {'gaussian', 'jwst'}
+        PSF of stars and galaxies: a Gaussian of ``psf_fwhm``, or the
+        diffraction PSF of a JWST-like pupil in ``psf_filter``
+        (`calimage3.jwst_psf.psf_stamp`; its pixel-integrated FWHM then
+        replaces ``psf_filter``, e.g. about 1.1 px for F090W at 0.031
+        arcsec/px, 2.4 px for F444W at 0.063 arcsec/px).
+    psf_filter : str
+        Filter of the ``'jwst'`` PSF (`calimage3.jwst_psf.FILTERS`); also
+        the FILTER keyword of the files when ``psf='jwst'``.
+    saturation : float or None
+        Saturation level, MJy/sr: pixels whose noiseless sky plus sources
+        exceed it are NaN in SCI/ERR/VAR_* with DQ ``SATURATED |
+        DO_NOT_USE`` (as jwst >= 1.13 writes saturated cores).  None: no
+        saturation.
+    n_saturated : int
+        Extra stars bright enough to saturate (peak 3-100 times
+        ``saturation``); needs ``saturation``.  Drawn with their own random
+        stream, so the rest of the set is that of the same seed.
     """
 
     def __init__(
@@ -151,6 +170,10 @@ class SimulationSettings:
         detectors=1,
         detector_gap=40.0,
         seed=1,
+        psf="gaussian",
+        psf_filter="F200W",
+        saturation=None,
+        n_saturated=0,
     ):
         if int(n_exposures) < 1:
             raise ValueError(f"n_exposures must be at least 1, got {n_exposures}")
@@ -184,6 +207,107 @@ class SimulationSettings:
         self.target_rate = tuple(float(r) for r in target_rate)
         self.target_snr = float(target_snr)
         self.seed = int(seed)
+        _set_psf_settings(self, psf, psf_filter, saturation, n_saturated)
+
+
+
+# --------------------------------------------------------------------------
+# JWST-like PSF and saturation (options of SimulationSettings)
+# --------------------------------------------------------------------------
+
+
+def _set_psf_settings(settings, psf, psf_filter, saturation, n_saturated):
+    """Validate and store the PSF and saturation options; for ``psf='jwst'`` build the stamp."""
+    if psf not in ("gaussian", "jwst"):
+        raise ValueError(f"psf must be 'gaussian' or 'jwst', got {psf!r}")
+    if saturation is not None and not (np.isfinite(saturation) and saturation > 0):
+        raise ValueError(f"saturation must be a positive number of MJy/sr or None, got {saturation!r}")
+    if int(n_saturated) != n_saturated or n_saturated < 0:
+        raise ValueError(f"n_saturated must be a non-negative integer, got {n_saturated!r}")
+    if n_saturated and saturation is None:
+        raise ValueError("n_saturated needs a saturation level")
+    settings.psf = psf
+    settings.psf_filter = str(psf_filter)
+    settings.saturation = None if saturation is None else float(saturation)
+    settings.n_saturated = int(n_saturated)
+    settings.psf_stamp = None
+    if psf == "jwst":
+        settings.psf_stamp = psf_stamp(settings.psf_filter, pixel_scale=settings.pixel_scale)
+        settings.psf_fwhm = settings.psf_stamp.fwhm
+
+
+def _draw_stars(settings, image, x, y, flux_sb_pix):
+    """Add stars with the settings' PSF (Gaussian or JWST-like) to ``image``."""
+    if settings.psf_stamp is not None:
+        render_psf_stars(image, x, y, flux_sb_pix, settings.psf_stamp)
+    else:
+        _render_stars(image, x, y, flux_sb_pix, settings.psf_fwhm / 2.3548)
+
+
+def _peak_fraction(settings):
+    """Largest fraction of a star's flux in one pixel (star centred on a pixel)."""
+    if settings.psf_stamp is not None:
+        return float(settings.psf_stamp.image.max())
+    sigma = settings.psf_fwhm / 2.3548
+    return float(erf(0.5 / (np.sqrt(2.0) * sigma)) ** 2)
+
+
+def _add_saturated_stars(settings, sources, field_half_deg):
+    """``sources`` with ``n_saturated`` bright stars appended (own random stream)."""
+    if settings.n_saturated == 0:
+        return sources
+    rng = np.random.default_rng([settings.seed, 7919])
+    n = settings.n_saturated
+    xi = rng.uniform(-field_half_deg, field_half_deg, n)
+    eta = rng.uniform(-field_half_deg, field_half_deg, n)
+    ra, dec = from_tangent_plane(xi, eta, *settings.crval)
+    pix_sr = (settings.pixel_scale / 206264.806) ** 2
+    peak_sb = settings.saturation * 10 ** rng.uniform(np.log10(3.0), 2.0, n)
+    flux = peak_sb / _peak_fraction(settings) * pix_sr * 1e6  # Jy
+    extra = Table()
+    extra["id"] = np.arange(len(sources) + 1, len(sources) + n + 1)
+    extra["type"] = np.array(["star"] * n)
+    extra["ra"], extra["dec"] = ra, dec
+    extra["flux"] = flux
+    extra["r_eff"] = np.zeros(n)
+    extra["sersic_n"] = np.zeros(n)
+    extra["axis_ratio"] = np.ones(n)
+    extra["theta"] = np.zeros(n)
+    extra["snr"] = flux / _point_source_sigma_jy(settings)
+    from astropy.table import vstack
+
+    out = vstack([sources, extra])
+    for name in ("flux", "r_eff", "theta"):
+        out[name].unit = sources[name].unit
+    return out
+
+
+def _psf_galaxy_stamp(r_eff_pix, n, q, theta_pix_deg, stamp, oversample=5):
+    """Unit-flux Sersic galaxy convolved with the JWST-like PSF (pixel-sampled), odd stamp."""
+    from scipy.signal import fftconvolve
+
+    half = int(np.ceil(5 * r_eff_pix)) + stamp.half_size + 1
+    size = 2 * half + 1
+    fine = np.arange(size * oversample) / oversample - half + (0.5 / oversample - 0.5)
+    fx, fy = np.meshgrid(fine, fine)
+    model = Sersic2D(amplitude=1.0, r_eff=r_eff_pix, n=n, x_0=0.0, y_0=0.0, ellip=1 - q,
+                     theta=np.deg2rad(theta_pix_deg))
+    image = model(fx, fy).reshape(size, oversample, size, oversample).mean(axis=(1, 3))
+    o = stamp.oversample
+    c = (stamp.image.shape[0] - 1) // 2
+    psf = stamp.image[c % o::o, c % o::o]  # the pixel-integrated PSF at whole-pixel offsets
+    image = fftconvolve(image, psf / psf.sum(), mode="same")
+    image = np.clip(image, 0.0, None)
+    return image / image.sum(), half
+
+
+def _saturate(settings, model_sb, dq):
+    """Flag (SATURATED | DO_NOT_USE) pixels whose noiseless surface brightness exceeds saturation."""
+    if settings.saturation is None:
+        return np.zeros(model_sb.shape, dtype=bool)
+    saturated = model_sb > settings.saturation
+    dq[saturated] |= PIXEL["SATURATED"] | PIXEL["DO_NOT_USE"]
+    return saturated
 
 
 def _distortion(shape):
@@ -515,6 +639,8 @@ def simulate_dither(output_dir, settings=None, **kwargs):
     if settings.detectors > 1:
         extent += max(abs(v) for v in det_dx) * scale_deg
     sources = _make_sources(settings, rng, extent)
+    sources = _add_saturated_stars(settings, sources, extent)
+    star_saturated = np.zeros(len(sources), dtype=bool)
     if settings.moving_target:
         mt_ra, mt_dec = _moving_target_track(settings, sources, len(offsets), errors[0]["crval"])
         mt_flux = settings.target_snr * _point_source_sigma_jy(settings)
@@ -522,6 +648,9 @@ def simulate_dither(output_dir, settings=None, **kwargs):
     stamps = [
         _galaxy_stamp(row["r_eff"] / settings.pixel_scale, row["sersic_n"], row["axis_ratio"],
                       row["theta"] - settings.position_angle, psf_sigma)
+        if settings.psf_stamp is None else
+        _psf_galaxy_stamp(row["r_eff"] / settings.pixel_scale, row["sersic_n"], row["axis_ratio"],
+                          row["theta"] - settings.position_angle, settings.psf_stamp)
         for row in sources[sources["type"] == "galaxy"]
     ]
     pix_sr = scale_deg**2 * (np.pi / 180.0) ** 2
@@ -536,12 +665,12 @@ def simulate_dither(output_dir, settings=None, **kwargs):
         x, y = wcs.backward_transform(sources["ra"], sources["dec"])
         flux_sb_pix = np.asarray(sources["flux"]) * 1e-6 / pix_sr  # MJy/sr * pixel
         is_star = np.asarray(sources["type"] == "star")
-        _render_stars(image, x[is_star], y[is_star], flux_sb_pix[is_star], psf_sigma)
+        _draw_stars(settings, image, x[is_star], y[is_star], flux_sb_pix[is_star])
         _render_galaxies(image, x[~is_star], y[~is_star], flux_sb_pix[~is_star], stamps)
         if settings.moving_target:
             # The target at this exposure's mid time, a star-like PSF.
             tx, ty = wcs.backward_transform(mt_ra[i], mt_dec[i])
-            _render_stars(image, [tx], [ty], [mt_flux * 1e-6 / pix_sr], psf_sigma)
+            _draw_stars(settings, image, [tx], [ty], [mt_flux * 1e-6 / pix_sr])
             mt_rows.append((root, float(_exposure_mid(settings, i)), float(mt_ra[i]), float(mt_dec[i]),
                             float(tx), float(ty), float(mt_flux)))
         # Flux per pixel -> surface brightness on the true pixel solid angle.
@@ -573,6 +702,11 @@ def simulate_dither(output_dir, settings=None, **kwargs):
         bx = rng.integers(REF_BORDER, nx - REF_BORDER, n_bad)
         by = rng.integers(REF_BORDER, ny - REF_BORDER, n_bad)
         dq[by, bx] |= PIXEL["DEAD"] | PIXEL["DO_NOT_USE"]
+        saturated = _saturate(settings, image + level, dq)
+        if saturated.any():
+            ix, iy = np.round(x).astype(int), np.round(y).astype(int)
+            on = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
+            star_saturated[on] |= saturated[iy[on], ix[on]]
         err = np.sqrt(var_poisson + var_rnoise + var_flat)
         bad = (dq & PIXEL["DO_NOT_USE"]) > 0
         # Real _cal files carry NaN wherever DO_NOT_USE is set.
@@ -582,7 +716,7 @@ def simulate_dither(output_dir, settings=None, **kwargs):
         exp_start = _exposure_start(settings, i)
         meta = {
             "TELESCOP": "JWST", "INSTRUME": "NIRCAM", "DETECTOR": detector, "MODULE": "B",
-            "CHANNEL": "SHORT", "FILTER": "F200W", "PUPIL": "CLEAR", "EXP_TYPE": "NRC_IMAGE",
+            "CHANNEL": "SHORT", "FILTER": settings.psf_filter if settings.psf == "jwst" else "F200W", "PUPIL": "CLEAR", "EXP_TYPE": "NRC_IMAGE",
             "DATAMODL": "ImageModel", "PROGRAM": program, "OBSERVTN": "001", "VISIT": "001",
             "VISITGRP": "01", "SEQ_ID": "1", "ACT_ID": "01", "EXPOSURE": f"{i + 1:05d}",
             "OBS_ID": f"V{program}001001P0000000001101",
@@ -623,6 +757,8 @@ def simulate_dither(output_dir, settings=None, **kwargs):
     }
     asn_path = out / f"jw{program}-o001_20231218t000000_image3_00001_asn.json"
     asn_path.write_text(json.dumps(asn, indent=2) + "\n")
+    if settings.saturation is not None:  # only then, so the default truth is unchanged
+        sources["saturated"] = star_saturated & np.asarray(sources["type"] == "star")
     io.write_table(truth_dir / "sources.ecsv", sources)
     io.write_table(truth_dir / "outliers.ecsv", Table(rows=outlier_rows, names=("exposure", "kind", "x", "y")) if outlier_rows
                    else Table(names=("exposure", "kind", "x", "y"), dtype=(str, str, int, int)))
@@ -632,6 +768,11 @@ def simulate_dither(output_dir, settings=None, **kwargs):
         "point_source_sigma_jy": float(_point_source_sigma_jy(settings)), "shape": list(settings.shape),
         "seed": settings.seed, "exposures": exposures_truth,
     }
+    if settings.psf == "jwst":
+        truth["psf"] = {"model": "jwst", "filter": settings.psf_filter,
+                        "fwhm_pix": float(settings.psf_fwhm)}
+    if settings.saturation is not None:
+        truth["saturation"] = settings.saturation
     if settings.moving_target:
         # Only with a moving target, so the default truth files are unchanged.
         truth["moving_target"] = _moving_target_truth(settings, mt_ra, mt_dec, mt_flux)
@@ -653,10 +794,19 @@ def main(argv=None):
                         help="moving-target rate on the sky, arcsec/hour (default: 0.35 0.35)")
     parser.add_argument("--detectors", type=int, default=1,
                         help="detectors per exposure, side by side, sharing one pointing error")
+    parser.add_argument("--psf", choices=("gaussian", "jwst"), default="gaussian",
+                        help="star PSF: Gaussian, or the diffraction PSF of a JWST-like pupil")
+    parser.add_argument("--psf-filter", default="F200W", help="filter of the jwst PSF (default: F200W)")
+    parser.add_argument("--pixel-scale", type=float, default=0.031, help="arcsec per pixel (default: 0.031)")
+    parser.add_argument("--saturation", type=float, default=None,
+                        help="saturation level, MJy/sr: brighter pixels are NaN with DQ SATURATED|DO_NOT_USE")
+    parser.add_argument("--n-saturated", type=int, default=0, help="extra stars that saturate")
     args = parser.parse_args(argv)
     result = simulate_dither(args.output_dir, n_exposures=args.n_exposures, shape=(args.size, args.size),
                              seed=args.seed, moving_target=args.moving_target, target_rate=args.target_rate,
-                             detectors=args.detectors)
+                             detectors=args.detectors, psf=args.psf, psf_filter=args.psf_filter,
+                             pixel_scale=args.pixel_scale, saturation=args.saturation,
+                             n_saturated=args.n_saturated)
     print(f"wrote {len(result['cal'])} exposures and {result['asn']}")
     return 0
 

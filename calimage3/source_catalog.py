@@ -29,21 +29,42 @@ The stages follow the JWST ``SourceCatalogStep`` on an ``_i2d`` product:
 
 Fluxes are in Jy: the MJy/sr surface brightness times ``1e6 * pixar_sr``.
 
-Aperture radii without CRDS
----------------------------
-JWST takes the aperture radii and corrections from the APCORR reference file
-(a model PSF's encircled-energy curve).  Without it, this module, in order
-of preference, uses: an explicit ``apcorr_table`` with the APCORR columns;
-an explicit Gaussian ``psf_fwhm``; or the encircled-energy curve measured
-on the mosaic itself (`encircled_energy_radii`) from bright, isolated,
-compact sources (`select_psf_stars`), normalised at ``3 x FWHM`` with the
-local background taken between 3 and 5 FWHM; with fewer than
-``min_psf_stars`` usable stars it falls back to a Gaussian PSF of FWHM
-``kernel_fwhm``.  The aperture correction of each aperture is then
-``100 / ee``.  The measured curve cannot see the PSF energy outside the
-normalisation radius, so for a real JWST PSF (a few per cent of the energy
-in far wings) ``aper_total_flux`` is the flux within that radius, not the
-flux to infinity.  ``meta['aperture_params']`` records what was used.
+Aperture radii and corrections
+------------------------------
+As in JWST, from the APCORR reference file when the user gives one
+(``override_apcorr``; rows chosen by `calimage3.reference_data`:
+``apcorr_table``, radii divided by ``pixel_scale_ratio``).  Without it:
+an explicit Gaussian ``psf_fwhm``, or, by default, the encircled-energy
+curve of the mosaic's own bright, isolated, unsaturated point sources
+(`psf_encircled_energy`), built to be right for real JWST PSFs --
+undersampled, spiky, with far wings and saturated (NaN) cores:
+
+* the FWHM comes from the stars' pixel values against their distance to the
+  centroid, which samples the pixel-integrated PSF at all pixel phases
+  (`pixel_profile_fwhm`), not from segment moments (which the wings and
+  spikes inflate) nor from the half-light radius of a truncated curve;
+* stars with a masked pixel (a saturated NaN core) within 3 FWHM, off the
+  concentration locus (blends, galaxies, cratered saturated stars) or under
+  the wings of bright neighbours (`_neighbour_light`) are left out;
+* the curves of growth reach 8 FWHM (at least 12 pixels); each star's
+  residual background is removed; the energy beyond is extrapolated with
+  the ``1 / r`` deficit of a diffraction wing (`_fit_limit`), so the
+  correction is to the total flux, not to the flux within a radius;
+* the corrections are measured as the catalog measures fluxes (the local
+  background annulus sits on the PSF wings), and the bootstrap uncertainty
+  of the total is recorded.
+
+With too few such stars, or a total uncertain by more than 5 %, no
+correction is made up: ``aper_total_*`` are NaN and
+``meta['aperture_params']['method']`` is ``'refused'`` with the reason in
+``note``.  ``meta['psf_curve']`` holds the curve and the stars used.
+
+(The earlier self-calibration normalised the curve at 3x an FWHM that it
+took from the half-light radius of that same truncated curve, with the
+local background from 3-5 FWHM: on a spiky, undersampled JWST PSF the
+normalisation radius shrank with each pass, the wings and spikes beyond it
+and in the annulus were lost, and ``100 / ee`` was applied as if the curve
+held all the energy -- radii and totals far too small.)
 """
 
 import logging
@@ -65,10 +86,14 @@ from scipy import ndimage
 from scipy.spatial import KDTree
 
 from .background import background_images
+from .reference_data import apcorr_aperture_params
 
 __all__ = [
     "ApertureParams",
     "EncircledEnergy",
+    "PsfCurve",
+    "psf_encircled_energy",
+    "pixel_profile_fwhm",
     "make_source_catalog",
     "detect_segments",
     "smooth",
@@ -100,6 +125,28 @@ _PSF_STAR_MIN_SNR = 30.0
 _PSF_LOCUS_TOL = 0.12
 # At most this many (the most significant) stars enter the curve of growth.
 _MAX_PSF_STARS = 100
+# Curves of growth of the mosaic's stars reach max(15, 12 FWHM) pixels, at
+# most 60; a PSF star has no other source brighter than this fraction of
+# its flux within that radius.
+_OUTER_RADIUS_FWHM = 8.0
+_MIN_OUTER_RADIUS = 12.0
+_MAX_OUTER_RADIUS = 60.0
+_NEIGHBOUR_LIGHT = 0.01
+# A PSF star's core pixels keep at least this fraction of the drizzle weight
+# around it (no outlier-flagged or saturated pixels in the core).
+_MIN_CORE_WEIGHT = 0.75
+# Bootstrap resamplings of the PSF stars, and the largest relative
+# uncertainty of the extrapolated total flux that is accepted.
+_N_BOOTSTRAP = 100
+_MAX_LIMIT_ERROR = 0.05
+# Flux of a source next to pixels without coverage (a saturated star: its
+# segment misses the core) counts this many times in `_neighbour_light`.
+_SATURATED_FLUX_FACTOR = 3.0
+# The residual background of a PSF star comes from its curve of growth
+# between this fraction of the outer radius and the outer radius.
+_BKG_FROM_OUTER = 0.6
+# Fractional half-width of the stellar locus in concentration.
+_CONCENTRATION_TOL = 0.06
 
 
 class ApertureParams(NamedTuple):
@@ -117,9 +164,11 @@ class ApertureParams(NamedTuple):
     bkg_aperture_inner_radius, bkg_aperture_outer_radius : float
         Radii of the local-background annulus, mosaic pixels.
     method : str
-        ``'apcorr_table'``, ``'psf_fwhm'`` (Gaussian of the given FWHM),
-        ``'psf_stars'`` (curve of growth measured on the mosaic) or
-        ``'kernel_fwhm'`` (Gaussian fallback of FWHM ``kernel_fwhm``).
+        ``'apcorr_table'`` (an APCORR reference file), ``'psf_fwhm'``
+        (Gaussian of the given FWHM), ``'psf_stars'`` (curve of growth
+        measured on the mosaic's stars, `psf_encircled_energy`) or
+        ``'refused'`` (too few usable stars: radii of a Gaussian of FWHM
+        ``kernel_fwhm``, corrections NaN, so ``aper_total_flux`` is NaN).
     psf_fwhm : float
         FWHM (pixels) of the PSF behind the radii: the Gaussian FWHM for
         ``'psf_fwhm'``/``'kernel_fwhm'``; for ``'psf_stars'`` the FWHM that
@@ -128,6 +177,9 @@ class ApertureParams(NamedTuple):
     n_psf_stars : int
         Number of stars whose curves of growth were combined (0 unless
         ``method == 'psf_stars'``).
+    note : str
+        Where the values come from (the APCORR file and rows) or why no
+        correction could be measured.
     """
 
     aperture_ee: np.ndarray
@@ -138,6 +190,7 @@ class ApertureParams(NamedTuple):
     method: str
     psf_fwhm: float
     n_psf_stars: int
+    note: str = ""
 
     def as_dict(self):
         """Plain-``dict`` form (lists and floats) for table metadata."""
@@ -756,27 +809,13 @@ def select_psf_stars(fwhm, snr, nn_dist, *, min_snr=_PSF_STAR_MIN_SNR, tol=_PSF_
     return stars, float(np.exp(centre))
 
 
-def _apcorr_from_table(table, aperture_ee):
-    """Rows of an APCORR-like table (eefraction, radius, apcorr[, skyin, skyout])."""
-    for col in ("eefraction", "radius", "apcorr"):
-        if col not in table.colnames:
-            raise ValueError(f"apcorr_table lacks the column {col!r}")
-    pct = np.round(np.asarray(table["eefraction"], dtype=float) * 100).astype(int)
-    rows = []
-    for ee in aperture_ee:
-        idx = np.flatnonzero(pct == ee)
-        if idx.size != 1:
-            raise ValueError(f"apcorr_table must hold exactly one row for eefraction {ee / 100}")
-        rows.append(idx[0])
-    radii = np.asarray(table["radius"], dtype=float)[rows]
-    apcorr = np.asarray(table["apcorr"], dtype=float)[rows]
-    if "skyin" in table.colnames and "skyout" in table.colnames:
-        r_in = float(np.asarray(table["skyin"], dtype=float)[rows[0]])
-        r_out = float(np.asarray(table["skyout"], dtype=float)[rows[0]])
-    else:
-        r_in = 2.0 * radii[-1]
-        r_out = r_in + max(_MIN_ANNULUS_WIDTH, radii[-1])
-    return ApertureParams(aperture_ee, radii, apcorr, r_in, r_out, "apcorr_table", np.nan, 0)
+def _apcorr_from_table(table, aperture_ee, pixel_scale_ratio=1.0, source="apcorr_table"):
+    """Aperture parameters from APCORR rows of one configuration (`calimage3.reference_data`)."""
+    radii, apcorr, r_in, r_out, note = apcorr_aperture_params(table, aperture_ee, pixel_scale_ratio)
+    note = "; ".join(p for p in (source, f"pixel_scale_ratio {pixel_scale_ratio:g}", note) if p)
+    log.info("Aperture radii %s pix and corrections %s from %s", np.round(radii, 3).tolist(),
+             np.round(apcorr, 4).tolist(), note)
+    return ApertureParams(aperture_ee, radii, apcorr, r_in, r_out, "apcorr_table", np.nan, 0, note)
 
 
 def _gaussian_params(fwhm, aperture_ee, method):
@@ -788,62 +827,528 @@ def _gaussian_params(fwhm, aperture_ee, method):
     )
 
 
-def _self_calibrated_params(data, mask, cat_fwhm, snr, xy, nn_dist, aperture_ee, kernel_fwhm,
-                            min_psf_stars):
-    """Aperture parameters from the curve of growth of the mosaic's own stars.
+def _touches(segm_data, mask, labels):
+    """(n,) bool: segment ``labels[k]`` has a pixel next to a ``mask`` pixel (a saturated core)."""
+    if not mask.any():
+        return np.zeros(labels.size, dtype=bool)
+    ring = ndimage.binary_dilation(mask, iterations=2) & ~mask
+    hit = np.unique(segm_data[ring])
+    return np.isin(labels, hit[hit > 0])
 
-    The stellar locus comes from the moment FWHM on the convolved image
-    (`select_psf_stars`); of the locus stars whose normalisation aperture
-    lies inside the image and that have no detected neighbour within the
-    background annulus, the ``_MAX_PSF_STARS`` most significant are used.
-    The locus FWHM, with the kernel removed in quadrature,
-    sets a first normalisation radius.  Moments inside a thresholded
-    segment underestimate the width, so the curve is measured twice: the
-    second time with ``FWHM = 2 x`` the half-light radius of the first
-    curve (exact for a Gaussian).
+
+def _curve_meta(curve):
+    """The measured PSF curve as plain lists for the catalog's meta (and the QA figure)."""
+    def plain(values, digits=5):
+        return [float(f"{v:.{digits}g}") for v in np.asarray(values, dtype=float).ravel()]
+
+    return {
+        "radius": plain(curve.radius_grid), "ee": plain(curve.ee),
+        "fwhm": float(curve.fwhm), "norm_radius": float(curve.norm_radius),
+        "outer_radius": float(curve.outer_radius), "total_over_norm": float(curve.total_over_norm),
+        "total_over_norm_err": float(curve.total_over_norm_err),
+        "x": plain(curve.xy[:, 0], 7), "y": plain(curve.xy[:, 1], 7), "reason": curve.reason,
+    }
+
+
+def _neighbour_light(xy, flux, idx, radius, fwhm, saturated=None):
+    """Light of the other sources that would bias the curve of growth of each source ``idx``.
+
+    A neighbour at distance ``d`` beyond the outer radius ``R`` lays a
+    diffraction wing of surface brightness ``A F / (2 pi d**3)`` over the
+    star (``1 - EE(r) = A / r``, ``A = 0.25 FWHM`` for a JWST-like PSF).  Its
+    mean and gradient cancel in the star's local background and circular
+    apertures; its curvature does not and adds about ``(9/16) A R**4 / d**5``
+    of its flux within ``R``.  A neighbour within ``R`` counts with half its
+    flux.  Sources with a not-finite flux, and
+    ``saturated`` ones (times `_SATURATED_FLUX_FACTOR`), count as bright.
+
+    Returns
+    -------
+    ndarray, shape (len(idx),)
+        In the units of ``flux``.
     """
-    ny, nx = data.shape
-    locus, locus_fwhm = select_psf_stars(cat_fwhm, snr, nn_dist)
-    x, y = xy[:, 0], xy[:, 1]
-    best = None  # (curve result, FWHM, normalisation radius, annulus outer radius)
-    if locus.sum() >= min_psf_stars:
-        psf_fwhm = float(np.sqrt(max(locus_fwhm**2 - kernel_fwhm**2, 1.0)))
-        for _ in range(2):
-            norm_radius = _NORM_RADIUS_FWHM * psf_fwhm
-            r_out = max(_BKG_OUTER_FWHM * psf_fwhm, norm_radius + _MIN_ANNULUS_WIDTH)
-            inside = (x - norm_radius >= 0) & (x + norm_radius <= nx - 1)
-            inside &= (y - norm_radius >= 0) & (y + norm_radius <= ny - 1)
-            stars = locus & inside & (nn_dist >= r_out)
-            if stars.sum() > _MAX_PSF_STARS:
-                order = np.argsort(np.where(stars, -snr, np.inf))
-                stars = np.zeros_like(stars)
-                stars[order[:_MAX_PSF_STARS]] = True
-            if stars.sum() < min_psf_stars:
-                break
-            # The curve only as far as the radii and the half-light radius need.
-            eec = _encircled_energy(
-                data, xy[stars], aperture_ee, norm_radius=norm_radius, bkg_inner=norm_radius,
-                bkg_outer=r_out, mask=mask, upto=0.5,
-            )
-            if eec.n_stars < min_psf_stars or not np.all(np.isfinite(eec.radii)):
-                break
-            best = (eec, psf_fwhm, norm_radius, r_out)
-            psf_fwhm = 2.0 * _radius_at(eec.curve, eec.radius_grid, 0.5)
-    if best is not None:
-        eec, psf_fwhm, norm_radius, r_out = best
-        log.info(
-            "Aperture radii %s pix from the curve of growth of %d stars (FWHM %.2f pix)",
-            np.round(eec.radii, 3), eec.n_stars, psf_fwhm,
+    lit = np.where(np.isfinite(flux), flux, np.nanmax(np.where(np.isfinite(flux), flux, 0.0)))
+    if saturated is not None:
+        lit = np.where(saturated, lit * _SATURATED_FLUX_FACTOR, lit)
+    ok = np.all(np.isfinite(xy), axis=1)
+    wing = 0.25 * fwhm
+    out = np.zeros(len(idx))
+    for start in range(0, len(idx), 256):  # bounded memory on large mosaics
+        rows = np.asarray(idx[start:start + 256])
+        d = np.hypot(xy[rows, 0][:, None] - xy[ok, 0][None, :], xy[rows, 1][:, None] - xy[ok, 1][None, :])
+        with np.errstate(divide="ignore", over="ignore"):
+            # Beyond the circle: the curvature of the neighbour's wing (a
+            # constant and a gradient cancel in the star's background and its
+            # circular apertures): (9/16) A R**4 / d**5.  Inside: half its light.
+            share = np.where(d > radius, np.minimum(0.5, 9.0 / 16.0 * wing * radius**4 / d**5), 0.5)
+        share[d == 0] = 0.0  # the star itself
+        out[start:start + len(rows)] = share @ lit[ok]
+    return out
+
+
+def _full_weight_cores(wht, xy, fwhm):
+    """(n,) bool: no pixel within ``1.5 FWHM`` of the centroid has less than ``_MIN_CORE_WEIGHT`` of the
+    median drizzle weight between 3 and 5 FWHM.
+
+    A star whose core pixels were flagged in some exposures (outliers, or the
+    edge of a saturated core) has a dip in the mosaic's weight there and a
+    core that no longer has the PSF's shape.
+    """
+    half = int(np.ceil(5.0 * fwhm)) + 1
+    cut = _cutouts(np.asarray(wht, dtype=float), xy, 2 * half + 1)
+    off = np.arange(-half, half + 1)
+    dx = (np.round(xy[:, 0]) - xy[:, 0])[:, None, None] + off[None, None, :]
+    dy = (np.round(xy[:, 1]) - xy[:, 1])[:, None, None] + off[None, :, None]
+    d = np.hypot(dx, dy)
+    core = d <= max(1.5 * fwhm, 1.5)
+    ring = (d >= 3.0 * fwhm) & (d <= 5.0 * fwhm)
+    ok = np.zeros(xy.shape[0], dtype=bool)
+    for i in range(xy.shape[0]):
+        ref = np.median(cut[i][ring[i]])
+        ok[i] = ref > 0 and np.min(cut[i][core[i]]) >= _MIN_CORE_WEIGHT * ref
+    return ok
+
+
+def _self_calibrated_params(data, mask, cat_fwhm, snr, flux, xy, noise, aperture_ee, kernel_fwhm,
+                            min_psf_stars, near_hole=None, wht=None):
+    """Aperture parameters from the mosaic's own bright, isolated, unsaturated point sources.
+
+    Candidates: sources of significance >= ``_PSF_STAR_MIN_SNR``; the
+    FWHM from the pixel profile (`pixel_profile_fwhm`) of the more compact
+    half by segment moments; those whose neighbours' light
+    (`_neighbour_light`, ``near_hole`` marking saturated ones) stays below
+    ``_NEIGHBOUR_LIGHT`` of their flux, and (with ``wht``) whose core has
+    its full drizzle weight (`_full_weight_cores`), brightest first.  The stellar locus
+    in concentration is picked in `psf_encircled_energy`.
+    `psf_encircled_energy` measures the curve and the corrections, or says
+    why it cannot; then the corrections are NaN (``method='refused'``: the
+    radii are those of a Gaussian of FWHM ``kernel_fwhm``, and
+    ``aper_total_flux`` is NaN) rather than a guess.
+
+    Returns
+    -------
+    params : ApertureParams
+    curve : PsfCurve
+    """
+    cand = (np.all(np.isfinite(xy), axis=1) & np.isfinite(flux) & (flux > 0)
+            & (np.nan_to_num(snr, nan=0.0) >= _PSF_STAR_MIN_SNR) & np.isfinite(cat_fwhm))
+    if near_hole is not None:
+        cand &= ~near_hole  # saturated (NaN core) or at a coverage edge
+    idx = np.flatnonzero(cand)
+    fwhm = np.nan
+    if idx.size:
+        # The compact half by moments (mostly stars) gives the FWHM; moments
+        # of a spiky PSF overestimate it, so it only sets the window.
+        compact = idx[cat_fwhm[idx] <= np.median(cat_fwhm[idx])]
+        compact = compact[np.argsort(-snr[compact])][:_MAX_PSF_STARS]
+        window = float(np.sqrt(max(np.median(cat_fwhm[compact]) ** 2 - kernel_fwhm**2, 1.0)))
+        fwhm = pixel_profile_fwhm(data, xy[compact], flux[compact], max(window, 2.0))
+    if np.isfinite(fwhm) and idx.size:
+        outer = float(np.clip(_OUTER_RADIUS_FWHM * fwhm, _MIN_OUTER_RADIUS, _MAX_OUTER_RADIUS))
+        # Isolation: the light of all other sources within the outer radius
+        # (`_neighbour_light`) must stay below _NEIGHBOUR_LIGHT of the star's.
+        light = _neighbour_light(xy, flux, idx, outer, fwhm, saturated=near_hole)
+        idx = idx[light < _NEIGHBOUR_LIGHT * flux[idx]]
+        if wht is not None and idx.size:
+            idx = idx[_full_weight_cores(wht, xy[idx], fwhm)]
+        idx = idx[np.argsort(-snr[idx])]
+    else:
+        idx = idx[:0]
+    curve = psf_encircled_energy(data, xy[idx], flux[idx], noise[idx], aperture_ee,
+                                 fwhm=fwhm, mask=mask, min_stars=min_psf_stars)
+    if curve.reason:
+        log.warning(
+            "No aperture correction: %s (bright, isolated, unsaturated point sources). "
+            "aper_total_* are NaN; the apertures are those of a Gaussian of FWHM kernel_fwhm=%s "
+            "pix. Give override_apcorr (an APCORR reference file) for real corrections.",
+            curve.reason, kernel_fwhm,
         )
-        return ApertureParams(
-            aperture_ee, eec.radii, 100.0 / aperture_ee, norm_radius, r_out,
-            "psf_stars", float(psf_fwhm), eec.n_stars,
-        )
-    log.warning(
-        "Fewer than %d bright isolated point sources: aperture radii from a Gaussian PSF "
-        "of FWHM kernel_fwhm=%s pix", min_psf_stars, kernel_fwhm,
+        radii = gaussian_ee_radii(kernel_fwhm, aperture_ee)
+        r_in = _NORM_RADIUS_FWHM * kernel_fwhm
+        r_out = max(_BKG_OUTER_FWHM * kernel_fwhm, r_in + _MIN_ANNULUS_WIDTH)
+        params = ApertureParams(aperture_ee, radii, np.full(3, np.nan), r_in, r_out, "refused",
+                                float(curve.fwhm), 0, curve.reason)
+        return params, curve
+    log.info(
+        "Aperture radii %s pix and corrections %s from the curves of growth of %d stars "
+        "(FWHM %.2f pix)", np.round(curve.radii, 3).tolist(), np.round(curve.corrections, 4).tolist(),
+        curve.xy.shape[0], curve.fwhm,
     )
-    return _gaussian_params(kernel_fwhm, aperture_ee, "kernel_fwhm")
+    params = ApertureParams(aperture_ee, curve.radii, curve.corrections, curve.bkg_inner,
+                            curve.bkg_outer, "psf_stars", float(curve.fwhm), int(curve.xy.shape[0]), "")
+    return params, curve
+
+
+# --------------------------------------------------------------------------
+# Aperture corrections measured on the mosaic's own stars
+# --------------------------------------------------------------------------
+
+
+class PsfCurve(NamedTuple):
+    """Encircled-energy curve of the mosaic's point sources and the corrections it gives.
+
+    Attributes
+    ----------
+    radius_grid : ndarray, shape (n_r,)
+        Radii (pixels) of the curve.
+    ee : ndarray, shape (n_r,)
+        Fraction of the total energy within each radius (the stacked curve
+        of growth divided by its extrapolated limit).
+    total_over_norm : float
+        Total energy over the energy within ``norm_radius``.
+    total_over_norm_err : float
+        Its 1-sigma uncertainty (bootstrap over the stars).
+    norm_radius, outer_radius : float
+        Normalisation radius and outermost radius of the curve, pixels.
+    fwhm : float
+        FWHM of the pixel-integrated PSF (pixels), from the pixel values
+        of the stars against their distance to the centroid.
+    radii, corrections : ndarray, shape (3,)
+        Aperture radii (pixels) and aperture corrections (total flux over
+        the background-subtracted aperture flux, as the catalog measures it).
+    bkg_inner, bkg_outer : float
+        Local-background annulus, pixels.
+    xy : ndarray, shape (n_stars, 2)
+        Centroids of the stars used.
+    reason : str
+        Empty when the curve is usable; else why not.
+    """
+
+    radius_grid: np.ndarray
+    ee: np.ndarray
+    total_over_norm: float
+    total_over_norm_err: float
+    norm_radius: float
+    outer_radius: float
+    fwhm: float
+    radii: np.ndarray
+    corrections: np.ndarray
+    bkg_inner: float
+    bkg_outer: float
+    xy: np.ndarray
+    reason: str
+
+
+def pixel_profile_fwhm(data, xy, norm, guess):
+    """FWHM (pixels) of the pixel-integrated PSF from the pixels of many stars.
+
+    Each star's pixel values, divided by its flux ``norm``, against their
+    distance from its centroid sample the pixel-integrated profile at all
+    pixel phases (an undersampled PSF included); the median profile in
+    0.1-pixel bins (``guess / 10`` if smaller), its peak from a parabola
+    through the bins within ``guess / 2``, falls to half at ``FWHM / 2``.
+    Not-finite pixels (a saturated core) are left out.
+
+    Parameters
+    ----------
+    data : ndarray, shape (ny, nx)
+        Background-subtracted image.
+    xy : ndarray, shape (n, 2)
+        Star centroids, pixels.
+    norm : ndarray, shape (n,)
+        Star fluxes (any common scale).
+    guess : float
+        An FWHM estimate that may be too large (pixels): the profile is
+        measured out to ``3 x guess``.
+
+    Returns
+    -------
+    float
+        NaN when fewer than 5 bins are filled or the profile does not fall
+        to half within ``3 x guess``.
+    """
+    half = int(np.ceil(3.0 * guess)) + 1
+    size = 2 * half + 1
+    cut = _cutouts(data, xy, size)
+    off = np.arange(-half, half + 1)
+    ix = np.round(xy[:, 0])
+    iy = np.round(xy[:, 1])
+    dx = (ix - xy[:, 0])[:, None, None] + off[None, None, :]
+    dy = (iy - xy[:, 1])[:, None, None] + off[None, :, None]
+    r = np.hypot(dx, dy).ravel()
+    v = (cut / norm[:, None, None]).ravel()
+    ok = np.isfinite(v) & (r < 3.0 * guess)
+    r, v = r[ok], v[ok]
+    step = min(0.1, guess / 10.0)
+    edges = np.arange(0.0, 3.0 * guess + step, step)
+    idx = np.digitize(r, edges) - 1
+    centres, prof = [], []
+    for k in range(edges.size - 1):
+        vals = v[idx == k]
+        if vals.size >= 3:
+            centres.append(0.5 * (edges[k] + edges[k + 1]))
+            prof.append(np.median(vals))
+    centres, prof = np.asarray(centres), np.asarray(prof)
+    if centres.size < 5:
+        return np.nan
+
+    def crossing(peak):
+        start = int(np.argmax(prof))
+        below = np.flatnonzero(prof[start:] < 0.5 * peak)
+        if below.size == 0:
+            return np.nan
+        j = start + below[0]
+        if j == 0:
+            return float(2.0 * centres[0])
+        r0, r1, p0, p1 = centres[j - 1], centres[j], prof[j - 1], prof[j]
+        return float(2.0 * (r0 + (0.5 * peak - p0) / (p1 - p0) * (r1 - r0)))
+
+    # First the highest bin as the peak; then a parabola in r through the
+    # pixels within 0.35 of that FWHM (robust: the median of each pixel's
+    # peak estimate) extrapolates the peak to r = 0.
+    fwhm = crossing(float(prof.max()))
+    if not np.isfinite(fwhm):
+        return np.nan
+    near = r < 0.35 * fwhm
+    if near.sum() >= 10:
+        design = np.column_stack([np.ones(near.sum()), r[near] ** 2])
+        coef, *_ = np.linalg.lstsq(design, v[near], rcond=None)
+        resid = v[near] - design @ coef
+        keep = np.abs(resid) <= 3.0 * 1.4826 * np.median(np.abs(resid)) + 1e-300
+        if keep.sum() >= 5:
+            coef, *_ = np.linalg.lstsq(design[keep], v[near][keep], rcond=None)
+        if coef[0] > prof.max():
+            fwhm = crossing(float(coef[0]))
+    return fwhm
+
+
+def _star_curves(data, mask, xy, grid, core_radius):
+    """Curves of growth (n, n_r) on exact circular apertures, masked pixels filled per ring.
+
+    Within each ring between consecutive radii, masked pixels (and pixels
+    off the image) take the mean of the ring's other pixels (weighted by
+    their exact overlap), so a masked pixel far from the star costs only
+    its share of the ring.  A star is invalid (NaN row) when a masked pixel
+    lies within ``core_radius`` (a saturated or bad core) or when more than
+    half of any ring is masked.
+    """
+    n = xy.shape[0]
+    ny, nx = data.shape
+    out = np.full((n, grid.size), np.nan)
+    big = grid[-1]
+    half = int(np.ceil(big)) + 2
+    for i, (x, y) in enumerate(xy):
+        ix, iy = int(round(x)), int(round(y))
+        ys = np.arange(iy - half, iy + half + 1)
+        xs = np.arange(ix - half, ix + half + 1)
+        inside = ((ys >= 0) & (ys < ny))[:, None] & ((xs >= 0) & (xs < nx))[None, :]
+        cy, cx = np.clip(ys, 0, ny - 1), np.clip(xs, 0, nx - 1)
+        cut = data[np.ix_(cy, cx)]
+        bad = ~inside | ~np.isfinite(cut)
+        if mask is not None:
+            bad |= mask[np.ix_(cy, cx)]
+        cut = np.where(bad, 0.0, cut)
+        good = (~bad).astype(float)
+        ex0, ex1 = xs[0] - 0.5 - x, xs[-1] + 0.5 - x
+        ey0, ey1 = ys[0] - 0.5 - y, ys[-1] + 0.5 - y
+        size = 2 * half + 1
+        prev = np.zeros((size, size))
+        total = 0.0
+        ok = True
+        for k, r in enumerate(grid):
+            # Overlap fractions on the box of this radius only.
+            h = min(int(np.ceil(r)) + 1, half)
+            sl = slice(half - h, half + h + 1)
+            cur = np.zeros((size, size))
+            cur[sl, sl] = circular_overlap_grid(
+                ex0 + (half - h), ex0 + (half + h + 1), ey0 + (half - h), ey0 + (half + h + 1),
+                2 * h + 1, 2 * h + 1, float(r), 1, 1)
+            ring = cur - prev
+            prev = cur
+            area = ring.sum()
+            g_area = (ring * good).sum()
+            if r <= core_radius and g_area < area - 1e-9:
+                ok = False
+                break
+            if g_area < 0.5 * area:
+                ok = False
+                break
+            total += (ring * cut).sum() * (area / g_area if g_area > 0 else 0.0)
+            out[i, k] = total
+        if not ok:
+            out[i] = np.nan
+    return out
+
+
+def _clipped_weighted_mean(values, weights, sigma=3.0):
+    """Weighted mean along axis 0 of ``values`` (n, m), leaving out values off the median by more than ``sigma`` robust sigma."""
+    med = np.median(values, axis=0)
+    mad = 1.4826 * np.median(np.abs(values - med), axis=0)
+    keep = np.abs(values - med) <= sigma * mad + 1e-12 * np.abs(med)
+    w = weights[:, None] * keep
+    return np.sum(w * values, axis=0) / np.sum(w, axis=0)
+
+
+def _fit_limit(grid, curve, r_min, r_bkg):
+    """Limit at infinity of a curve of growth from which a local background was removed.
+
+    The far wings of a diffraction PSF fall as ``r**-3`` (edge diffraction,
+    spikes included), so the curve goes as ``a + b / r``.  The curve
+    passed here had the mean surface brightness between ``r_bkg`` and the
+    last radius ``R`` removed (a residual background, and with it that
+    part of the wing), which turns ``b / r`` into ``b (1 / r + K r**2)``
+    with ``K = (1 / r_bkg - 1 / R) / (R**2 - r_bkg**2)``; ``a`` and ``b``
+    are fitted by least squares beyond ``r_min``.  A fit with ``b > 0``
+    (no wing) gives ``a`` as the mean there.  NaN with fewer than 4 points.
+    """
+    use = (grid >= r_min) & np.isfinite(curve)
+    r, y = grid[use], curve[use]
+    if r.size < 4:
+        return np.nan
+    big = grid[-1]
+    k = (1.0 / r_bkg - 1.0 / big) / (big**2 - r_bkg**2)
+    design = np.column_stack([np.ones_like(r), 1.0 / r + k * r**2])
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    if coef[1] > 0:
+        return float(np.mean(y))
+    return float(coef[0])
+
+
+def psf_encircled_energy(data, xy, flux, noise, aperture_ee, *, fwhm, mask=None,
+                         min_stars=5, max_stars=_MAX_PSF_STARS):
+    """Encircled energy and aperture corrections from bright isolated unsaturated stars.
+
+    Parameters
+    ----------
+    data : ndarray, shape (ny, nx)
+        Background-subtracted image.
+    xy : ndarray, shape (n, 2)
+        Centroids of candidate point sources (the stellar locus, bright,
+        with no comparable neighbour nearby), brightest first.
+    flux : ndarray, shape (n,)
+        Their fluxes (any estimate; only ratios between stars are used for
+        weights).
+    noise : ndarray, shape (n,)
+        Background RMS per pixel at each candidate.
+    aperture_ee : array_like of int, shape (3,)
+        Encircled energies, percent.
+    fwhm : float
+        FWHM of the pixel-integrated PSF, pixels (`pixel_profile_fwhm`):
+        sets the normalisation radius, the outer radius and the annulus.
+    mask : ndarray of bool or None
+        True where a pixel has no coverage (a saturated core, a gap).
+    min_stars : int
+        Fewer usable stars: no curve (``reason`` says why).
+    max_stars : int
+        At most this many candidates (the first ones) are measured.
+
+    Returns
+    -------
+    PsfCurve
+
+    Notes
+    -----
+    Stages (the FWHM comes from `pixel_profile_fwhm`):
+
+    1. (none)
+    2. Curves of growth out to ``max(15, 12 FWHM)`` pixels (at most 60) on
+       exact apertures, masked pixels filled per ring (`_star_curves`);
+       stars with a masked pixel within ``3 FWHM`` (saturated NaN cores) are
+       dropped.
+    3. Each curve is divided by its value at ``norm_radius = 3 FWHM``;
+       only stars on the concentration locus (energy within 1 FWHM over
+       that within ``norm_radius``; the densest value at the concentrated
+       end, +-6 %, `select_psf_stars`) are kept -- no cratered saturated
+       stars, blends or compact galaxies.
+    4. The curves are combined at each radius by a weighted mean (weights
+       ``SNR**2``) of the values within 3 robust sigma of the median.
+    5. Each star's residual background (the mean surface brightness
+       between 0.6 and 1 times the outer radius, from its own curve) is
+       removed before stacking; the limit at infinity comes from a fit of
+       ``a + b / r`` (the ``1 / r`` energy of diffraction wings and spikes
+       outside a radius), with the part of the wing removed with the
+       background modelled (`_fit_limit`).
+    6. Radii: where ``curve / a`` reaches each energy.  Corrections: ``a``
+       over the weighted median of each star's normalised aperture flux
+       minus the sigma-clipped median of the local-background annulus
+       (``3-5 FWHM``) times the aperture area -- what the catalog measures,
+       so the PSF wings in the annulus are accounted for.
+    """
+    ee = np.asarray(aperture_ee, dtype=float) / 100.0
+    xy = np.atleast_2d(np.asarray(xy, dtype=float))[:max_stars]
+    flux = np.asarray(flux, dtype=float)[:max_stars]
+    noise = np.asarray(noise, dtype=float)[:max_stars]
+    nan3 = np.full(3, np.nan)
+
+    def refuse(reason, fwhm=np.nan, grid=np.zeros(0), curve=np.zeros(0), used=np.zeros((0, 2))):
+        return PsfCurve(grid, curve, np.nan, np.nan, np.nan, np.nan, float(fwhm), nan3, nan3, np.nan,
+                        np.nan, used, reason)
+
+    if xy.shape[0] < min_stars:
+        return refuse(f"{xy.shape[0]} bright isolated point-source candidates, {min_stars} needed", fwhm)
+    if not (np.isfinite(fwhm) and fwhm > 0):
+        return refuse("the stars' radial profile gives no FWHM")
+    norm_radius = _NORM_RADIUS_FWHM * fwhm
+    outer = float(np.clip(_OUTER_RADIUS_FWHM * fwhm, _MIN_OUTER_RADIUS, _MAX_OUTER_RADIUS))
+    outer = max(outer, norm_radius + _MIN_ANNULUS_WIDTH + 2.0)
+    step = max(_EE_RADIUS_STEP, fwhm / 30.0)
+    inner_grid = np.arange(step, norm_radius, step)
+    grid = np.concatenate([inner_grid, np.geomspace(norm_radius, outer, 30)])
+    k_norm = inner_grid.size
+    # 2: curves of growth.
+    curves = _star_curves(data, mask, xy, grid, norm_radius)
+    valid = np.all(np.isfinite(curves), axis=1) & (curves[:, k_norm] > 0)
+    if valid.sum() < min_stars:
+        return refuse(f"{int(valid.sum())} stars with clean curves of growth, {min_stars} needed", fwhm)
+    curves, xy, noise = curves[valid], xy[valid], noise[valid]
+    norm = curves[:, k_norm]
+    curves = curves / norm[:, None]
+    # 3: concentration locus.
+    conc = np.array([np.interp(fwhm, grid, c) for c in curves])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        keep, _ = select_psf_stars(1.0 / conc, np.full(conc.size, np.inf), np.zeros(conc.size),
+                                   tol=_CONCENTRATION_TOL)
+    if keep.sum() < min_stars:
+        return refuse(f"{int(keep.sum())} stars on the concentration locus, {min_stars} needed", fwhm)
+    curves, xy, noise, norm = curves[keep], xy[keep], noise[keep], norm[keep]
+    # 4: weighted median.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weight = (norm / (noise * np.sqrt(np.pi) * outer)) ** 2
+    if not np.all(np.isfinite(weight) & (weight > 0)):
+        weight = np.ones_like(norm)
+    # Residual background of each star: the mean surface brightness between
+    # r_bkg and the outer radius, removed from its curve (the wing there is
+    # modelled in _fit_limit).
+    k_bkg = int(np.searchsorted(grid, _BKG_FROM_OUTER * outer))
+    r_bkg = grid[k_bkg]
+    slope = (curves[:, -1] - curves[:, k_bkg]) / (grid[-1] ** 2 - r_bkg**2)
+    stack = _clipped_weighted_mean(curves - slope[:, None] * grid[None, :] ** 2, weight)
+    # 5: the limit.
+    limit = _fit_limit(grid, stack, norm_radius, r_bkg)
+    if not (np.isfinite(limit) and limit > 0.5):
+        return refuse("the curve of growth has no usable limit", fwhm)
+    # Its uncertainty: the same with the stars resampled (bootstrap).
+    corrected = curves - slope[:, None] * grid[None, :] ** 2
+    rng = np.random.default_rng(0)
+    boot = []
+    for _ in range(_N_BOOTSTRAP):
+        pick = rng.integers(0, corrected.shape[0], corrected.shape[0])
+        boot.append(_fit_limit(grid, _clipped_weighted_mean(corrected[pick], weight[pick]),
+                               norm_radius, r_bkg))
+    limit_err = float(np.nanstd(boot))
+    if not limit_err <= _MAX_LIMIT_ERROR * limit:
+        return refuse(f"the total flux is uncertain by {100 * limit_err / limit:.1f}% "
+                      f"(more than {100 * _MAX_LIMIT_ERROR:g}%) from {corrected.shape[0]} stars", fwhm)
+    ee_curve = np.maximum.accumulate(stack / limit)
+    # 6: radii and corrections.
+    radii = np.array([_radius_at(ee_curve, grid, f) for f in ee])
+    if np.any(radii >= norm_radius):
+        return refuse(f"aperture_ee3 needs a radius beyond {norm_radius:.2f} pix", fwhm)
+    bkg_inner = norm_radius
+    bkg_outer = min(bkg_inner + max(_MIN_ANNULUS_WIDTH, 2.0 * fwhm), outer)
+    bkg, _, _ = _local_background(data, xy, bkg_inner, bkg_outer, mask=mask)
+    bkg = np.where(np.isfinite(bkg), bkg, 0.0)
+    measured = np.array([[np.interp(r, grid, c) for r in radii] for c in curves])
+    measured -= (bkg / norm)[:, None] * (np.pi * radii**2)[None, :]
+    corrections = limit / _clipped_weighted_mean(measured, weight)
+    log.info(
+        "PSF from %d stars: FWHM %.2f pix, EE %s at %s pix, %.1f%% of the energy beyond %.1f pix "
+        "(extrapolated from %.1f-%.1f pix; total flux uncertain by %.1f%%)",
+        xy.shape[0], fwhm, np.round(100 * ee).astype(int).tolist(), np.round(radii, 3).tolist(),
+        100.0 * (1.0 - 1.0 / limit), norm_radius, norm_radius, outer, 100.0 * limit_err / limit,
+    )
+    return PsfCurve(grid, ee_curve, limit, limit_err, norm_radius, outer, fwhm, radii, corrections,
+                    float(bkg_inner), float(bkg_outer), xy, "")
 
 
 # --------------------------------------------------------------------------
@@ -1033,7 +1538,7 @@ def make_source_catalog(
     data, err, wcs, *, wht=None, pixar_sr, bkg_boxsize=1000, kernel_fwhm=2.0,
     snr_threshold=3.0, npixels=5, deblend=False, aperture_ee1=30, aperture_ee2=50,
     aperture_ee3=70, ci1_star_threshold=2.0, ci2_star_threshold=1.8, abvega_offset=None,
-    psf_fwhm=None, apcorr_table=None, min_psf_stars=3,
+    psf_fwhm=None, apcorr_table=None, pixel_scale_ratio=1.0, apcorr_source=None, min_psf_stars=5,
 ):
     """Detect sources on a mosaic and measure the JWST source-catalog columns.
 
@@ -1076,11 +1581,19 @@ def make_source_catalog(
         If given, the aperture radii come from a Gaussian PSF of this FWHM
         (pixels) instead of being measured on the mosaic.
     apcorr_table : astropy.table.Table or None
-        APCORR-like table with columns ``eefraction`` (0-1), ``radius``
-        (mosaic pixels), ``apcorr`` and optionally ``skyin``/``skyout``
-        (pixels); takes precedence over ``psf_fwhm``.
+        Rows of an APCORR reference file for the mosaic's configuration
+        (`calimage3.reference_data.select_apcorr_rows`): ``eefraction``
+        (0-1), ``radius``, ``apcorr``, ``skyin``, ``skyout`` (detector
+        pixels); takes precedence over ``psf_fwhm``.
+    pixel_scale_ratio : float
+        Mosaic-to-detector pixel scale ratio (``PXSCLRT``): the APCORR
+        radii are divided by it, as jwst does.
+    apcorr_source : str or None
+        Name of the APCORR file, for the log and ``meta``.
     min_psf_stars : int
-        Minimum number of stars for the measured encircled-energy curve.
+        Minimum number of stars for the measured encircled-energy curve;
+        with fewer, ``aper_total_*`` are NaN and
+        ``meta['aperture_params']['method']`` is ``'refused'``.
 
     Returns
     -------
@@ -1194,7 +1707,8 @@ def make_source_catalog(
 
     # 6: aperture radii and corrections, local background, aperture photometry.
     if apcorr_table is not None:
-        params = _apcorr_from_table(apcorr_table, aperture_ee)
+        params = _apcorr_from_table(apcorr_table, aperture_ee, float(pixel_scale_ratio),
+                                    apcorr_source or "apcorr_table")
     elif psf_fwhm is not None:
         params = _gaussian_params(float(psf_fwhm), aperture_ee, "psf_fwhm")
     else:
@@ -1210,10 +1724,15 @@ def make_source_catalog(
             noise = np.sqrt(var_sum[labels])
             snr = np.asarray(scat.segment_flux.value, float) / noise
         snr[~(area > 0)] = np.nan
-        params = _self_calibrated_params(
-            sub, coverage, np.asarray(scat.fwhm.value, float), snr, xy_phot, nn_dist,
+        iy = np.clip(np.round(xy_phot[:, 1]).astype(int), 0, shape[0] - 1)
+        ix = np.clip(np.round(xy_phot[:, 0]).astype(int), 0, shape[1] - 1)
+        params, curve = _self_calibrated_params(
+            sub, coverage, np.asarray(scat.fwhm.value, float), snr,
+            np.asarray(scat.segment_flux.value, float) / to_jy, xy_phot, bkg_rms[iy, ix],
             aperture_ee, float(kernel_fwhm), int(min_psf_stars),
+            near_hole=_touches(segm.data, coverage, labels), wht=wht,
         )
+        meta["psf_curve"] = _curve_meta(curve)
     meta["aperture_params"] = params.as_dict()
 
     bkg_loc, bkg_loc_err, _ = _local_background(

@@ -17,6 +17,7 @@ rule qa_figures:
         mosaic=qa_png("mosaic", "Mosaic"),
         segmentation=qa_png("segmentation", "Source catalog"),
         magnitudes=qa_png("magnitudes", "Source catalog"),
+        aperture_correction=qa_png("aperture_correction", "Source catalog"),
         footprints=qa_exposure_png("footprints", "Exposures"),
         tweakreg=qa_exposure_png("tweakreg", "Alignment (tweakreg)"),
         skymatch=qa_exposure_png("skymatch", "Sky (skymatch)"),

@@ -50,7 +50,7 @@ def qa_outlier_folder():
 
 def qa_figure_paths(P):
     """Every QA file this configuration makes for product P (for Product.final_products())."""
-    names = ["mosaic", "segmentation", "magnitudes"]
+    names = ["mosaic", "segmentation", "magnitudes", "aperture_correction"]
     if not P.single:
         names += list(QA_EXPOSURE_FIGURES)
     if config.get("truth"):

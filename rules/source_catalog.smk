@@ -1,9 +1,16 @@
 # source_catalog: detection, deblending and photometry on each mosaic.
 
 
+def catalog_reference_files():
+    """The user's APCORR and ABVEGAOFFSET files as rule inputs (a change reruns the catalog); none when unset."""
+    step = config["source_catalog"]
+    return [step[k] for k in ("override_apcorr", "override_abvegaoffset") if step.get(k)]
+
+
 rule source_catalog:
     input:
         i2d=RULE.i2d(),
+        refs=catalog_reference_files(),
     output:
         cat=RULE.cat(),
         segm=RULE.segm(),

@@ -56,7 +56,7 @@ def qa_figures(i2d_path, cat_path, segm_path, figures, *, roots=(), wcs_paths=()
         The mosaic, its catalog and segmentation map.
     figures : dict
         Figure name -> PNG path, among ``mosaic``, ``segmentation``,
-        ``magnitudes`` and, for associations, ``footprints``, ``tweakreg``,
+        ``magnitudes``, ``aperture_correction`` and, for associations, ``footprints``, ``tweakreg``,
         ``skymatch``, and with a truth table ``truth_flux``,
         ``truth_positions``.
     roots : list of str
@@ -132,6 +132,11 @@ def qa_figures(i2d_path, cat_path, segm_path, figures, *, roots=(), wcs_paths=()
             is_extended=catalog["is_extended"] if len(catalog) else None,
             title=f"{product}_cat"), figures["magnitudes"], "magnitudes")
 
+    if "aperture_correction" in figures:
+        _save(lambda: qa_plots.aperture_correction_figure(
+            catalog.meta.get("aperture_params", {}), catalog.meta.get("psf_curve"), data=data,
+            title=f"{product}_cat: aperture radii and corrections ({catalog.meta.get('apcorr_source', '')})"),
+            figures["aperture_correction"], "aperture correction")
     if truth_path and ("truth_flux" in figures or "truth_positions" in figures):
         truth = io.read_table(truth_path)
         t_ra, t_dec = np.asarray(truth["ra"], float), np.asarray(truth["dec"], float)
@@ -166,7 +171,7 @@ if "snakemake" in globals():
     out = snakemake.output
     roots = snakemake.params.roots
     # Figures this configuration does not make are empty lists in the rule.
-    names = ("mosaic", "segmentation", "magnitudes", "footprints", "tweakreg", "skymatch", "truth_flux", "truth_positions")
+    names = ("mosaic", "segmentation", "magnitudes", "aperture_correction", "footprints", "tweakreg", "skymatch", "truth_flux", "truth_positions")
     qa_figures(
         snakemake.input.i2d, snakemake.input.cat, snakemake.input.segm,
         {name: str(out.get(name)) for name in names if isinstance(out.get(name), str)},

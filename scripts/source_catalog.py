@@ -1,29 +1,47 @@
 """Snakemake entry point: source catalog and segmentation map of the mosaic."""
 
 import logging
+from pathlib import Path
 
 from calimage3 import io
 from calimage3.fits_wcs import exact_fits_wcs
 from calimage3.logs import configure_logging
 from calimage3.provenance import provenance_keywords
+from calimage3.reference_data import catalog_reference_params
 from calimage3.source_catalog import make_source_catalog
 
 log = logging.getLogger("source_catalog")
 
 
-def source_catalog(i2d_path, cat_path, segm_path, **params):
-    """Detect and measure sources in the _i2d; write _cat.ecsv and _segm.fits."""
+def source_catalog(i2d_path, cat_path, segm_path, *, override_apcorr="", override_abvegaoffset="", **params):
+    """Detect and measure sources in the _i2d; write _cat.ecsv and _segm.fits.
+
+    ``override_apcorr``/``override_abvegaoffset``: APCORR and ABVEGAOFFSET
+    reference files ("" or None: none).
+    """
     arrays, rendered, meta = io.read_i2d_rendered(i2d_path, arrays=("err", "wht"))
+    refs = catalog_reference_params(
+        meta, apcorr=io.read_apcorr(override_apcorr) if override_apcorr else None,
+        abvegaoffset=io.read_abvegaoffset(override_abvegaoffset) if override_abvegaoffset else None,
+        apcorr_name=Path(override_apcorr or "").name, abvegaoffset_name=Path(override_abvegaoffset or "").name,
+        abvega_offset=params.get("abvega_offset"),
+    )
+    abvega_source = refs.pop("abvega_source")
+    log.info("source_catalog: aperture corrections from %s; Vega magnitudes from %s",
+             refs.get("apcorr_source", "the mosaic's stars"), abvega_source or "nothing (NaN)")
     wcs = exact_fits_wcs(rendered.sci_keywords)
     if wcs is None:  # the header only approximates the gwcs
         wcs, _, _ = io.read_exposure_wcs(i2d_path)
     else:
         log.info("source_catalog: sky coordinates from the exact TAN WCS of the SCI header")
     table, segm = make_source_catalog(arrays["data"], arrays["err"], wcs, wht=arrays.get("wht"),
-                                      pixar_sr=float(meta["PIXAR_SR"]), **params)
-    provenance = provenance_keywords("source_catalog", params, io.input_checksums([i2d_path]))
+                                      pixar_sr=float(meta["PIXAR_SR"]), **{**params, **refs})
+    ref_files = [p for p in (override_apcorr, override_abvegaoffset) if p]
+    step_params = {**params, "override_apcorr": override_apcorr, "override_abvegaoffset": override_abvegaoffset}
+    provenance = provenance_keywords("source_catalog", step_params, io.input_checksums([i2d_path, *ref_files]))
     table.meta.update({"product": str(i2d_path).rsplit("/", 1)[-1], "filter": meta.get("FILTER", ""),
-                       "provenance": provenance})
+                       "apcorr_source": refs.get("apcorr_source", "psf_stars (no APCORR file)"),
+                       "abvega_source": abvega_source, "provenance": provenance})
     io.write_table(cat_path, table)
     segm_meta = {k: meta[k] for k in ("TELESCOP", "INSTRUME", "FILTER") if k in meta}
     io.write_segmentation(segm_path, segm, None, {**segm_meta, **provenance}, rendered_wcs=rendered)

@@ -193,7 +193,7 @@ def test_qa_pngs_exist_and_are_not_blank(qa_run):
     """Every QA figure, per-exposure ones included, is a PNG with structure (pixel std > 0)."""
     qa = qa_run["out"] / "qa"
     roots = [Path(p).name[: -len("_cal.fits")] for p in qa_run["sim"]["cal"]]
-    expected = ["mosaic", "segmentation", "magnitudes", "footprints", "tweakreg", "skymatch",
+    expected = ["aperture_correction", "mosaic", "segmentation", "magnitudes", "footprints", "tweakreg", "skymatch",
                 "truth_flux", "truth_positions"] + [f"outliers/{r}" for r in roots]
     for name in expected:
         image = imread(qa / f"{name}.png")
@@ -250,4 +250,4 @@ def test_single_exposure_makes_only_mosaic_figures(qa_run, tmp_path):
     block = text.split("rule qa_figures:", 1)[1]
     outputs = next(line for line in block.splitlines() if line.strip().startswith("output:"))
     names = sorted(Path(p.strip().rstrip(",")).name for p in outputs.split("output:", 1)[1].split(","))
-    assert names == ["magnitudes.png", "mosaic.png", "segmentation.png"]
+    assert names == ["aperture_correction.png", "magnitudes.png", "mosaic.png", "segmentation.png"]

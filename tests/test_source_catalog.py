@@ -152,7 +152,8 @@ def test_aperture_radii_measured_from_mosaic_stars(mosaic):
     ee = [aperture_photometry(canvas, CircularAperture((20.3, 19.8), r), method="exact")
           ["aperture_sum"][0] for r in params["aperture_radii"]]
     np.testing.assert_allclose(ee, [0.30, 0.50, 0.70], atol=0.015)
-    np.testing.assert_allclose(params["aperture_corrections"], [100 / 30, 2.0, 100 / 70])
+    # Measured (total over background-subtracted aperture flux): 100 / ee for a Gaussian.
+    np.testing.assert_allclose(params["aperture_corrections"], [100 / 30, 2.0, 100 / 70], rtol=0.01)
 
 
 def test_stars_compact_and_galaxies_extended(mosaic):
@@ -329,8 +330,8 @@ def test_explicit_psf_fwhm_and_apcorr_table():
     np.testing.assert_allclose(cat["aper_total_flux"], 1.3 * cat["aper70_flux"])
 
 
-def test_falls_back_to_kernel_fwhm_with_too_few_stars():
-    """With one star the radii come from a Gaussian of FWHM kernel_fwhm."""
+def test_refuses_aperture_correction_with_too_few_stars():
+    """With one star there is no correction: aper_total_* NaN, method 'refused', kernel_fwhm radii."""
     rng = np.random.default_rng(8)
     canvas = np.zeros((80 + 2 * PAD, 80 + 2 * PAD))
     _add_star(canvas, 40 + PAD, 40 + PAD, 200 * PSF_NOISE)
@@ -338,8 +339,11 @@ def test_falls_back_to_kernel_fwhm_with_too_few_stars():
     wcs = imaging_wcs(data.shape, CRVAL, SCALE)
     cat, _ = make_source_catalog(data, None, wcs, pixar_sr=PIXAR_SR, kernel_fwhm=2.2)
     params = cat.meta["aperture_params"]
-    assert params["method"] == "kernel_fwhm" and params["n_psf_stars"] == 0
+    assert params["method"] == "refused" and params["n_psf_stars"] == 0
+    assert "5 needed" in params["note"]
     np.testing.assert_allclose(params["aperture_radii"], gaussian_ee_radii(2.2, [30, 50, 70]))
+    assert len(cat) == 1 and np.isfinite(cat["aper70_flux"][0])
+    assert np.isnan(cat["aper_total_flux"][0]) and np.isnan(cat["aper_total_abmag"][0])
 
 
 @pytest.mark.parametrize(
