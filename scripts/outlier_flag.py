@@ -5,12 +5,12 @@ import logging
 import numpy as np
 
 from calimage3 import io
-from calimage3.dqflags import PIXEL
 from calimage3.logs import configure_logging
 from calimage3.outlier_detection import apply_outlier_flags, flag_outliers, flag_outliers_unresampled, parse_pair
 from calimage3.pixmap import expand_pixel_map
 from calimage3.provenance import provenance_keywords
 from calimage3.resample import blot
+from calimage3.usable import usable_pixel_mask
 
 log = logging.getLogger("outlier_detection")
 
@@ -40,32 +40,34 @@ def outlier_flag(cal_path, wcs_path, sky_path, median_path, pixmap_path, crf_pat
         return
     with io.open_image_sections(median_path, ("SCI",)) as views:
         median = np.asarray(views["SCI"], dtype=np.float32)
+    coarse = io.read_pixel_map(pixmap_path)
+    # Outside the WCS bounding box, NON_SCIENCE and DO_NOT_USE: never flagged.
+    usable = usable_pixel_mask(exposure.dq, good_bits="~DO_NOT_USE", input_range=coarse.input_range)
     if not resample_data:
         if median.shape != exposure.shape:
             raise io.InputFileError(cal_path, f"resample_data=False needs every exposure on one pixel grid: "
                                               f"shape {exposure.shape} differs from the median's {median.shape}")
         mask = flag_outliers_unresampled(exposure.data - np.float32(sky_level), exposure.err, median,
                                          snr=params.get("snr", "5.0 4.0"))
-        _write_flagged(exposure, mask, crf_path, rendered)
+        _write_flagged(exposure, mask, usable, crf_path, rendered)
         return
-    blotted = blot(median, None, None, exposure.shape, pixmap=expand_pixel_map(io.read_pixel_map(pixmap_path)))
+    blotted = blot(median, None, None, exposure.shape, pixmap=expand_pixel_map(coarse))
     del median
     mask = flag_outliers(
         exposure.data - np.float32(sky_level), exposure.err, blotted,
         snr=parse_pair(params.get("snr", "5.0 4.0")), scale=parse_pair(params.get("scale", "1.2 0.7")),
         backg=params.get("backg", 0.0),
     )
-    _write_flagged(exposure, mask, crf_path, rendered)
+    _write_flagged(exposure, mask, usable, crf_path, rendered)
 
 
-def _write_flagged(exposure, mask, crf_path, rendered):
-    """Set OUTLIER|DO_NOT_USE on ``mask`` (pixels not already unusable) and write the _crf."""
-    already = (exposure.dq & PIXEL["DO_NOT_USE"]) > 0
-    mask = mask & ~already
+def _write_flagged(exposure, mask, usable, crf_path, rendered):
+    """Set OUTLIER|DO_NOT_USE on ``mask`` where the pixel is ``usable`` and write the _crf."""
+    mask = mask & usable
     exposure.dq = apply_outlier_flags(exposure.dq, mask)
     exposure.meta["S_OUTLIR"] = "COMPLETE"
     io.write_exposure(crf_path, exposure, rendered_wcs=rendered)
-    n_good = int(np.count_nonzero(~already))
+    n_good = int(np.count_nonzero(usable))
     log.info("outlier_detection: %s: %d pixels flagged as outliers (%.3f%% of usable pixels)",
              exposure.name, int(mask.sum()), 100.0 * mask.sum() / max(n_good, 1))
 

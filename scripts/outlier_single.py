@@ -27,15 +27,16 @@ def outlier_single(cal_path, sky_path, pixmap_path, single_path, *, resample_dat
     ``resample_data=False`` the exposure is its own single, on its own grid.
     """
     exposure, sky_level = io.read_aligned_exposure(cal_path, None, sky_path, arrays=SINGLE_ARRAYS)
+    coarse = io.read_pixel_map(pixmap_path)
     if not resample_data:
         weight = build_driz_weight(exposure.err, exposure.dq, weight_type=params.get("weight_type", "ivm"),
                                    good_bits=params.get("good_bits", "~DO_NOT_USE"),
-                                   exptime=exposure_time_weight(exposure.meta), var_rnoise=exposure.var_rnoise)
+                                   exptime=exposure_time_weight(exposure.meta), var_rnoise=exposure.var_rnoise,
+                                   input_range=coarse.input_range)
         data, wht = unresampled_single(exposure.data, weight, sky_level)
         write_single(single_path, data, wht)
         log.info("outlier_detection: %s used as it is (resample_data=False)", exposure.name)
         return
-    coarse = io.read_pixel_map(pixmap_path)
     data, wht = drizzle_single(
         exposure, None, coarse.output_shape, sky_level=sky_level,
         pixfrac=params.get("pixfrac", 1.0), kernel=params.get("kernel", "square"),

@@ -5,9 +5,9 @@ import logging
 import numpy as np
 
 from calimage3 import io
-from calimage3.dqflags import good_pixel_mask
 from calimage3.logs import configure_logging
 from calimage3.source_detection import detect_sources
+from calimage3.usable import usable_pixel_mask
 
 log = logging.getLogger("tweakreg")
 
@@ -18,9 +18,13 @@ DETECTION_PARAMETERS = (
 
 
 def tweakreg_detect(cal_path, sources_path, **params):
-    """Detect point-like sources for alignment and write them as ECSV."""
-    exposure = io.read_exposure(cal_path, arrays=("data", "err", "dq"), with_wcs=False)
-    mask = ~good_pixel_mask(exposure.dq) | ~np.isfinite(exposure.data)
+    """Detect point-like sources for alignment and write them as ECSV.
+
+    Pixels outside the bounding box of the exposure's WCS, NON_SCIENCE and
+    DO_NOT_USE pixels are masked (`calimage3.usable.usable_pixel_mask`).
+    """
+    exposure = io.read_exposure(cal_path, arrays=("data", "err", "dq"))
+    mask = ~usable_pixel_mask(exposure.dq, wcs=exposure.wcs) | ~np.isfinite(exposure.data)
     kwargs = {k: params[k] for k in DETECTION_PARAMETERS if k in params}
     sources = detect_sources(exposure.data, exposure.err, mask, **kwargs)
     io.write_table(sources_path, sources)
