@@ -38,6 +38,7 @@ __all__ = [
     "flag_outliers_unresampled",
     "abs_derivative",
     "flag_outliers",
+    "residual_background",
     "apply_outlier_flags",
 ]
 
@@ -228,25 +229,34 @@ def unresampled_single(data, weight, sky_level=0.0):
     return sci, wht
 
 
-def flag_outliers_unresampled(sci, err, median, *, snr="5.0 4.0"):
+def flag_outliers_unresampled(sci, err, median, *, snr="5.0 4.0", backg_boxsize=0, usable=None):
     """Outliers of an exposure against a median on its own pixel grid (``resample_data=False``).
 
     As JWST for data that are not resampled: ``|sci - median| > snr1 * err``
     (``err`` NaN counts as 0), with no derivative term, second threshold or
-    neighbour growth.
+    neighbour growth.  With ``backg_boxsize`` > 0 the smooth background
+    left in ``sci - median`` is removed first (`residual_background`), as
+    in `flag_outliers`; ``usable`` (bool, same shape) limits the pixels
+    that may be flagged and enter that background.
 
     Returns
     -------
     ndarray of bool
-        True on outliers; False wherever ``sci`` or ``median`` is NaN.
+        True on outliers; False wherever ``sci`` or ``median`` is NaN or
+        ``usable`` is False.
     """
     snr1, _ = parse_pair(snr, "snr")
     sci = np.asarray(sci, dtype=np.float64)
     median = np.asarray(median, dtype=np.float64)
     if sci.shape != median.shape:
         raise ValueError(f"median: shape {median.shape} differs from the exposure's {sci.shape}")
+    usable = _usable(usable, sci.shape)
     with np.errstate(invalid="ignore"):
-        return np.abs(sci - median) > snr1 * np.nan_to_num(np.asarray(err, dtype=np.float64))
+        diff = sci - median
+    if _check_box(backg_boxsize, "backg_boxsize"):
+        diff -= residual_background(diff, backg_boxsize, usable=usable)
+    with np.errstate(invalid="ignore"):
+        return (np.abs(diff) > snr1 * np.nan_to_num(np.asarray(err, dtype=np.float64))) & usable
 
 
 def nanmedian_first_axis(stack):
@@ -296,7 +306,8 @@ def abs_derivative(array):
     return out
 
 
-def flag_outliers(sci, err, blot, *, snr="5.0 4.0", scale="1.2 0.7", backg=0.0):
+def flag_outliers(sci, err, blot, *, snr="5.0 4.0", scale="1.2 0.7", backg=0.0, backg_boxsize=0,
+                  flux_box=0, flux_tolerance=0.1, usable=None):
     """Pixels of an exposure that disagree with the blotted median.
 
     Parameters
@@ -315,24 +326,60 @@ def flag_outliers(sci, err, blot, *, snr="5.0 4.0", scale="1.2 0.7", backg=0.0):
     backg : float
         Background to subtract from ``sci - blot``, MJy/sr (the sky level
         when it is still in ``sci`` but not in the median).
+    backg_boxsize : int
+        Side, in pixels, of the boxes over which the smooth background
+        left in ``sci - blot - backg`` is measured and removed
+        (`residual_background`): the difference between this exposure's
+        background gradient and the median's, which a constant sky level
+        cannot take out.  0 (JWST): none removed.
+    flux_box : int
+        Odd side, in pixels, of the flux-conservation test that spares the
+        cores of undersampled point sources (see Notes).  0 (JWST): no
+        such test.
+    flux_tolerance : float
+        Fraction of the blotted flux in the ``flux_box`` box by which the
+        exposure's flux there may exceed (or fall short of) the median's
+        before a candidate near a source is confirmed.
+    usable : ndarray of bool or None
+        Same shape: pixels that may be flagged and enter the background
+        (`calimage3.usable.usable_pixel_mask`); None: every pixel.
 
     Returns
     -------
     ndarray of bool, shape (ny, nx)
-        True on outliers.  False wherever ``sci`` or ``blot`` is NaN.
+        True on outliers.  False wherever ``sci`` or ``blot`` is NaN or
+        ``usable`` is False.
 
     Notes
     -----
-    With ``D = |sci - blot - backg|`` and ``G`` = `abs_derivative` of
-    ``blot``:
+    With ``D = sci - blot - backg - B``, where ``B`` is the smooth residual
+    background (0 when ``backg_boxsize`` is 0), and ``G`` = `abs_derivative`
+    of ``blot``:
 
-    1. ``mask1 = D > scale1 * G + snr1 * err``;
+    1. ``mask1 = |D| > scale1 * G + snr1 * err``;
     2. grow ``mask1`` to its 8 neighbours (3x3 box);
-    3. keep the grown pixels where also ``D > scale2 * G + snr2 * err``.
+    3. keep the grown pixels where also ``|D| > scale2 * G + snr2 * err``
+       (JWST's test, stages 1-3);
+    4. with ``flux_box = k``: where the median holds a source (the blotted
+       flux in the ``k x k`` box around the pixel exceeds ``snr1`` times
+       the box noise ``sqrt(sum err**2)``), keep a candidate only when the
+       box's flux differs from the median's by more than
+       ``snr1 * sqrt(sum err**2) + flux_tolerance * sum |blot|``.
 
     The derivative term keeps the sharp cores of stars, where small
     registration or interpolation errors give large differences, from
-    being flagged.
+    being flagged.  It is not enough for undersampled point sources
+    (FWHM ~1-1.3 pixels): the exposure whose pixel grid is centred on a
+    star has a peak up to twice that of the median, which drizzling and
+    blotting blur, and JWST flags it (jwst#9989, #5131, #10751), taking
+    the brightest part of the star out of the mosaic.  Sub-pixel phase
+    only moves a point source's flux between neighbouring pixels, so the
+    flux in a box a few FWHM wide is the same in the exposure and the
+    median; a cosmic ray adds flux there.  Stage 4 tests that.  Away from
+    sources stage 4 does nothing, so faint cosmic rays on the sky are
+    found as in JWST; on a source a cosmic ray must add more than
+    ``flux_tolerance`` of the source's box flux (plus the box noise) to be
+    flagged.
     """
     snr1, snr2 = parse_pair(snr, "snr")
     scale1, scale2 = parse_pair(scale, "scale")
@@ -348,13 +395,184 @@ def flag_outliers(sci, err, blot, *, snr="5.0 4.0", scale="1.2 0.7", backg=0.0):
         backg = float(backg)
     except (TypeError, ValueError):
         raise ValueError(f"backg: must be a number, got {backg!r}") from None
+    flux_box = _check_box(flux_box, "flux_box", odd=True)
+    backg_boxsize = _check_box(backg_boxsize, "backg_boxsize")
+    try:
+        flux_tolerance = float(flux_tolerance)
+    except (TypeError, ValueError):
+        flux_tolerance = -1.0
+    if not (np.isfinite(flux_tolerance) and flux_tolerance >= 0):
+        raise ValueError(f"flux_tolerance: must be a non-negative number, got {flux_tolerance!r}")
+    usable = _usable(usable, sci.shape)
     err = np.nan_to_num(err, nan=0.0, posinf=0.0, neginf=0.0)
     deriv = abs_derivative(blot)
     with np.errstate(invalid="ignore"):
-        diff = np.abs(sci - blot - backg)
-        mask1 = diff > scale1 * deriv + snr1 * err
-        mask2 = diff > scale2 * deriv + snr2 * err
-    return _dilate_3x3(mask1) & mask2
+        diff = sci - blot - backg
+    if backg_boxsize:
+        diff -= residual_background(diff, backg_boxsize, usable=usable)
+    with np.errstate(invalid="ignore"):
+        adiff = np.abs(diff)
+        mask1 = (adiff > scale1 * deriv + snr1 * err) & usable
+        mask2 = adiff > scale2 * deriv + snr2 * err
+    mask = _dilate_3x3(mask1) & mask2 & usable
+    if flux_box and mask.any():
+        # The median still holds the sky unless skymatch subtracted it:
+        # only the light of sources above it counts.
+        source = blot - residual_background(blot, backg_boxsize or _SOURCE_BACKGROUND_BOX, usable=usable)
+        mask &= _flux_test(diff, err, source, usable, flux_box, snr1, flux_tolerance)
+    return mask
+
+
+_SOURCE_BACKGROUND_BOX = 128  # box of the median's own background, when backg_boxsize is 0
+
+
+def _check_box(value, name, odd=False):
+    """A box size: a non-negative integer (odd when ``odd`` and non-zero); 0 means off."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or int(value) != value or value < 0:
+        raise ValueError(f"{name}: must be a non-negative integer, got {value!r}")
+    value = int(value)
+    if odd and value and value % 2 == 0:
+        raise ValueError(f"{name}: must be odd (the box is centred on the pixel), got {value!r}")
+    return value
+
+
+def _usable(usable, shape):
+    if usable is None:
+        return np.ones(shape, bool)
+    usable = np.asarray(usable)
+    if usable.shape != tuple(shape) or usable.dtype != bool:
+        raise ValueError(f"usable: must be a boolean array of shape {tuple(shape)}, got "
+                         f"{usable.dtype} {usable.shape}")
+    return usable
+
+
+def _box_sum(array, size):
+    """Sum over the ``size x size`` box centred on every pixel (zero beyond the edges), by cumulative sums."""
+    half = size // 2
+    padded = np.pad(array, ((half + 1, half), (half + 1, half)))
+    c = padded.cumsum(axis=0).cumsum(axis=1)
+    ny, nx = array.shape
+    return (c[size:size + ny, size:size + nx] - c[:ny, size:size + nx]
+            - c[size:size + ny, :nx] + c[:ny, :nx])
+
+
+def _flux_test(diff, err, source, usable, size, snr1, tolerance):
+    """Stage 4 of `flag_outliers`: True where a candidate stands (no source, or the box flux disagrees).
+
+    ``source`` is the blotted median less its own smooth background.
+    """
+    good = usable & np.isfinite(diff) & np.isfinite(source)
+    d = np.where(good, diff, 0.0)
+    b = np.where(good, source, 0.0)
+    # cumulative sums may leave a tiny negative where the true sum is 0
+    noise = np.sqrt(np.clip(_box_sum(np.where(good, err, 0.0) ** 2, size), 0.0, None))
+    # Peaks of the median's sources: local maxima standing snr1 sigma above the sky.
+    err0 = np.where(good, err, np.inf)
+    peaks = (b >= _max_3x3(b)) & (b > snr1 * err0)
+    near_peak = _box_sum(peaks.astype(np.float64), PEAK_RADIUS * 2 + 1) > 0.5
+    excess = np.abs(_box_sum(d, size))
+    return ~near_peak | (excess > snr1 * noise + tolerance * _box_sum(np.abs(b), size))
+
+
+PEAK_RADIUS = 1
+
+
+def _max_3x3(array):
+    """Maximum over the 3x3 neighbourhood of every pixel (edges: the neighbours that exist)."""
+    padded = np.pad(array, 1, constant_values=-np.inf)
+    ny, nx = array.shape
+    out = np.full(array.shape, -np.inf)
+    for dy in range(3):
+        for dx in range(3):
+            np.maximum(out, padded[dy:dy + ny, dx:dx + nx], out=out)
+    return out
+
+
+def residual_background(residual, box_size, *, usable=None, nclip=3, sigma=3.0):
+    """Smooth background of a residual image, from clipped medians in boxes.
+
+    Parameters
+    ----------
+    residual : ndarray, shape (ny, nx)
+        E.g. ``sci - blot - backg``, MJy/sr; NaN pixels are ignored.
+    box_size : int
+        Box side, pixels.  An image smaller than one box gets one value.
+    usable : ndarray of bool or None
+        Pixels that may enter the statistics.
+    nclip : int
+        Iterations of ``sigma`` clipping about the median in each box.
+    sigma : float
+        Clipping threshold in units of the box's robust (MAD) scatter.
+
+    Returns
+    -------
+    ndarray of float64, same shape
+        The background: box medians, 3x3-median filtered over the boxes
+        (one box spoiled by a bright artefact does not matter), then
+        interpolated bilinearly between box centres and extrapolated
+        linearly beyond the outer centres, so a planar gradient is
+        reproduced exactly.  0 everywhere when no pixel is usable.
+
+    Notes
+    -----
+    Every exposure's background differs from the median of all of them by
+    a smooth surface (each has its own gradient, and skymatch subtracts
+    only a constant); this is that surface, to be removed before the
+    outlier test, which would otherwise flag large areas where it
+    exceeds a few sigma of the noise.
+    """
+    residual = np.asarray(residual, dtype=np.float64)
+    box_size = _check_box(box_size, "backg_boxsize")
+    if box_size == 0:
+        raise ValueError("backg_boxsize: must be positive to measure a background")
+    ny, nx = residual.shape
+    good = np.isfinite(residual) & _usable(usable, residual.shape)
+    my, mx = max(1, int(round(ny / box_size))), max(1, int(round(nx / box_size)))
+    ey = np.linspace(0, ny, my + 1).round().astype(int)
+    ex = np.linspace(0, nx, mx + 1).round().astype(int)
+    mesh = np.full((my, mx), np.nan)
+    for j in range(my):
+        for i in range(mx):
+            block = residual[ey[j]:ey[j + 1], ex[i]:ex[i + 1]][good[ey[j]:ey[j + 1], ex[i]:ex[i + 1]]]
+            if block.size < 10:
+                continue
+            for _ in range(nclip):
+                centre = np.median(block)
+                spread = 1.4826 * np.median(np.abs(block - centre))
+                keep = np.abs(block - centre) <= sigma * spread if spread > 0 else block == centre
+                if keep.all() or keep.sum() < 10:
+                    break
+                block = block[keep]
+            mesh[j, i] = np.median(block)
+    if not np.isfinite(mesh).any():
+        return np.zeros((ny, nx))
+    if my * mx > 1:
+        padded = np.pad(mesh, 1, constant_values=np.nan)
+        stack = np.stack([padded[dy:dy + my, dx:dx + mx] for dy in range(3) for dx in range(3)])
+        filtered = nanmedian_first_axis(stack)
+        mesh = np.where(np.isfinite(filtered), filtered, mesh)
+    mesh = np.where(np.isfinite(mesh), mesh, np.nanmedian(mesh))
+    wy = _linear_weights(0.5 * (ey[:-1] + ey[1:]) - 0.5, ny)
+    wx = _linear_weights(0.5 * (ex[:-1] + ex[1:]) - 0.5, nx)
+    return wy @ mesh @ wx.T
+
+
+def _linear_weights(centres, n):
+    """``(n, len(centres))`` weights of linear interpolation at pixels ``0 .. n-1``, extrapolating at the ends."""
+    k = len(centres)
+    weights = np.zeros((n, k))
+    if k == 1:
+        weights[:, 0] = 1.0
+        return weights
+    x = np.arange(n, dtype=np.float64)
+    left = np.clip(np.searchsorted(centres, x, side="right") - 1, 0, k - 2)
+    t = (x - centres[left]) / (centres[left + 1] - centres[left])
+    rows = np.arange(n)
+    weights[rows, left] = 1.0 - t
+    weights[rows, left + 1] = t
+    return weights
 
 
 def _dilate_3x3(mask):

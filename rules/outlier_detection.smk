@@ -6,7 +6,7 @@
 # Rules per association (rules/common.smk: Product).
 
 OUTLIER_DRIZZLE = ("weight_type", "pixfrac", "kernel", "fillval", "good_bits", "resample_data")
-OUTLIER_FLAGGING = ("skip", "snr", "scale", "backg", "resample_data")
+OUTLIER_FLAGGING = ("skip", "snr", "scale", "backg", "backg_boxsize", "flux_box", "flux_tolerance", "resample_data")
 
 
 for P in PRODUCTS:

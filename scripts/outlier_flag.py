@@ -25,7 +25,9 @@ def outlier_flag(cal_path, wcs_path, sky_path, median_path, pixmap_path, crf_pat
     The median is blotted through the exposure's precomputed pixel map onto
     the median's grid (the map its single drizzle used).  With
     ``resample_data=False`` the median is on the exposure's own grid and
-    JWST's simpler test against it is used.
+    JWST's simpler test against it is used.  Pixels outside the
+    exposure's bounding box (the pixel map's ``input_range``), NON_SCIENCE
+    and DO_NOT_USE pixels are never flagged.
     """
     exposure, sky_level = io.read_aligned_exposure(cal_path, None, sky_path)
     rendered = io.read_rendered_wcs(wcs_path)
@@ -48,7 +50,8 @@ def outlier_flag(cal_path, wcs_path, sky_path, median_path, pixmap_path, crf_pat
             raise io.InputFileError(cal_path, f"resample_data=False needs every exposure on one pixel grid: "
                                               f"shape {exposure.shape} differs from the median's {median.shape}")
         mask = flag_outliers_unresampled(exposure.data - np.float32(sky_level), exposure.err, median,
-                                         snr=params.get("snr", "5.0 4.0"))
+                                         snr=params.get("snr", "5.0 4.0"),
+                                         backg_boxsize=params.get("backg_boxsize", 0), usable=usable)
         _write_flagged(exposure, mask, usable, crf_path, rendered)
         return
     blotted = blot(median, None, None, exposure.shape, pixmap=expand_pixel_map(coarse))
@@ -56,7 +59,8 @@ def outlier_flag(cal_path, wcs_path, sky_path, median_path, pixmap_path, crf_pat
     mask = flag_outliers(
         exposure.data - np.float32(sky_level), exposure.err, blotted,
         snr=parse_pair(params.get("snr", "5.0 4.0")), scale=parse_pair(params.get("scale", "1.2 0.7")),
-        backg=params.get("backg", 0.0),
+        backg=params.get("backg", 0.0), backg_boxsize=params.get("backg_boxsize", 0),
+        flux_box=params.get("flux_box", 0), flux_tolerance=params.get("flux_tolerance", 0.1), usable=usable,
     )
     _write_flagged(exposure, mask, usable, crf_path, rendered)
 
