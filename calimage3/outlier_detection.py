@@ -509,8 +509,8 @@ def residual_background(residual, box_size, *, usable=None, nclip=3, sigma=3.0):
     Returns
     -------
     ndarray of float64, same shape
-        The background: box medians, 3x3-median filtered over the boxes
-        (one box spoiled by a bright artefact does not matter), then
+        The background: sigma-clipped box medians (boxes with fewer
+        than 10 usable pixels take the median of the others),
         interpolated bilinearly between box centres and extrapolated
         linearly beyond the outer centres, so a planar gradient is
         reproduced exactly.  0 everywhere when no pixel is usable.
@@ -548,11 +548,6 @@ def residual_background(residual, box_size, *, usable=None, nclip=3, sigma=3.0):
             mesh[j, i] = np.median(block)
     if not np.isfinite(mesh).any():
         return np.zeros((ny, nx))
-    if my * mx > 1:
-        padded = np.pad(mesh, 1, constant_values=np.nan)
-        stack = np.stack([padded[dy:dy + my, dx:dx + mx] for dy in range(3) for dx in range(3)])
-        filtered = nanmedian_first_axis(stack)
-        mesh = np.where(np.isfinite(filtered), filtered, mesh)
     mesh = np.where(np.isfinite(mesh), mesh, np.nanmedian(mesh))
     wy = _linear_weights(0.5 * (ey[:-1] + ey[1:]) - 0.5, ny)
     wx = _linear_weights(0.5 * (ex[:-1] + ex[1:]) - 0.5, nx)
