@@ -333,5 +333,7 @@ def test_undersampled_star_core_spared_cosmic_rays_kept():
     data[10, 50] += 0.5  # 15 sigma of the sky noise
     mask = flag_outliers(data, exp.err, b, flux_box=5, flux_tolerance=0.1)
     assert mask[py, px] and mask[10, 50]
+    # A tolerance above the ray's share of the star's flux lets it pass.
+    assert not flag_outliers(data, exp.err, b, flux_box=5, flux_tolerance=0.6)[py, px]
     with pytest.raises(ValueError, match="flux_box: must be odd"):
         flag_outliers(data, exp.err, b, flux_box=4)
