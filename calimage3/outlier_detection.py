@@ -13,6 +13,14 @@ The JWST imaging mode, as ``stcal.outlier_detection`` implements it:
    plus blot-derivative threshold (`flag_outliers`), and set OUTLIER and
    DO_NOT_USE on them (`apply_outlier_flags`).
 
+Beyond JWST, `flag_outliers` can first remove the smooth background left
+in ``sci - blot`` (each exposure's own background gradient against the
+median's; `residual_background`, parameter ``backg_boxsize``) and can
+spare the cores of undersampled point sources with a flux-conservation
+test near the median's peaks (``flux_box``, ``flux_tolerance``).  Pixels
+outside an exposure's bounding box or flagged NON_SCIENCE are never
+flagged (``usable``, from `calimage3.usable.usable_pixel_mask`).
+
 With ``resample_data=False`` (exposures already on one pixel grid) step 1
 uses each exposure as it is (`unresampled_single`), there is no blot, and
 step 4 is JWST's simpler test against the median itself
