@@ -31,6 +31,8 @@ singles may be numpy memmaps of files the caller wrote).
 """
 
 
+import warnings
+
 import numpy as np
 from astropy.stats import sigma_clip
 
@@ -424,14 +426,8 @@ def flag_outliers(sci, err, blot, *, snr="5.0 4.0", scale="1.2 0.7", backg=0.0, 
         mask2 = adiff > scale2 * deriv + snr2 * err
     mask = _dilate_3x3(mask1) & mask2 & usable
     if flux_box and mask.any():
-        # The median still holds the sky unless skymatch subtracted it:
-        # only the light of sources above it counts.
-        source = blot - residual_background(blot, backg_boxsize or _SOURCE_BACKGROUND_BOX, usable=usable)
-        mask &= _flux_test(diff, err, source, usable, flux_box, snr1, flux_tolerance)
+        mask &= _flux_test(mask, diff, err, blot, usable, flux_box, snr1, flux_tolerance)
     return mask
-
-
-_SOURCE_BACKGROUND_BOX = 128  # box of the median's own background, when backg_boxsize is 0
 
 
 def _check_box(value, name, odd=False):
@@ -456,46 +452,53 @@ def _usable(usable, shape):
     return usable
 
 
-def _box_sum(array, size):
-    """Sum over the ``size x size`` box centred on every pixel (zero beyond the edges), by cumulative sums."""
-    half = size // 2
-    padded = np.pad(array, ((half + 1, half), (half + 1, half)))
-    c = padded.cumsum(axis=0).cumsum(axis=1)
-    ny, nx = array.shape
-    return (c[size:size + ny, size:size + nx] - c[:ny, size:size + nx]
-            - c[size:size + ny, :nx] + c[:ny, :nx])
+SOURCE_SKY_BOX = 17  # side of the box whose median is the median image's sky around a candidate
+PEAK_RADIUS = 1  # candidates within this many pixels of a peak of the median get the flux test
 
 
-def _flux_test(diff, err, source, usable, size, snr1, tolerance):
-    """Stage 4 of `flag_outliers`: True where a candidate stands (no source, or the box flux disagrees).
+def _flux_test(mask, diff, err, blot, usable, size, snr1, tolerance):
+    """Stage 4 of `flag_outliers`, evaluated at the candidates only: True where a candidate stands.
 
-    ``source`` is the blotted median less its own smooth background.
+    At each candidate of ``mask``, the median's light ``b`` is the blot
+    less its local sky (the median of the ``SOURCE_SKY_BOX`` box: the
+    median still holds the sky unless skymatch subtracted it).  The
+    candidate is near a peak when a pixel within ``PEAK_RADIUS`` is a
+    local 3x3 maximum of ``b`` above ``snr1 * err``; there it stands only
+    if ``|sum(diff)| > snr1 * sqrt(sum(err**2)) + tolerance * sum(|b|)``
+    over the ``size x size`` box.  Elsewhere every candidate stands.
+    Unusable and non-finite pixels count as 0 in the sums.
     """
-    good = usable & np.isfinite(diff) & np.isfinite(source)
-    d = np.where(good, diff, 0.0)
-    b = np.where(good, source, 0.0)
-    # cumulative sums may leave a tiny negative where the true sum is 0
-    noise = np.sqrt(np.clip(_box_sum(np.where(good, err, 0.0) ** 2, size), 0.0, None))
-    # Peaks of the median's sources: local maxima standing snr1 sigma above the sky.
-    err0 = np.where(good, err, np.inf)
-    peaks = (b >= _max_3x3(b)) & (b > snr1 * err0)
-    near_peak = _box_sum(peaks.astype(np.float64), PEAK_RADIUS * 2 + 1) > 0.5
-    excess = np.abs(_box_sum(d, size))
-    return ~near_peak | (excess > snr1 * noise + tolerance * _box_sum(np.abs(b), size))
+    ys, xs = np.nonzero(mask)
+    good = usable & np.isfinite(diff) & np.isfinite(blot)
+    pad = max(SOURCE_SKY_BOX // 2, size // 2, PEAK_RADIUS + 1)
 
+    def windows(array, fill, half):
+        """``(n, 2 half + 1, 2 half + 1)`` cut-outs of ``array`` around the candidates; ``fill`` where unusable."""
+        padded = np.pad(np.where(good, array, fill), pad, constant_values=fill)
+        off = np.arange(-half, half + 1)
+        return padded[(ys + pad)[:, None, None] + off[None, :, None], (xs + pad)[:, None, None] + off[None, None, :]]
 
-PEAK_RADIUS = 1
-
-
-def _max_3x3(array):
-    """Maximum over the 3x3 neighbourhood of every pixel (edges: the neighbours that exist)."""
-    padded = np.pad(array, 1, constant_values=-np.inf)
-    ny, nx = array.shape
-    out = np.full(array.shape, -np.inf)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN boxes: no sky, no peak
+        sky = np.nanmedian(windows(blot, np.nan, SOURCE_SKY_BOX // 2).reshape(len(ys), -1), axis=1)
+    sky = np.nan_to_num(sky)
+    reach = PEAK_RADIUS + 1
+    light = windows(blot, -np.inf, reach) - sky[:, None, None]
+    n = 2 * reach + 1
+    local_max = np.full((len(ys), n - 2, n - 2), -np.inf)
     for dy in range(3):
         for dx in range(3):
-            np.maximum(out, padded[dy:dy + ny, dx:dx + nx], out=out)
-    return out
+            np.maximum(local_max, light[:, dy:dy + n - 2, dx:dx + n - 2], out=local_max)
+    inner = light[:, 1:-1, 1:-1]
+    near_peak = ((inner >= local_max) & (inner > snr1 * windows(err, np.inf, PEAK_RADIUS))).any(axis=(1, 2))
+    half = size // 2
+    excess = np.abs(windows(diff, 0.0, half).sum(axis=(1, 2)))
+    noise = np.sqrt((windows(err, 0.0, half) ** 2).sum(axis=(1, 2)))
+    flux = np.abs(windows(blot, 0.0, half) - sky[:, None, None] * windows(np.ones_like(blot), 0.0, half))
+    stands = ~near_peak | (excess > snr1 * noise + tolerance * flux.sum(axis=(1, 2)))
+    keep = ~mask
+    keep[ys[stands], xs[stands]] = True
+    return keep
 
 
 def residual_background(residual, box_size, *, usable=None, nclip=3, sigma=3.0):
