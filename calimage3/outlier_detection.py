@@ -370,11 +370,12 @@ def flag_outliers(sci, err, blot, *, snr="5.0 4.0", scale="1.2 0.7", backg=0.0, 
     2. grow ``mask1`` to its 8 neighbours (3x3 box);
     3. keep the grown pixels where also ``|D| > scale2 * G + snr2 * err``
        (JWST's test, stages 1-3);
-    4. with ``flux_box = k``: where the median holds a source (the blotted
-       flux in the ``k x k`` box around the pixel exceeds ``snr1`` times
-       the box noise ``sqrt(sum err**2)``), keep a candidate only when the
-       box's flux differs from the median's by more than
-       ``snr1 * sqrt(sum err**2) + flux_tolerance * sum |blot|``.
+    4. with ``flux_box = k``: within one pixel of a peak of the median (a
+       local 3x3 maximum of the blot, less its local sky, above
+       ``snr1 * err``), keep a candidate only when the flux of ``D`` in
+       the ``k x k`` box around it exceeds
+       ``snr1 * sqrt(sum err**2) + flux_tolerance * sum |blot - sky|``
+       (`_flux_test`, evaluated at the candidates only).
 
     The derivative term keeps the sharp cores of stars, where small
     registration or interpolation errors give large differences, from
