@@ -336,7 +336,8 @@ def _background_gradient(settings, rng):
     Returns
     -------
     gradient : ndarray of float64 or float
-        MJy/sr, zero mean over the array; 0.0 when ``sky_gradient`` is 0.
+        MJy/sr, zero at the centre of the bounding box (the mean over the
+        science field); 0.0 when ``sky_gradient`` is 0.
     coefficients : tuple of float
         ``(gx, gy)``: MJy/sr per pixel along x and y.
     """
@@ -348,8 +349,11 @@ def _background_gradient(settings, rng):
     # peak-to-peak across the array along the chosen direction
     span = abs(np.cos(angle)) * (nx - 1) + abs(np.sin(angle)) * (ny - 1)
     gx, gy = amplitude * np.cos(angle) / span, amplitude * np.sin(angle) / span
-    x = np.arange(nx) - (nx - 1) / 2.0
-    y = np.arange(ny) - (ny - 1) / 2.0
+    # Zero at the centre of the bounding box: the truth's sky level is the
+    # mean sky of the science field.
+    (x0, x1), (y0, y1) = settings.bounding_box or ((-0.5, nx - 0.5), (-0.5, ny - 0.5))
+    x = np.arange(nx) - 0.5 * (x0 + x1)
+    y = np.arange(ny) - 0.5 * (y0 + y1)
     return gy * y[:, None] + gx * x[None, :], (float(gx), float(gy))
 
 

@@ -146,11 +146,12 @@ def test_miri_cosmic_rays_and_snowballs_found(miri_flags):
 
 
 def test_miri_sky_matched_despite_out_of_box_signal(miri_run):
-    """Relative sky levels match truth to 0.3% of the sky (the region outside the box is not in the statistics)."""
+    """Relative sky levels match truth to 0.2% of the sky (jwst's), the region outside the box left out of the statistics."""
     levels = io.read_json(miri_run["out"] / "work" / "skymatch" / "skymatch.json")["levels"]
     exposures = miri_run["truth"]["exposures"]
     error = np.array([levels[e["root"]] - e["sky_level"] for e in exposures])
-    assert np.std(error - error.mean()) < 0.003 * miri_run["truth"]["sky"]
+    print(f"MIRI sky-level errors: {np.round(error - error.mean(), 4)} MJy/sr")
+    assert np.std(error - error.mean()) < 0.002 * miri_run["truth"]["sky"]
 
 
 def test_miri_catalog_completeness(miri_run):
