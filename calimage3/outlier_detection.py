@@ -544,10 +544,20 @@ def residual_background(residual, box_size, *, usable=None, nclip=3, sigma=3.0):
     my, mx = max(1, int(round(ny / box_size))), max(1, int(round(nx / box_size)))
     ey = np.linspace(0, ny, my + 1).round().astype(int)
     ex = np.linspace(0, nx, mx + 1).round().astype(int)
+    # Boxes of 32 pixels or more are sampled every other row and column
+    # (a quarter of the work; the medians stay far below the noise); the
+    # box centres are those of the sampled pixels, so a plane stays exact.
+    step = 2 if box_size >= 32 else 1
+    rows = [np.arange(-(-ey[j] // step) * step, ey[j + 1], step) for j in range(my)]
+    cols = [np.arange(-(-ex[i] // step) * step, ex[i + 1], step) for i in range(mx)]
+    sampled = residual[::step, ::step]
+    sampled_good = good[::step, ::step]
     mesh = np.full((my, mx), np.nan)
     for j in range(my):
+        r0, r1 = rows[j][0] // step, rows[j][-1] // step + 1
         for i in range(mx):
-            block = residual[ey[j]:ey[j + 1], ex[i]:ex[i + 1]][good[ey[j]:ey[j + 1], ex[i]:ex[i + 1]]]
+            c0, c1 = cols[i][0] // step, cols[i][-1] // step + 1
+            block = sampled[r0:r1, c0:c1][sampled_good[r0:r1, c0:c1]]
             if block.size < 10:
                 continue
             for _ in range(nclip):
@@ -561,8 +571,8 @@ def residual_background(residual, box_size, *, usable=None, nclip=3, sigma=3.0):
     if not np.isfinite(mesh).any():
         return np.zeros((ny, nx))
     mesh = np.where(np.isfinite(mesh), mesh, np.nanmedian(mesh))
-    wy = _linear_weights(0.5 * (ey[:-1] + ey[1:]) - 0.5, ny)
-    wx = _linear_weights(0.5 * (ex[:-1] + ex[1:]) - 0.5, nx)
+    wy = _linear_weights(np.array([r.mean() for r in rows]), ny)
+    wx = _linear_weights(np.array([c.mean() for c in cols]), nx)
     return wy @ mesh @ wx.T
 
 
