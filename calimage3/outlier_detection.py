@@ -128,7 +128,8 @@ def compute_weight_threshold(weight, maskpt):
     return typical_weight(weight) * maskpt
 
 
-def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256, typical_weights=None):
+def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256, typical_weights=None,
+                       with_count=False):
     """Median of single-drizzled images, computed a block of rows at a time.
 
     Parameters
@@ -149,12 +150,17 @@ def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256, ty
     typical_weights : sequence of float or None
         Each single's `typical_weight`, when already known (the
         single-drizzle jobs store it); computed from ``weights`` otherwise.
+    with_count : bool
+        Also return how many singles contributed to each pixel.
 
     Returns
     -------
-    ndarray of float32, shape (ny, nx)
+    median : ndarray of float32, shape (ny, nx)
         Pixel-wise median of the unmasked, finite single values, MJy/sr;
         NaN where no single contributes.
+    count : ndarray of uint8, shape (ny, nx)
+        Only with ``with_count``: the number of singles in each pixel's
+        median (0 where none).
 
     Notes
     -----
@@ -198,6 +204,7 @@ def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256, ty
 
     ny, nx = shape
     median = np.full(shape, np.nan, dtype=np.float32)
+    count = np.zeros(shape, dtype=np.uint8)
     n = len(singles)
     for r0 in range(0, ny, rows_per_section):
         r1 = min(ny, r0 + rows_per_section)
@@ -207,7 +214,8 @@ def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256, ty
             w = np.asarray(wht[r0:r1])
             stack[k][~(w >= thr) | (w == 0)] = np.nan
         median[r0:r1] = nanmedian_first_axis(stack)
-    return median
+        count[r0:r1] = np.minimum(np.count_nonzero(~np.isnan(stack), axis=0), 255)
+    return (median, count) if with_count else median
 
 
 def unresampled_single(data, weight, sky_level=0.0):
@@ -317,7 +325,7 @@ def abs_derivative(array):
 
 
 def flag_outliers(sci, err, blot, *, snr="5.0 4.0", scale="1.2 0.7", backg=0.0, backg_boxsize=0,
-                  flux_box=0, flux_tolerance=0.1, usable=None):
+                  flux_box=0, flux_tolerance=0.1, usable=None, blot_count=None):
     """Pixels of an exposure that disagree with the blotted median.
 
     Parameters
@@ -353,6 +361,12 @@ def flag_outliers(sci, err, blot, *, snr="5.0 4.0", scale="1.2 0.7", backg=0.0, 
     usable : ndarray of bool or None
         Same shape: pixels that may be flagged and enter the background
         (`calimage3.usable.usable_pixel_mask`); None: every pixel.
+    blot_count : ndarray or None
+        Same shape: how many singles the median had at each pixel (the
+        median's count, blotted like the median).  The flux test applies
+        only where it is at least 3: the median of two singles is their
+        mean and holds half of any outlier, so a peak there may be the
+        outlier itself.  None: the test applies everywhere.
 
     Returns
     -------
@@ -375,7 +389,8 @@ def flag_outliers(sci, err, blot, *, snr="5.0 4.0", scale="1.2 0.7", backg=0.0, 
        ``snr1 * err``), keep a candidate only when the flux of ``D`` in
        the ``k x k`` box around it exceeds
        ``snr1 * sqrt(sum err**2) + flux_tolerance * sum |blot - sky|``
-       (`_flux_test`, evaluated at the candidates only).
+       (`_flux_test`, evaluated at the candidates only), where the
+       median had at least three singles (``blot_count``).
 
     The derivative term keeps the sharp cores of stars, where small
     registration or interpolation errors give large differences, from
@@ -427,7 +442,8 @@ def flag_outliers(sci, err, blot, *, snr="5.0 4.0", scale="1.2 0.7", backg=0.0, 
         mask2 = adiff > scale2 * deriv + snr2 * err
     mask = _dilate_3x3(mask1) & mask2 & usable
     if flux_box and mask.any():
-        mask &= _flux_test(mask, diff, err, blot, usable, flux_box, snr1, flux_tolerance)
+        tested = mask if blot_count is None else mask & (np.asarray(blot_count) >= 2.5)
+        mask &= _flux_test(tested, diff, err, blot, usable, flux_box, snr1, flux_tolerance)
     return mask
 
 
@@ -470,6 +486,8 @@ def _flux_test(mask, diff, err, blot, usable, size, snr1, tolerance):
     Unusable and non-finite pixels count as 0 in the sums.
     """
     ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return np.ones(mask.shape, bool)
     good = usable & np.isfinite(diff) & np.isfinite(blot)
     pad = max(SOURCE_SKY_BOX // 2, size // 2, PEAK_RADIUS + 1)
 

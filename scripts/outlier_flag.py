@@ -54,15 +54,27 @@ def outlier_flag(cal_path, wcs_path, sky_path, median_path, pixmap_path, crf_pat
                                          backg_boxsize=params.get("backg_boxsize", 0), usable=usable)
         _write_flagged(exposure, mask, usable, crf_path, rendered)
         return
-    blotted = blot(median, None, None, exposure.shape, pixmap=expand_pixel_map(coarse))
+    pixmap = expand_pixel_map(coarse)
+    blotted = blot(median, None, None, exposure.shape, pixmap=pixmap)
     del median
+    count = _median_count(median_path)
+    blot_count = None if count is None else blot(count, None, None, exposure.shape, pixmap=pixmap)
     mask = flag_outliers(
         exposure.data - np.float32(sky_level), exposure.err, blotted,
         snr=parse_pair(params.get("snr", "5.0 4.0")), scale=parse_pair(params.get("scale", "1.2 0.7")),
         backg=params.get("backg", 0.0), backg_boxsize=params.get("backg_boxsize", 0),
         flux_box=params.get("flux_box", 0), flux_tolerance=params.get("flux_tolerance", 0.1), usable=usable,
+        blot_count=blot_count,
     )
     _write_flagged(exposure, mask, usable, crf_path, rendered)
+
+
+def _median_count(median_path):
+    """The median's NCOMB (singles per pixel) as float32, or None for a median written without it."""
+    if "ncomb" not in io.read_image_meta(median_path)[1]:
+        return None
+    with io.open_image_sections(median_path, ("NCOMB",)) as views:
+        return np.asarray(views["NCOMB"], dtype=np.float32)
 
 
 def _input_range(coarse, cal_path):
