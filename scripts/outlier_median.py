@@ -11,7 +11,11 @@ log = logging.getLogger("outlier_detection")
 
 
 def outlier_median(single_paths, median_path, *, maskpt=0.7, rows_per_section=256):
-    """Median-combine the singles, reading them from disk a band of rows at a time."""
+    """Median-combine the singles, reading them from disk a band of rows at a time.
+
+    The median file holds SCI (the median) and NCOMB (how many singles each
+    pixel's median used), which the flagging jobs' flux test needs.
+    """
     # Each single job stored its typical weight (WHTTYP); older singles lack it.
     metas = [io.read_image_meta(p)[0] for p in single_paths]
     typical = [m["WHTTYP"] for m in metas] if all("WHTTYP" in m for m in metas) else None
