@@ -31,7 +31,10 @@ def outlier_single(cal_path, sky_path, pixmap_path, single_path, *, resample_dat
     coarse = io.read_pixel_map(pixmap_path) if pixmap_path else None
     if not resample_data:
         # Without a pixel map the bounding box comes from the _cal's own WCS.
-        input_range = coarse.input_range if coarse else bounding_box_range(exposure.shape, io.read_exposure_wcs(cal_path)[0])
+        if coarse is not None:
+            input_range = coarse.input_range
+        else:
+            input_range = bounding_box_range(exposure.shape, io.read_exposure_wcs(cal_path)[0])
         weight = build_driz_weight(exposure.err, exposure.dq, weight_type=params.get("weight_type", "ivm"),
                                    good_bits=params.get("good_bits", "~DO_NOT_USE"),
                                    exptime=exposure_time_weight(exposure.meta), var_rnoise=exposure.var_rnoise,
