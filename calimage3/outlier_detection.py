@@ -13,6 +13,14 @@ The JWST imaging mode, as ``stcal.outlier_detection`` implements it:
    plus blot-derivative threshold (`flag_outliers`), and set OUTLIER and
    DO_NOT_USE on them (`apply_outlier_flags`).
 
+Beyond JWST, `flag_outliers` can first remove the smooth background left
+in ``sci - blot`` (each exposure's own background gradient against the
+median's; `residual_background`, parameter ``backg_boxsize``) and can
+spare the cores of undersampled point sources with a flux-conservation
+test near the median's peaks (``flux_box``, ``flux_tolerance``).  Pixels
+outside an exposure's bounding box or flagged NON_SCIENCE are never
+flagged (``usable``, from `calimage3.usable.usable_pixel_mask`).
+
 With ``resample_data=False`` (exposures already on one pixel grid) step 1
 uses each exposure as it is (`unresampled_single`), there is no blot, and
 step 4 is JWST's simpler test against the median itself
@@ -22,6 +30,8 @@ Arrays come in and arrays go out; nothing here reads or writes files (the
 singles may be numpy memmaps of files the caller wrote).
 """
 
+
+import warnings
 
 import numpy as np
 from astropy.stats import sigma_clip
@@ -38,6 +48,7 @@ __all__ = [
     "flag_outliers_unresampled",
     "abs_derivative",
     "flag_outliers",
+    "residual_background",
     "apply_outlier_flags",
 ]
 
@@ -117,7 +128,8 @@ def compute_weight_threshold(weight, maskpt):
     return typical_weight(weight) * maskpt
 
 
-def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256, typical_weights=None):
+def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256, typical_weights=None,
+                       with_count=False):
     """Median of single-drizzled images, computed a block of rows at a time.
 
     Parameters
@@ -138,12 +150,17 @@ def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256, ty
     typical_weights : sequence of float or None
         Each single's `typical_weight`, when already known (the
         single-drizzle jobs store it); computed from ``weights`` otherwise.
+    with_count : bool
+        Also return how many singles contributed to each pixel.
 
     Returns
     -------
-    ndarray of float32, shape (ny, nx)
+    median : ndarray of float32, shape (ny, nx)
         Pixel-wise median of the unmasked, finite single values, MJy/sr;
         NaN where no single contributes.
+    count : ndarray of uint8, shape (ny, nx)
+        Only with ``with_count``: the number of singles in each pixel's
+        median (0 where none).
 
     Notes
     -----
@@ -187,6 +204,7 @@ def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256, ty
 
     ny, nx = shape
     median = np.full(shape, np.nan, dtype=np.float32)
+    count = np.zeros(shape, dtype=np.uint8)
     n = len(singles)
     for r0 in range(0, ny, rows_per_section):
         r1 = min(ny, r0 + rows_per_section)
@@ -196,7 +214,8 @@ def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256, ty
             w = np.asarray(wht[r0:r1])
             stack[k][~(w >= thr) | (w == 0)] = np.nan
         median[r0:r1] = nanmedian_first_axis(stack)
-    return median
+        count[r0:r1] = np.minimum(np.count_nonzero(~np.isnan(stack), axis=0), 255)
+    return (median, count) if with_count else median
 
 
 def unresampled_single(data, weight, sky_level=0.0):
@@ -228,25 +247,34 @@ def unresampled_single(data, weight, sky_level=0.0):
     return sci, wht
 
 
-def flag_outliers_unresampled(sci, err, median, *, snr="5.0 4.0"):
+def flag_outliers_unresampled(sci, err, median, *, snr="5.0 4.0", backg_boxsize=0, usable=None):
     """Outliers of an exposure against a median on its own pixel grid (``resample_data=False``).
 
     As JWST for data that are not resampled: ``|sci - median| > snr1 * err``
     (``err`` NaN counts as 0), with no derivative term, second threshold or
-    neighbour growth.
+    neighbour growth.  With ``backg_boxsize`` > 0 the smooth background
+    left in ``sci - median`` is removed first (`residual_background`), as
+    in `flag_outliers`; ``usable`` (bool, same shape) limits the pixels
+    that may be flagged and enter that background.
 
     Returns
     -------
     ndarray of bool
-        True on outliers; False wherever ``sci`` or ``median`` is NaN.
+        True on outliers; False wherever ``sci`` or ``median`` is NaN or
+        ``usable`` is False.
     """
     snr1, _ = parse_pair(snr, "snr")
     sci = np.asarray(sci, dtype=np.float64)
     median = np.asarray(median, dtype=np.float64)
     if sci.shape != median.shape:
         raise ValueError(f"median: shape {median.shape} differs from the exposure's {sci.shape}")
+    usable = _usable(usable, sci.shape)
     with np.errstate(invalid="ignore"):
-        return np.abs(sci - median) > snr1 * np.nan_to_num(np.asarray(err, dtype=np.float64))
+        diff = sci - median
+    if _check_box(backg_boxsize, "backg_boxsize"):
+        diff -= residual_background(diff, backg_boxsize, usable=usable)
+    with np.errstate(invalid="ignore"):
+        return (np.abs(diff) > snr1 * np.nan_to_num(np.asarray(err, dtype=np.float64))) & usable
 
 
 def nanmedian_first_axis(stack):
@@ -296,7 +324,8 @@ def abs_derivative(array):
     return out
 
 
-def flag_outliers(sci, err, blot, *, snr="5.0 4.0", scale="1.2 0.7", backg=0.0):
+def flag_outliers(sci, err, blot, *, snr="5.0 4.0", scale="1.2 0.7", backg=0.0, backg_boxsize=0,
+                  flux_box=0, flux_tolerance=0.1, usable=None, blot_count=None):
     """Pixels of an exposure that disagree with the blotted median.
 
     Parameters
@@ -315,24 +344,68 @@ def flag_outliers(sci, err, blot, *, snr="5.0 4.0", scale="1.2 0.7", backg=0.0):
     backg : float
         Background to subtract from ``sci - blot``, MJy/sr (the sky level
         when it is still in ``sci`` but not in the median).
+    backg_boxsize : int
+        Side, in pixels, of the boxes over which the smooth background
+        left in ``sci - blot - backg`` is measured and removed
+        (`residual_background`): the difference between this exposure's
+        background gradient and the median's, which a constant sky level
+        cannot take out.  0 (JWST): none removed.
+    flux_box : int
+        Odd side, in pixels, of the flux-conservation test that spares the
+        cores of undersampled point sources (see Notes).  0 (JWST): no
+        such test.
+    flux_tolerance : float
+        Fraction of the blotted flux in the ``flux_box`` box by which the
+        exposure's flux there may exceed (or fall short of) the median's
+        before a candidate near a source is confirmed.
+    usable : ndarray of bool or None
+        Same shape: pixels that may be flagged and enter the background
+        (`calimage3.usable.usable_pixel_mask`); None: every pixel.
+    blot_count : ndarray or None
+        Same shape: how many singles the median had at each pixel (the
+        median's count, blotted like the median).  The flux test applies
+        only where it is at least 3: the median of two singles is their
+        mean and holds half of any outlier, so a peak there may be the
+        outlier itself.  None: the test applies everywhere.
 
     Returns
     -------
     ndarray of bool, shape (ny, nx)
-        True on outliers.  False wherever ``sci`` or ``blot`` is NaN.
+        True on outliers.  False wherever ``sci`` or ``blot`` is NaN or
+        ``usable`` is False.
 
     Notes
     -----
-    With ``D = |sci - blot - backg|`` and ``G`` = `abs_derivative` of
-    ``blot``:
+    With ``D = sci - blot - backg - B``, where ``B`` is the smooth residual
+    background (0 when ``backg_boxsize`` is 0), and ``G`` = `abs_derivative`
+    of ``blot``:
 
-    1. ``mask1 = D > scale1 * G + snr1 * err``;
+    1. ``mask1 = |D| > scale1 * G + snr1 * err``;
     2. grow ``mask1`` to its 8 neighbours (3x3 box);
-    3. keep the grown pixels where also ``D > scale2 * G + snr2 * err``.
+    3. keep the grown pixels where also ``|D| > scale2 * G + snr2 * err``
+       (JWST's test, stages 1-3);
+    4. with ``flux_box = k``: within one pixel of a peak of the median (a
+       local 3x3 maximum of the blot, less its local sky, above
+       ``snr1 * err``), keep a candidate only when the flux of ``D`` in
+       the ``k x k`` box around it exceeds
+       ``snr1 * sqrt(sum err**2) + flux_tolerance * sum |blot - sky|``
+       (`_flux_test`, evaluated at the candidates only), where the
+       median had at least three singles (``blot_count``).
 
     The derivative term keeps the sharp cores of stars, where small
     registration or interpolation errors give large differences, from
-    being flagged.
+    being flagged.  It is not enough for undersampled point sources
+    (FWHM ~1-1.3 pixels): the exposure whose pixel grid is centred on a
+    star has a peak up to twice that of the median, which drizzling and
+    blotting blur, and JWST flags it (jwst#9989, #5131, #10751), taking
+    the brightest part of the star out of the mosaic.  Sub-pixel phase
+    only moves a point source's flux between neighbouring pixels, so the
+    flux in a box a few FWHM wide is the same in the exposure and the
+    median; a cosmic ray adds flux there.  Stage 4 tests that.  Away from
+    sources stage 4 does nothing, so faint cosmic rays on the sky are
+    found as in JWST; on a source a cosmic ray must add more than
+    ``flux_tolerance`` of the source's box flux (plus the box noise) to be
+    flagged.
     """
     snr1, snr2 = parse_pair(snr, "snr")
     scale1, scale2 = parse_pair(scale, "scale")
@@ -348,13 +421,193 @@ def flag_outliers(sci, err, blot, *, snr="5.0 4.0", scale="1.2 0.7", backg=0.0):
         backg = float(backg)
     except (TypeError, ValueError):
         raise ValueError(f"backg: must be a number, got {backg!r}") from None
+    flux_box = _check_box(flux_box, "flux_box", odd=True)
+    backg_boxsize = _check_box(backg_boxsize, "backg_boxsize")
+    try:
+        flux_tolerance = float(flux_tolerance)
+    except (TypeError, ValueError):
+        flux_tolerance = -1.0
+    if not (np.isfinite(flux_tolerance) and flux_tolerance >= 0):
+        raise ValueError(f"flux_tolerance: must be a non-negative number, got {flux_tolerance!r}")
+    usable = _usable(usable, sci.shape)
     err = np.nan_to_num(err, nan=0.0, posinf=0.0, neginf=0.0)
     deriv = abs_derivative(blot)
     with np.errstate(invalid="ignore"):
-        diff = np.abs(sci - blot - backg)
-        mask1 = diff > scale1 * deriv + snr1 * err
-        mask2 = diff > scale2 * deriv + snr2 * err
-    return _dilate_3x3(mask1) & mask2
+        diff = sci - blot - backg
+    if backg_boxsize:
+        diff -= residual_background(diff, backg_boxsize, usable=usable)
+    with np.errstate(invalid="ignore"):
+        adiff = np.abs(diff)
+        mask1 = (adiff > scale1 * deriv + snr1 * err) & usable
+        mask2 = adiff > scale2 * deriv + snr2 * err
+    mask = _dilate_3x3(mask1) & mask2 & usable
+    if flux_box and mask.any():
+        tested = mask if blot_count is None else mask & (np.asarray(blot_count) >= 2.5)
+        mask &= _flux_test(tested, diff, err, blot, usable, flux_box, snr1, flux_tolerance)
+    return mask
+
+
+def _check_box(value, name, odd=False):
+    """A box size: a non-negative integer (odd when ``odd`` and non-zero); 0 means off."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or int(value) != value or value < 0:
+        raise ValueError(f"{name}: must be a non-negative integer, got {value!r}")
+    value = int(value)
+    if odd and value and value % 2 == 0:
+        raise ValueError(f"{name}: must be odd (the box is centred on the pixel), got {value!r}")
+    return value
+
+
+def _usable(usable, shape):
+    if usable is None:
+        return np.ones(shape, bool)
+    usable = np.asarray(usable)
+    if usable.shape != tuple(shape) or usable.dtype != bool:
+        raise ValueError(f"usable: must be a boolean array of shape {tuple(shape)}, got "
+                         f"{usable.dtype} {usable.shape}")
+    return usable
+
+
+SOURCE_SKY_BOX = 17  # side of the box whose median is the median image's sky around a candidate
+PEAK_RADIUS = 1  # candidates within this many pixels of a peak of the median get the flux test
+
+
+def _flux_test(mask, diff, err, blot, usable, size, snr1, tolerance):
+    """Stage 4 of `flag_outliers`, evaluated at the candidates only: True where a candidate stands.
+
+    At each candidate of ``mask``, the median's light ``b`` is the blot
+    less its local sky (the median of the ``SOURCE_SKY_BOX`` box: the
+    median still holds the sky unless skymatch subtracted it).  The
+    candidate is near a peak when a pixel within ``PEAK_RADIUS`` is a
+    local 3x3 maximum of ``b`` above ``snr1 * err``; there it stands only
+    if ``|sum(diff)| > snr1 * sqrt(sum(err**2)) + tolerance * sum(|b|)``
+    over the ``size x size`` box.  Elsewhere every candidate stands.
+    Unusable and non-finite pixels count as 0 in the sums.
+    """
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return np.ones(mask.shape, bool)
+    good = usable & np.isfinite(diff) & np.isfinite(blot)
+    pad = max(SOURCE_SKY_BOX // 2, size // 2, PEAK_RADIUS + 1)
+
+    def windows(array, fill, half):
+        """``(n, 2 half + 1, 2 half + 1)`` cut-outs of ``array`` around the candidates; ``fill`` where unusable."""
+        padded = np.pad(np.where(good, array, fill), pad, constant_values=fill)
+        off = np.arange(-half, half + 1)
+        return padded[(ys + pad)[:, None, None] + off[None, :, None], (xs + pad)[:, None, None] + off[None, None, :]]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN boxes: no sky, no peak
+        sky = np.nanmedian(windows(blot, np.nan, SOURCE_SKY_BOX // 2).reshape(len(ys), -1), axis=1)
+    sky = np.nan_to_num(sky)
+    reach = PEAK_RADIUS + 1
+    light = windows(blot, -np.inf, reach) - sky[:, None, None]
+    n = 2 * reach + 1
+    local_max = np.full((len(ys), n - 2, n - 2), -np.inf)
+    for dy in range(3):
+        for dx in range(3):
+            np.maximum(local_max, light[:, dy:dy + n - 2, dx:dx + n - 2], out=local_max)
+    inner = light[:, 1:-1, 1:-1]
+    near_peak = ((inner >= local_max) & (inner > snr1 * windows(err, np.inf, PEAK_RADIUS))).any(axis=(1, 2))
+    half = size // 2
+    excess = np.abs(windows(diff, 0.0, half).sum(axis=(1, 2)))
+    noise = np.sqrt((windows(err, 0.0, half) ** 2).sum(axis=(1, 2)))
+    flux = np.abs(windows(blot, 0.0, half) - sky[:, None, None] * windows(np.ones_like(blot), 0.0, half))
+    stands = ~near_peak | (excess > snr1 * noise + tolerance * flux.sum(axis=(1, 2)))
+    keep = ~mask
+    keep[ys[stands], xs[stands]] = True
+    return keep
+
+
+def residual_background(residual, box_size, *, usable=None, nclip=3, sigma=3.0):
+    """Smooth background of a residual image, from clipped medians in boxes.
+
+    Parameters
+    ----------
+    residual : ndarray, shape (ny, nx)
+        E.g. ``sci - blot - backg``, MJy/sr; NaN pixels are ignored.
+    box_size : int
+        Box side, pixels.  An image smaller than one box gets one value.
+    usable : ndarray of bool or None
+        Pixels that may enter the statistics.
+    nclip : int
+        Iterations of ``sigma`` clipping about the median in each box.
+    sigma : float
+        Clipping threshold in units of the box's robust (MAD) scatter.
+
+    Returns
+    -------
+    ndarray of float64, same shape
+        The background: sigma-clipped box medians (boxes with fewer
+        than 10 usable pixels take the median of the others),
+        interpolated bilinearly between box centres and extrapolated
+        linearly beyond the outer centres, so a planar gradient is
+        reproduced exactly.  0 everywhere when no pixel is usable.
+
+    Notes
+    -----
+    Every exposure's background differs from the median of all of them by
+    a smooth surface (each has its own gradient, and skymatch subtracts
+    only a constant); this is that surface, to be removed before the
+    outlier test, which would otherwise flag large areas where it
+    exceeds a few sigma of the noise.
+    """
+    residual = np.asarray(residual, dtype=np.float64)
+    box_size = _check_box(box_size, "backg_boxsize")
+    if box_size == 0:
+        raise ValueError("backg_boxsize: must be positive to measure a background")
+    ny, nx = residual.shape
+    good = np.isfinite(residual) & _usable(usable, residual.shape)
+    my, mx = max(1, int(round(ny / box_size))), max(1, int(round(nx / box_size)))
+    ey = np.linspace(0, ny, my + 1).round().astype(int)
+    ex = np.linspace(0, nx, mx + 1).round().astype(int)
+    # Boxes of 32 pixels or more are sampled every other row and column
+    # (a quarter of the work; the medians stay far below the noise); the
+    # box centres are those of the sampled pixels, so a plane stays exact.
+    step = 2 if box_size >= 32 else 1
+    rows = [np.arange(-(-ey[j] // step) * step, ey[j + 1], step) for j in range(my)]
+    cols = [np.arange(-(-ex[i] // step) * step, ex[i + 1], step) for i in range(mx)]
+    sampled = residual[::step, ::step]
+    sampled_good = good[::step, ::step]
+    mesh = np.full((my, mx), np.nan)
+    for j in range(my):
+        r0, r1 = rows[j][0] // step, rows[j][-1] // step + 1
+        for i in range(mx):
+            c0, c1 = cols[i][0] // step, cols[i][-1] // step + 1
+            block = sampled[r0:r1, c0:c1][sampled_good[r0:r1, c0:c1]]
+            if block.size < 10:
+                continue
+            for _ in range(nclip):
+                centre = np.median(block)
+                spread = 1.4826 * np.median(np.abs(block - centre))
+                keep = np.abs(block - centre) <= sigma * spread if spread > 0 else block == centre
+                if keep.all() or keep.sum() < 10:
+                    break
+                block = block[keep]
+            mesh[j, i] = np.median(block)
+    if not np.isfinite(mesh).any():
+        return np.zeros((ny, nx))
+    mesh = np.where(np.isfinite(mesh), mesh, np.nanmedian(mesh))
+    wy = _linear_weights(np.array([r.mean() for r in rows]), ny)
+    wx = _linear_weights(np.array([c.mean() for c in cols]), nx)
+    return wy @ mesh @ wx.T
+
+
+def _linear_weights(centres, n):
+    """``(n, len(centres))`` weights of linear interpolation at pixels ``0 .. n-1``, extrapolating at the ends."""
+    k = len(centres)
+    weights = np.zeros((n, k))
+    if k == 1:
+        weights[:, 0] = 1.0
+        return weights
+    x = np.arange(n, dtype=np.float64)
+    left = np.clip(np.searchsorted(centres, x, side="right") - 1, 0, k - 2)
+    t = (x - centres[left]) / (centres[left + 1] - centres[left])
+    rows = np.arange(n)
+    weights[rows, left] = 1.0 - t
+    weights[rows, left + 1] = t
+    return weights
 
 
 def _dilate_3x3(mask):

@@ -59,6 +59,8 @@ def _nodes(n, step):
 def input_range(shape, wcs):
     """Input pixel range ``(xmin, xmax, ymin, ymax)`` inside the WCS bounding box.
 
+    The pixels whose centres lie within the box, edges included.
+
     Parameters
     ----------
     shape : tuple of int
@@ -74,10 +76,12 @@ def input_range(shape, wcs):
             (x1, x2), (y1, y2) = bbox.bounding_box(order="F")
         except AttributeError:
             (x1, x2), (y1, y2) = bbox
-        xmin = max(0, int(x1 + 0.5))
-        ymin = max(0, int(y1 + 0.5))
-        xmax = max(xmin, min(nx - 1, int(x2 + 0.5)))
-        ymax = max(ymin, min(ny - 1, int(y2 + 0.5)))
+        # A pixel is inside when its centre is: x1 <= i <= x2 (an upper
+        # edge at 1027.5 leaves pixel 1028 out).
+        xmin = max(0, int(np.ceil(x1 - 1e-9)))
+        ymin = max(0, int(np.ceil(y1 - 1e-9)))
+        xmax = max(xmin, min(nx - 1, int(np.floor(x2 + 1e-9))))
+        ymax = max(ymin, min(ny - 1, int(np.floor(y2 + 1e-9))))
     return xmin, xmax, ymin, ymax
 
 

@@ -39,9 +39,9 @@ from dataclasses import dataclass
 import numpy as np
 from drizzle.resample import Drizzle, blot_image
 
-from .dqflags import good_pixel_mask
 from .pixmap import pixel_map
 from .pixmap import input_range as _input_range
+from .usable import usable_pixel_mask
 
 __all__ = [
     "KERNELS",
@@ -163,6 +163,7 @@ def build_driz_weight(
     good_bits="~DO_NOT_USE+NON_SCIENCE",
     exptime=1.0,
     var_rnoise=None,
+    input_range=None,
 ):
     """Per-pixel drizzle weight map of one exposure.
 
@@ -184,12 +185,17 @@ def build_driz_weight(
         Exposure (measurement) time for ``'exptime'`` weighting, seconds.
     var_rnoise : ndarray or None, shape (ny, nx)
         Read-noise variance (VAR_RNOISE), (MJy/sr)**2.
+    input_range : tuple of int or None
+        ``(xmin, xmax, ymin, ymax)`` inside the WCS bounding box; pixels
+        outside get weight 0.  None: the whole array.
 
     Returns
     -------
     ndarray of float32, shape (ny, nx)
-        Weights; 0 on pixels with bad DQ and where the inverse variance is
-        not finite and positive.
+        Weights; 0 on pixels with bad DQ, on NON_SCIENCE pixels whatever
+        ``good_bits`` says, outside ``input_range``, and where the inverse
+        variance is not finite and positive
+        (`calimage3.usable.usable_pixel_mask`).
 
     Notes
     -----
@@ -205,7 +211,7 @@ def build_driz_weight(
     err = np.asarray(err)
     if err.shape != dq.shape:
         raise ValueError(f"err: shape {err.shape} differs from dq shape {dq.shape}")
-    good = good_pixel_mask(dq, good_bits)
+    good = usable_pixel_mask(dq, good_bits=good_bits, input_range=input_range)
     if weight_type == "ivm":
         if var_rnoise is not None:
             var = np.asarray(var_rnoise, dtype=np.float64)
@@ -287,6 +293,8 @@ def _drizzle_inputs(exposure, output_wcs, *, sky_level, pixmap, grid_step, weigh
             f"pixmap: shape {pixmap.shape} does not match data shape {data.shape} + (2,)"
         )
     exptime = exposure_time_weight(exposure.meta)
+    if input_range is None:
+        input_range = _input_range(data.shape, exposure.wcs)
     weight = build_driz_weight(
         exposure.err,
         exposure.dq,
@@ -294,13 +302,12 @@ def _drizzle_inputs(exposure, output_wcs, *, sky_level, pixmap, grid_step, weigh
         good_bits=good_bits,
         exptime=exptime,
         var_rnoise=exposure.var_rnoise,
+        input_range=input_range,
     )
     sci = data.astype(np.float32) - np.float32(sky_level)
     unusable = (weight == 0) | ~np.isfinite(sci)
     weight[unusable] = 0.0
     sci[unusable] = 0.0
-    if input_range is None:
-        input_range = _input_range(data.shape, exposure.wcs)
     xmin, xmax, ymin, ymax = (int(v) for v in input_range)
     kwargs = dict(
         exptime=exptime,

@@ -53,7 +53,7 @@ from .wcs_tools import (
     to_tangent_plane,
 )
 
-__all__ = ["SimulationSettings", "simulate_dither", "main"]
+__all__ = ["SimulationSettings", "miri_imaging_settings", "simulate_dither", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,34 @@ class SimulationSettings:
         Extra stars bright enough to saturate (peak 3-100 times
         ``saturation``); needs ``saturation``.  Drawn with their own random
         stream, so the rest of the set is that of the same seed.
+    instrument : {'NIRCAM', 'MIRI'}
+        Header keywords and file names of a NIRCam SW (F200W) or a MIRI
+        imager (MIRIMAGE, F770W) exposure; `miri_imaging_settings` also
+        sets MIRI's detector size, pixel scale, PSF and background.
+    sky_gradient : float
+        Peak-to-peak amplitude of a planar background gradient across the
+        detector, as a fraction of ``sky``, in a random direction for each
+        exposure (0: flat sky).
+    bounding_box : tuple or None
+        ``((x0, x1), (y0, y1))`` WCS bounding box (pixel edges, e.g.
+        ``(359.5, 1031.5)``), narrower than the array as MIRI's imager is;
+        None: the whole array.  Pixels outside it hold ``outside_level``
+        instead of the sky scene.
+    outside_level : float
+        Mean of the bright, structured, unflagged signal outside the
+        bounding box (coronagraph and Lyot glow on MIRI), MJy/sr.
+    non_science : bool
+        Flag the pixels outside the bounding box NON_SCIENCE in DQ (the
+        bit only, not DO_NOT_USE).
+    row_noise : float
+        RMS of 1/f row offsets (correlated along each row of each
+        amplifier, not in ERR), MJy/sr; 0: none.
+    n_amplifiers : int
+        Amplifiers side by side along x, each with its own row offsets
+        (4 for NIRCam).
+    snowball_density : float
+        Unflagged snowball residuals (round, radius 1.5-3 pixels) per
+        pixel per exposure.
     """
 
     def __init__(
@@ -174,6 +202,14 @@ class SimulationSettings:
         psf_filter="F200W",
         saturation=None,
         n_saturated=0,
+        instrument="NIRCAM",
+        sky_gradient=0.0,
+        bounding_box=None,
+        outside_level=0.0,
+        non_science=False,
+        row_noise=0.0,
+        n_amplifiers=4,
+        snowball_density=0.0,
     ):
         if int(n_exposures) < 1:
             raise ValueError(f"n_exposures must be at least 1, got {n_exposures}")
@@ -208,6 +244,8 @@ class SimulationSettings:
         self.target_snr = float(target_snr)
         self.seed = int(seed)
         _set_psf_settings(self, psf, psf_filter, saturation, n_saturated)
+        _set_detector_effects(self, instrument, sky_gradient, bounding_box, outside_level, non_science,
+                              row_noise, n_amplifiers, snowball_density)
 
 
 
@@ -308,6 +346,189 @@ def _saturate(settings, model_sb, dq):
     saturated = model_sb > settings.saturation
     dq[saturated] |= PIXEL["SATURATED"] | PIXEL["DO_NOT_USE"]
     return saturated
+
+
+
+# --------------------------------------------------------------------------
+# Detector effects beyond the NIRCam default: MIRI imaging, background
+# gradients, bounding box, 1/f row noise, snowballs.  They draw from their
+# own random stream, so the default settings give the files they always did.
+
+INSTRUMENTS = ("NIRCAM", "MIRI")
+
+
+def _set_detector_effects(settings, instrument, sky_gradient, bounding_box, outside_level, non_science,
+                          row_noise, n_amplifiers, snowball_density):
+    """Validate and store the detector-effect settings on ``settings``."""
+    instrument = str(instrument).upper()
+    if instrument not in INSTRUMENTS:
+        raise ValueError(f"instrument must be one of {INSTRUMENTS}, got {instrument!r}")
+    for name, value in (("sky_gradient", sky_gradient), ("outside_level", outside_level),
+                        ("row_noise", row_noise), ("snowball_density", snowball_density)):
+        if not (np.isfinite(float(value)) and float(value) >= 0):
+            raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+    if isinstance(n_amplifiers, bool) or int(n_amplifiers) != n_amplifiers or n_amplifiers < 1:
+        raise ValueError(f"n_amplifiers must be a positive integer, got {n_amplifiers!r}")
+    if bounding_box is not None:
+        (x0, x1), (y0, y1) = (tuple(float(v) for v in iv) for iv in bounding_box)
+        ny, nx = settings.shape
+        if not (-0.5 <= x0 < x1 <= nx - 0.5 and -0.5 <= y0 < y1 <= ny - 0.5):
+            raise ValueError(f"bounding_box must lie within the {nx} x {ny} array, got {bounding_box!r}")
+        bounding_box = ((x0, x1), (y0, y1))
+    settings.instrument = instrument
+    settings.sky_gradient = float(sky_gradient)
+    settings.bounding_box = bounding_box
+    settings.outside_level = float(outside_level)
+    settings.non_science = bool(non_science)
+    settings.row_noise = float(row_noise)
+    settings.n_amplifiers = int(n_amplifiers)
+    settings.snowball_density = float(snowball_density)
+
+
+def miri_imaging_settings(**overrides):
+    """`SimulationSettings` of a MIRI imager (F770W-like) dither set.
+
+    1032 x 1024 pixels of 0.11", PSF FWHM 2.45 pixels, a high background
+    (8 MJy/sr) with a 2% gentle gradient in a different direction in each
+    exposure, and a WCS bounding box (x 359.5-1027.5) narrower than the
+    array, with bright structured signal (3x the sky) outside it, as the
+    coronagraph and Lyot regions of the real detector hold.  Any keyword of
+    `SimulationSettings` overrides these.
+    """
+    values = dict(
+        instrument="MIRI", shape=(1024, 1032), pixel_scale=0.11, psf_fwhm=2.45, sky=8.0, sky_offset_rms=0.05,
+        sky_gradient=0.02, bounding_box=((359.5, 1027.5), (-0.5, 1023.5)), outside_level=24.0,
+        cr_density=2e-4, n_amplifiers=1,
+    )
+    values.update(overrides)
+    # Source counts scale with the field inside the bounding box, not the array.
+    ny, nx = values["shape"]
+    (x0, x1), (y0, y1) = values["bounding_box"] or ((-0.5, nx - 0.5), (-0.5, ny - 0.5))
+    area_scale = (x1 - x0) * (y1 - y0) / 512.0**2
+    for name, per_512 in (("n_stars", 100), ("n_galaxies", 25)):
+        if values.get(name) is None:
+            values[name] = round(per_512 * area_scale)
+    return SimulationSettings(**values)
+
+
+def _effects_rng(settings):
+    """The random stream of the detector effects (independent of the scene's)."""
+    return np.random.default_rng([settings.seed, 14])
+
+
+def _apply_bounding_box(settings, wcs):
+    """Set the settings' bounding box on ``wcs`` (no change when there is none)."""
+    if settings.bounding_box is not None:
+        wcs.bounding_box = settings.bounding_box
+    return wcs
+
+
+def _outside_mask(settings):
+    """True on pixels whose centres are outside the bounding box (all False without one)."""
+    ny, nx = settings.shape
+    outside = np.zeros((ny, nx), bool)
+    if settings.bounding_box is None:
+        return outside
+    (x0, x1), (y0, y1) = settings.bounding_box
+    x = np.arange(nx)
+    y = np.arange(ny)
+    outside[:, (x < x0) | (x > x1)] = True
+    outside[(y < y0) | (y > y1), :] = True
+    return outside
+
+
+def _outside_signal(settings):
+    """Bright structured signal outside the bounding box, MJy/sr, fixed on the detector.
+
+    A ramp along y, a ripple, and two round bright spots (an occulter's
+    glow), all around ``outside_level``; 0 inside the box.
+    """
+    ny, nx = settings.shape
+    outside = _outside_mask(settings)
+    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float64)
+    pattern = 1.0 + 0.3 * (yy / ny - 0.5) + 0.15 * np.sin(2 * np.pi * xx / 57.0) * np.cos(2 * np.pi * yy / 83.0)
+    cols = np.flatnonzero(outside.any(axis=0))
+    if cols.size:
+        cx = 0.5 * (cols.min() + cols.max())
+        for cy in (0.3 * ny, 0.75 * ny):
+            pattern += 2.0 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 12.0**2))
+    return np.where(outside, settings.outside_level * pattern, 0.0)
+
+
+def _background_gradient(settings, rng):
+    """A planar gradient of peak-to-peak ``sky_gradient * sky`` in a random direction.
+
+    Returns
+    -------
+    gradient : ndarray of float64 or float
+        MJy/sr, zero at the centre of the bounding box (the mean over the
+        science field); 0.0 when ``sky_gradient`` is 0.
+    coefficients : tuple of float
+        ``(gx, gy)``: MJy/sr per pixel along x and y.
+    """
+    if settings.sky_gradient == 0:
+        return 0.0, (0.0, 0.0)
+    ny, nx = settings.shape
+    angle = rng.uniform(0, 2 * np.pi)
+    amplitude = settings.sky_gradient * settings.sky
+    # peak-to-peak across the array along the chosen direction
+    span = abs(np.cos(angle)) * (nx - 1) + abs(np.sin(angle)) * (ny - 1)
+    gx, gy = amplitude * np.cos(angle) / span, amplitude * np.sin(angle) / span
+    # Zero at the centre of the bounding box: the truth's sky level is the
+    # mean sky of the science field.
+    (x0, x1), (y0, y1) = settings.bounding_box or ((-0.5, nx - 0.5), (-0.5, ny - 0.5))
+    x = np.arange(nx) - 0.5 * (x0 + x1)
+    y = np.arange(ny) - 0.5 * (y0 + y1)
+    return gy * y[:, None] + gx * x[None, :], (float(gx), float(gy))
+
+
+def _row_noise(settings, rng):
+    """1/f row offsets per amplifier (correlated along each row), MJy/sr; 0.0 when off."""
+    if settings.row_noise == 0:
+        return 0.0
+    ny, nx = settings.shape
+    edges = np.linspace(0, nx, settings.n_amplifiers + 1).round().astype(int)
+    noise = np.zeros((ny, nx))
+    freq = np.fft.rfftfreq(ny)
+    freq[0] = freq[1]
+    for a0, a1 in zip(edges[:-1], edges[1:]):
+        spectrum = (rng.normal(size=freq.size) + 1j * rng.normal(size=freq.size)) / np.sqrt(freq)
+        series = np.fft.irfft(spectrum, n=ny)
+        series *= settings.row_noise / series.std()
+        noise[:, a0:a1] = series[:, None]
+    return noise
+
+
+def _snowballs(settings, rng, noise_e):
+    """Pixels and amplitudes (e-) of unflagged snowball residuals: round disks of radius 1.5-3 pixels."""
+    ny, nx = settings.shape
+    n_events = rng.poisson(settings.snowball_density * nx * ny)
+    xs, ys, amps = [], [], []
+    for _ in range(n_events):
+        radius = rng.uniform(1.5, 3.0)
+        r = int(np.ceil(radius))
+        xc = rng.integers(REF_BORDER + r, nx - REF_BORDER - r)
+        yc = rng.integers(REF_BORDER + r, ny - REF_BORDER - r)
+        level = noise_e * 10 ** rng.uniform(np.log10(20.0), np.log10(300.0))
+        for dy in range(-r, r + 1):
+            for dx in range(-r, r + 1):
+                if np.hypot(dx, dy) <= radius:
+                    xs.append(xc + dx)
+                    ys.append(yc + dy)
+                    amps.append(level)
+    return np.array(xs, int), np.array(ys, int), np.array(amps)
+
+
+def _instrument_names(settings, program):
+    """Product name, detector name of detector ``d``, and the instrument header keywords."""
+    if settings.instrument == "MIRI":
+        keywords = {"INSTRUME": "MIRI", "FILTER": "F770W", "EXP_TYPE": "MIR_IMAGE"}
+        return f"jw{program}-o001_t001_miri_f770w", (lambda d: "MIRIMAGE"), keywords
+    # the filter of a JWST-like PSF, else F200W (the Gaussian PSF's nominal filter)
+    nircam_filter = settings.psf_filter if settings.psf == "jwst" else "F200W"
+    keywords = {"INSTRUME": "NIRCAM", "MODULE": "B", "CHANNEL": "SHORT", "FILTER": nircam_filter, "PUPIL": "CLEAR",
+                "EXP_TYPE": "NRC_IMAGE"}
+    return (f"jw{program}-o001_t001_nircam_clear-{nircam_filter.lower()}", (lambda d: f"NRCB{d + 1}"), keywords)
 
 
 def _distortion(shape):
@@ -600,7 +821,10 @@ def simulate_dither(output_dir, settings=None, **kwargs):
     ra0, dec0 = settings.crval
     pa = np.deg2rad(settings.position_angle)
 
-    program, product = "01234", "jw01234-o001_t001_nircam_clear-f200w"
+    program = "01234"
+    product, detector_name, instrument_keywords = _instrument_names(settings, program)
+    effects_rng = _effects_rng(settings)
+    outside = _outside_mask(settings)
     asn_id = "a3001"
     conv = PHOTMJSR / (GAIN * settings.exptime)  # MJy/sr per electron
     noise_e = np.sqrt(settings.sky / conv + READ_NOISE_E**2)
@@ -629,6 +853,7 @@ def simulate_dither(output_dir, settings=None, **kwargs):
                 centre = imaging_wcs(settings.shape, crval, settings.pixel_scale, settings.position_angle)
                 det_crval = tuple(float(v) for v in centre.forward_transform((nx - 1) / 2.0 + det_dx[d], (ny - 1) / 2.0))
             wcs = imaging_wcs(settings.shape, det_crval, settings.pixel_scale, settings.position_angle, distortion=distortion)
+            _apply_bounding_box(settings, wcs)
             true_wcs.append(wcs)
             header_wcs.append(tangent_plane_correction(wcs, crval[0], crval[1], [[c, -s], [s, c]], shift / 3600.0))
             errors.append({"crval": det_crval, "shift_arcsec": shift.tolist(), "rotation_deg": rot})
@@ -658,7 +883,7 @@ def simulate_dither(output_dir, settings=None, **kwargs):
     cal_paths, outlier_rows, exposures_truth, mt_rows = [], [], [], []
     for k, wcs in enumerate(true_wcs):
         i, d = positions[k]
-        detector = f"NRCB{d + 1}"
+        detector = detector_name(d)
         root = f"jw{program}001001_01101_{i + 1:05d}_{detector.lower()}"
         area = _pixel_area_ratio(wcs, settings.shape, scale_deg)
         image = np.zeros(settings.shape, dtype=np.float64)
@@ -676,7 +901,10 @@ def simulate_dither(output_dir, settings=None, **kwargs):
         # Flux per pixel -> surface brightness on the true pixel solid angle.
         image /= area
         level = settings.sky + sky_offsets[k]
-        model_e = (image + level) / conv
+        gradient, gradient_coeffs = _background_gradient(settings, effects_rng)
+        model_e = (image + level + gradient) / conv
+        if outside.any():
+            model_e[outside] = _outside_signal(settings)[outside] / conv
         observed_e = rng.poisson(np.clip(model_e, 0, None)).astype(np.float64)
         observed_e += rng.normal(0.0, READ_NOISE_E, settings.shape)
         sci = observed_e * conv
@@ -690,7 +918,10 @@ def simulate_dither(output_dir, settings=None, **kwargs):
         hy = rng.integers(REF_BORDER, ny - REF_BORDER, settings.n_hot)
         hamp = noise_e * 10 ** rng.uniform(np.log10(30.0), np.log10(500.0), settings.n_hot)
         sci[hy, hx] += hamp * conv
-        for kind, xs, ys in (("cosmic_ray", cx, cy), ("hot_pixel", hx, hy)):
+        sx, sy, samp = _snowballs(settings, effects_rng, noise_e)
+        np.add.at(sci, (sy, sx), samp * conv)
+        sci += _row_noise(settings, effects_rng)
+        for kind, xs, ys in (("cosmic_ray", cx, cy), ("hot_pixel", hx, hy), ("snowball", sx, sy)):
             for xx, yy in zip(xs, ys):
                 outlier_rows.append((root, kind, int(xx), int(yy)))
 
@@ -707,6 +938,8 @@ def simulate_dither(output_dir, settings=None, **kwargs):
             ix, iy = np.round(x).astype(int), np.round(y).astype(int)
             on = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
             star_saturated[on] |= saturated[iy[on], ix[on]]
+        if settings.non_science:
+            dq[outside] |= PIXEL["NON_SCIENCE"]
         err = np.sqrt(var_poisson + var_rnoise + var_flat)
         bad = (dq & PIXEL["DO_NOT_USE"]) > 0
         # Real _cal files carry NaN wherever DO_NOT_USE is set.
@@ -715,8 +948,7 @@ def simulate_dither(output_dir, settings=None, **kwargs):
 
         exp_start = _exposure_start(settings, i)
         meta = {
-            "TELESCOP": "JWST", "INSTRUME": "NIRCAM", "DETECTOR": detector, "MODULE": "B",
-            "CHANNEL": "SHORT", "FILTER": settings.psf_filter if settings.psf == "jwst" else "F200W", "PUPIL": "CLEAR", "EXP_TYPE": "NRC_IMAGE",
+            "TELESCOP": "JWST", **instrument_keywords, "DETECTOR": detector,
             "DATAMODL": "ImageModel", "PROGRAM": program, "OBSERVTN": "001", "VISIT": "001",
             "VISITGRP": "01", "SEQ_ID": "1", "ACT_ID": "01", "EXPOSURE": f"{i + 1:05d}",
             "OBS_ID": f"V{program}001001P0000000001101",
@@ -747,6 +979,8 @@ def simulate_dither(output_dir, settings=None, **kwargs):
             "root": root, "offset_pix": list(offsets[i]), "sky_level": float(level),
             "sky_offset": float(sky_offsets[k]), **errors[k],
         })
+        if settings.sky_gradient:
+            exposures_truth[-1]["sky_gradient"] = list(gradient_coeffs)
 
     asn = {
         "asn_type": "image3", "asn_rule": "candidate_Asn_Lv3Image", "asn_id": asn_id,
@@ -801,12 +1035,18 @@ def main(argv=None):
     parser.add_argument("--saturation", type=float, default=None,
                         help="saturation level, MJy/sr: brighter pixels are NaN with DQ SATURATED|DO_NOT_USE")
     parser.add_argument("--n-saturated", type=int, default=0, help="extra stars that saturate")
+    parser.add_argument("--miri", action="store_true",
+                        help="a MIRI F770W-like set (1032x1024, 0.11\"/px, high background with gradients, "
+                             "bounding box narrower than the array); --size, --psf and --pixel-scale are then ignored")
     args = parser.parse_args(argv)
-    result = simulate_dither(args.output_dir, n_exposures=args.n_exposures, shape=(args.size, args.size),
-                             seed=args.seed, moving_target=args.moving_target, target_rate=args.target_rate,
-                             detectors=args.detectors, psf=args.psf, psf_filter=args.psf_filter,
-                             pixel_scale=args.pixel_scale, saturation=args.saturation,
-                             n_saturated=args.n_saturated)
+    common = dict(n_exposures=args.n_exposures, seed=args.seed, moving_target=args.moving_target,
+                  target_rate=args.target_rate, detectors=args.detectors, saturation=args.saturation,
+                  n_saturated=args.n_saturated)
+    if args.miri:
+        result = simulate_dither(args.output_dir, miri_imaging_settings(**common))
+    else:
+        result = simulate_dither(args.output_dir, shape=(args.size, args.size), psf=args.psf,
+                                 psf_filter=args.psf_filter, pixel_scale=args.pixel_scale, **common)
     print(f"wrote {len(result['cal'])} exposures and {result['asn']}")
     return 0
 

@@ -27,7 +27,8 @@ import numpy as np
 from astropy.table import Table
 
 from .association import exposure_root
-from .dqflags import good_pixel_mask, interpret_bit_flags
+from .dqflags import interpret_bit_flags
+from .usable import bounding_box_range, in_bounding_box, usable_pixel_mask
 from .wcs_tools import to_tangent_plane
 
 __all__ = [
@@ -620,6 +621,8 @@ class SkyMatcher:
         self.skymethod = skymethod
         self.match_down = bool(match_down)
         self.shapes = [(int(s[0]), int(s[1])) for s in shapes]
+        # Pixels outside each WCS's bounding box are never used.
+        self._ranges = [bounding_box_range(s, w) for s, w in zip(self.shapes, wcs_list)]
         self._stride = int(stride)
         self._stat_kwargs = dict(
             skystat=skystat, lower=lower, upper=upper, nclip=nclip, lsigma=lsigma, usigma=usigma, binwidth=binwidth
@@ -654,7 +657,10 @@ class SkyMatcher:
             Science array, MJy/sr.  Not modified.
         dq : ndarray of int or None
             Data-quality array, same shape: pixels with a bit set outside
-            ``dqbits`` are not used.  None (or ``dqbits=None``): DQ ignored.
+            ``dqbits`` are not used, nor NON_SCIENCE pixels whatever
+            ``dqbits`` say.  None (or ``dqbits=None``): other bits ignored.
+            Pixels outside the bounding box of the image's WCS are never
+            used (`calimage3.usable.usable_pixel_mask`).
         mask : ndarray of bool or None
             Same shape: True where a pixel may be used.  Non-finite pixels
             are never used.
@@ -673,12 +679,13 @@ class SkyMatcher:
         data = np.asarray(data)
         if data.shape != self.shapes[k]:
             raise ValueError(f"images[{k}] has shape {data.shape}, expected {self.shapes[k]}")
-        usable = np.isfinite(data)
-        if dq is not None and self._good_bits is not None:
+        usable = np.isfinite(data) & in_bounding_box(data.shape, self._ranges[k])
+        if dq is not None:
             dq = np.asarray(dq)
             if dq.shape != data.shape:
                 raise ValueError(f"dq[{k}] has shape {dq.shape}, images[{k}] has {data.shape}")
-            usable &= good_pixel_mask(dq, self._good_bits)
+            # NON_SCIENCE is never used, whatever dqbits say.
+            usable &= usable_pixel_mask(dq, good_bits=self._good_bits)
         if mask is not None:
             mask = np.asarray(mask)
             if mask.shape != data.shape:

@@ -195,7 +195,13 @@ def tangent_plane_correction(wcs, ref_ra, ref_dec, matrix, shift):
 
 
 def footprint(wcs, shape):
-    """Sky positions of the four outer pixel corners.
+    """Sky positions of the four corners of the image's bounding box.
+
+    The corners of the WCS bounding box, clipped to the array (as JWST's
+    footprints; the outer pixel corners when the box is the whole array
+    or there is none), so pixels outside the box, such as MIRI's
+    coronagraph and Lyot regions, do not widen footprints, ``S_REGION``
+    or the output grid.
 
     Returns
     -------
@@ -203,8 +209,17 @@ def footprint(wcs, shape):
         ``(RA, Dec)`` in degrees, counter-clockwise in pixel space.
     """
     ny, nx = shape
-    x = np.array([-0.5, nx - 0.5, nx - 0.5, -0.5])
-    y = np.array([-0.5, -0.5, ny - 0.5, ny - 0.5])
+    x0, x1, y0, y1 = -0.5, nx - 0.5, -0.5, ny - 0.5
+    bbox = getattr(wcs, "bounding_box", None)
+    if bbox is not None:
+        try:
+            (bx0, bx1), (by0, by1) = bbox.bounding_box(order="F")
+        except AttributeError:
+            (bx0, bx1), (by0, by1) = bbox
+        x0, x1 = max(x0, float(bx0)), min(x1, float(bx1))
+        y0, y1 = max(y0, float(by0)), min(y1, float(by1))
+    x = np.array([x0, x1, x1, x0])
+    y = np.array([y0, y0, y1, y1])
     ra, dec = wcs.forward_transform(x, y)
     return np.column_stack([ra, dec])
 

@@ -5,7 +5,7 @@
 # exposure (one job each), writing the _crf.
 
 OUTLIER_DRIZZLE = ("weight_type", "pixfrac", "kernel", "fillval", "good_bits", "resample_data")
-OUTLIER_FLAGGING = ("skip", "snr", "scale", "backg", "resample_data")
+OUTLIER_FLAGGING = ("skip", "snr", "scale", "backg", "backg_boxsize", "flux_box", "flux_tolerance", "resample_data")
 
 
 def outlier_grid_folder(wildcards):

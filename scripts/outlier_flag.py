@@ -5,12 +5,12 @@ import logging
 import numpy as np
 
 from calimage3 import io, layout
-from calimage3.dqflags import PIXEL
 from calimage3.logs import configure_logging
 from calimage3.outlier_detection import apply_outlier_flags, flag_outliers, flag_outliers_unresampled, parse_pair
 from calimage3.pixmap import expand_pixel_map
 from calimage3.provenance import provenance_keywords
 from calimage3.resample import blot
+from calimage3.usable import bounding_box_range, usable_pixel_mask
 
 log = logging.getLogger("outlier_detection")
 
@@ -25,7 +25,9 @@ def outlier_flag(cal_path, wcs_path, sky_path, median_path, pixmap_path, crf_pat
     The median is blotted through the exposure's precomputed pixel map onto
     the median's grid (the map its single drizzle used).  With
     ``resample_data=False`` the median is on the exposure's own grid and
-    JWST's simpler test against it is used.  ``verify_checksums`` checks
+    JWST's simpler test against it is used.  Pixels outside the
+    exposure's bounding box (the pixel map's ``input_range``), NON_SCIENCE
+    and DO_NOT_USE pixels are never flagged.  ``verify_checksums`` checks
     the _cal's FITS checksums as it is read.
     """
     exposure, sky_level = io.read_aligned_exposure(cal_path, None, sky_path, verify_checksums=verify_checksums)
@@ -41,32 +43,56 @@ def outlier_flag(cal_path, wcs_path, sky_path, median_path, pixmap_path, crf_pat
         return
     with io.open_image_sections(median_path, ("SCI",)) as views:
         median = np.asarray(views["SCI"], dtype=np.float32)
+    coarse = io.read_pixel_map(pixmap_path) if pixmap_path else None
+    # Outside the WCS bounding box, NON_SCIENCE and DO_NOT_USE: never flagged.
+    usable = usable_pixel_mask(exposure.dq, good_bits="~DO_NOT_USE", input_range=_input_range(coarse, cal_path))
     if not resample_data:
         if median.shape != exposure.shape:
             raise io.InputFileError(cal_path, f"resample_data=False needs every exposure on one pixel grid: "
                                               f"shape {exposure.shape} differs from the median's {median.shape}")
         mask = flag_outliers_unresampled(exposure.data - np.float32(sky_level), exposure.err, median,
-                                         snr=params.get("snr", "5.0 4.0"))
-        _write_flagged(exposure, mask, crf_path, rendered)
+                                         snr=params.get("snr", "5.0 4.0"),
+                                         backg_boxsize=params.get("backg_boxsize", 0), usable=usable)
+        _write_flagged(exposure, mask, usable, crf_path, rendered)
         return
-    blotted = blot(median, None, None, exposure.shape, pixmap=expand_pixel_map(io.read_pixel_map(pixmap_path)))
+    pixmap = expand_pixel_map(coarse)
+    blotted = blot(median, None, None, exposure.shape, pixmap=pixmap)
     del median
+    count = _median_count(median_path)
+    blot_count = None if count is None else blot(count, None, None, exposure.shape, pixmap=pixmap)
     mask = flag_outliers(
         exposure.data - np.float32(sky_level), exposure.err, blotted,
         snr=parse_pair(params.get("snr", "5.0 4.0")), scale=parse_pair(params.get("scale", "1.2 0.7")),
-        backg=params.get("backg", 0.0),
+        backg=params.get("backg", 0.0), backg_boxsize=params.get("backg_boxsize", 0),
+        flux_box=params.get("flux_box", 0), flux_tolerance=params.get("flux_tolerance", 0.1), usable=usable,
+        blot_count=blot_count,
     )
-    _write_flagged(exposure, mask, crf_path, rendered)
+    _write_flagged(exposure, mask, usable, crf_path, rendered)
 
 
-def _write_flagged(exposure, mask, crf_path, rendered):
-    """Set OUTLIER|DO_NOT_USE on ``mask`` (pixels not already unusable) and write the _crf."""
-    already = (exposure.dq & PIXEL["DO_NOT_USE"]) > 0
-    mask = mask & ~already
+def _median_count(median_path):
+    """The median's NCOMB (singles per pixel) as float32, or None for a median written without it."""
+    if "ncomb" not in io.read_image_meta(median_path)[1]:
+        return None
+    with io.open_image_sections(median_path, ("NCOMB",)) as views:
+        return np.asarray(views["NCOMB"], dtype=np.float32)
+
+
+def _input_range(coarse, cal_path):
+    """Pixels inside the exposure's WCS bounding box: from its pixel map, else (no map) from the _cal's WCS."""
+    if coarse is not None:
+        return coarse.input_range
+    wcs, shape, _ = io.read_exposure_wcs(cal_path)
+    return bounding_box_range(shape, wcs)
+
+
+def _write_flagged(exposure, mask, usable, crf_path, rendered):
+    """Set OUTLIER|DO_NOT_USE on ``mask`` where the pixel is ``usable`` and write the _crf."""
+    mask = mask & usable
     exposure.dq = apply_outlier_flags(exposure.dq, mask)
     exposure.meta["S_OUTLIR"] = "COMPLETE"
     io.write_exposure(crf_path, exposure, rendered_wcs=rendered)
-    n_good = int(np.count_nonzero(~already))
+    n_good = int(np.count_nonzero(usable))
     log.info("outlier_detection: %s: %d pixels flagged as outliers (%.3f%% of usable pixels)",
              exposure.name, int(mask.sum()), 100.0 * mask.sum() / max(n_good, 1))
 

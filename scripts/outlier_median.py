@@ -11,15 +11,21 @@ log = logging.getLogger("outlier_detection")
 
 
 def outlier_median(single_paths, median_path, *, maskpt=0.7, rows_per_section=256):
-    """Median-combine the singles, reading them from disk a band of rows at a time."""
+    """Median-combine the singles, reading them from disk a band of rows at a time.
+
+    The median file holds SCI (the median) and NCOMB (how many singles each
+    pixel's median used), which the flagging jobs' flux test needs.
+    """
     # Each single job stored its typical weight (WHTTYP); older singles lack it.
     metas = [io.read_image_meta(p)[0] for p in single_paths]
     typical = [m["WHTTYP"] for m in metas] if all("WHTTYP" in m for m in metas) else None
     with ExitStack() as stack:
         views = [stack.enter_context(io.open_image_sections(p, ("SCI", "WHT"))) for p in single_paths]
-        median = median_in_sections([v["SCI"] for v in views], [v["WHT"] for v in views],
-                                    maskpt=maskpt, rows_per_section=rows_per_section, typical_weights=typical)
-    io.write_image(median_path, {"SCI": median})
+        median, count = median_in_sections([v["SCI"] for v in views], [v["WHT"] for v in views],
+                                           maskpt=maskpt, rows_per_section=rows_per_section,
+                                           typical_weights=typical, with_count=True)
+    # NCOMB: singles in each pixel's median, for the flagging jobs' flux test.
+    io.write_image(median_path, {"SCI": median, "NCOMB": count})
     log.info("outlier_detection: median of %d exposures computed in bands of %d rows", len(single_paths), rows_per_section)
 
 

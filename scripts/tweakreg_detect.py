@@ -5,9 +5,9 @@ import logging
 import numpy as np
 
 from calimage3 import io
-from calimage3.dqflags import good_pixel_mask
 from calimage3.logs import configure_logging
 from calimage3.source_detection import detect_sources
+from calimage3.usable import usable_pixel_mask
 
 log = logging.getLogger("tweakreg")
 
@@ -20,11 +20,12 @@ DETECTION_PARAMETERS = (
 def tweakreg_detect(cal_path, sources_path, *, verify_checksums=False, **params):
     """Detect point-like sources for alignment and write them as ECSV.
 
+    Pixels outside the bounding box of the exposure's WCS, NON_SCIENCE and
+    DO_NOT_USE pixels are masked (`calimage3.usable.usable_pixel_mask`).
     ``verify_checksums`` checks the _cal's FITS checksums first (`calimage3.io.read_exposure`).
     """
-    exposure = io.read_exposure(cal_path, arrays=("data", "err", "dq"), with_wcs=False,
-                                verify_checksums=verify_checksums)
-    mask = ~good_pixel_mask(exposure.dq) | ~np.isfinite(exposure.data)
+    exposure = io.read_exposure(cal_path, arrays=("data", "err", "dq"), verify_checksums=verify_checksums)
+    mask = ~usable_pixel_mask(exposure.dq, wcs=exposure.wcs) | ~np.isfinite(exposure.data)
     kwargs = {k: params[k] for k in DETECTION_PARAMETERS if k in params}
     sources = detect_sources(exposure.data, exposure.err, mask, **kwargs)
     io.write_table(sources_path, sources)

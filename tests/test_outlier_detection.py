@@ -55,6 +55,19 @@ def test_median_excludes_low_weight():
     assert median[3, 5] == 6.0  # median of 2, 10
 
 
+def test_median_count_is_the_number_of_singles_used():
+    """with_count: each pixel's count of singles that entered its median (low weight and NaN excluded)."""
+    shape = (2, 3)
+    singles = [np.full(shape, v, np.float32) for v in (1.0, 2.0, 4.0)]
+    weights = [np.ones(shape, np.float32) for _ in range(3)]
+    weights[0][0, 0] = 0.0
+    singles[1][1, 2] = np.nan
+    median, count = median_in_sections(singles, weights, with_count=True)
+    assert count.dtype == np.uint8
+    assert count.tolist() == [[2, 3, 3], [3, 3, 2]]
+    assert median[0, 0] == 3.0 and median[1, 2] == 2.5
+
+
 def test_median_nan_where_nothing_contributes():
     """Pixels with no usable single are NaN."""
     singles = [np.ones((3, 3), np.float32), np.full((3, 3), 3.0, np.float32)]
@@ -257,3 +270,88 @@ def test_neighbour_growth_is_a_3x3_binary_dilation():
         mask[0, 0] = mask[-1, -1] = True
         np.testing.assert_array_equal(_dilate_3x3(mask),
                                       ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool)))
+
+
+def test_residual_background_reproduces_a_plane():
+    """Box medians interpolated and extrapolated linearly give back a planar gradient exactly, outliers aside."""
+    from calimage3.outlier_detection import residual_background
+
+    y, x = np.indices((100, 130), dtype=float)
+    plane = 0.3 + 0.002 * x - 0.001 * y
+    noisy = plane.copy()
+    noisy[50, 60] = 1e3  # an outlier does not move its box's median
+    np.testing.assert_allclose(residual_background(noisy, 25), plane, atol=1e-9)
+    assert residual_background(np.full((8, 8), np.nan), 4).tolist() == np.zeros((8, 8)).tolist()
+    with pytest.raises(ValueError, match="backg_boxsize"):
+        residual_background(noisy, 0)
+
+
+def test_background_gradient_difference_not_flagged():
+    """An exposure whose gradient differs from the median's by > 5 sigma at its edges: flagged by JWST's test, not with backg_boxsize."""
+    rng = np.random.default_rng(4)
+    shape = (200, 220)
+    y, x = np.indices(shape, dtype=float)
+    err = np.ones(shape)
+    sci = rng.normal(0.0, 1.0, shape) + 12.0 * (x / 219.0 - 0.5)  # +-6 sigma across the exposure
+    sci[100, 100] += 30.0
+    blot_img = np.zeros(shape)
+    assert flag_outliers(sci, err, blot_img).sum() > 500
+    mask = flag_outliers(sci, err, blot_img, backg_boxsize=32)
+    assert mask[100, 100]
+    assert mask.sum() <= 3
+
+
+def _undersampled_star_set(shift_cr=None):
+    """Four dithered exposures of an undersampled star (FWHM 1.1 px); singles, median, and each exposure's blot."""
+    ra0, dec0, scale, shape = 150.0, 2.0, 0.031, (64, 64)
+    star = (ra0 + 1.0e-4, dec0 - 0.5e-4)
+    cosd = np.cos(np.deg2rad(dec0))
+    offsets = [(0.0, 0.0), (3.5, -2.5), (-4.25, 5.5), (2.75, 3.25)]  # half-pixel phases
+    wcss = [imaging_wcs(shape, (ra0 + dx * scale / 3600 / cosd, dec0 + dy * scale / 3600), scale) for dx, dy in offsets]
+    rng = np.random.default_rng(8)
+    sigma = 1.1 / 2.3548 * scale  # arcsec
+    exposures = []
+    for wcs in wcss:
+        y, x = np.indices(shape, dtype=float)
+        image = np.zeros(shape)
+        for dy in (np.arange(7) + 0.5) / 7 - 0.5:
+            for dx in (np.arange(7) + 0.5) / 7 - 0.5:
+                xi, eta = to_tangent_plane(*wcs.forward_transform(x + dx, y + dy), *star)
+                image += np.exp(-(xi**2 + eta**2) * 3600**2 / (2 * sigma**2)) / 49
+        image *= 200.0  # peak ~100 MJy/sr
+        var = 1e-3 + 1e-3 * image
+        data = image + rng.normal(0.0, 1.0, shape) * np.sqrt(var)
+        exposures.append(Exposure(data=data.astype(np.float32), err=np.sqrt(var).astype(np.float32),
+                                  dq=np.zeros(shape, np.uint32), wcs=wcs,
+                                  var_rnoise=np.full(shape, 1e-3, np.float32)))
+    out_wcs, out_shape = output_wcs(wcss, [shape] * len(wcss))
+    singles = [drizzle_single(e, out_wcs, out_shape) for e in exposures]
+    median = median_in_sections([s[0] for s in singles], [s[1] for s in singles])
+    blots = [blot(median, out_wcs, w, shape) for w in wcss]
+    peaks = [tuple(int(round(v)) for v in w.backward_transform(*star)[::-1]) for w in wcss]
+    return exposures, blots, peaks
+
+
+def test_undersampled_star_core_spared_cosmic_rays_kept():
+    """flux_box: the core of an undersampled star is not flagged (JWST's test flags it); cosmic rays on it and on the sky are."""
+    exposures, blots, peaks = _undersampled_star_set()
+    jwst = [flag_outliers(e.data, e.err, b) for e, b in zip(exposures, blots)]
+    assert any(m[p[0] - 2:p[0] + 3, p[1] - 2:p[1] + 3].any() for m, p in zip(jwst, peaks))
+    spared = [flag_outliers(e.data, e.err, b, flux_box=5, flux_tolerance=0.1) for e, b in zip(exposures, blots)]
+    assert not any(m.any() for m in spared)
+    # Where the median had only two singles (a peak there may be an outlier's half), JWST's test decides.
+    for m_jwst, e, b in zip(jwst, exposures, blots):
+        for count, expected in ((np.full(b.shape, 4.0), np.zeros_like(m_jwst)), (np.full(b.shape, 2.0), m_jwst)):
+            got = flag_outliers(e.data, e.err, b, flux_box=5, flux_tolerance=0.1, blot_count=count)
+            np.testing.assert_array_equal(got, expected)
+    # Cosmic rays: one on the star's peak (half the star's flux), one on the sky.
+    exp, b, (py, px) = exposures[0], blots[0], peaks[0]
+    data = exp.data.copy()
+    data[py, px] += 100.0
+    data[10, 50] += 0.5  # 15 sigma of the sky noise
+    mask = flag_outliers(data, exp.err, b, flux_box=5, flux_tolerance=0.1)
+    assert mask[py, px] and mask[10, 50]
+    # A tolerance above the ray's share of the star's flux lets it pass.
+    assert not flag_outliers(data, exp.err, b, flux_box=5, flux_tolerance=0.6)[py, px]
+    with pytest.raises(ValueError, match="flux_box: must be odd"):
+        flag_outliers(data, exp.err, b, flux_box=4)

@@ -99,11 +99,13 @@ def test_undefined_nodes_blank_only_their_neighbourhood():
 
 
 def test_input_range_follows_bounding_box():
-    """Drizzle's input range is the WCS bounding box, rounded inwards to whole pixels."""
+    """Drizzle's input range is the pixels whose centres are inside the WCS bounding box, edges included."""
     wcs = imaging_wcs((50, 60), (10.0, 20.0), 0.1)
     assert input_range((50, 60), wcs) == (0, 59, 0, 49)
     wcs.bounding_box = ((4.5, 50.2), (-0.5, 30.7))
-    assert input_range((50, 60), wcs) == (5, 50, 0, 31)
+    assert input_range((50, 60), wcs) == (5, 50, 0, 30)
+    wcs.bounding_box = ((4.0, 47.5), (2.5, 40.0))  # MIRI-like half-pixel edges: pixel 48 is outside
+    assert input_range((50, 60), wcs) == (4, 47, 3, 40)
     assert input_range((50, 60), None) == (0, 59, 0, 49)
 
 

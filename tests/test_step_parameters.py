@@ -80,21 +80,23 @@ def test_outlier_fillval_fills_uncovered_singles():
         assert np.all(data[:, :15] == 2.0)
 
 
-def test_good_bits_outlier_vs_resample_defaults():
-    """NON_SCIENCE pixels count in outlier singles ('~DO_NOT_USE') but not in the mosaic ('~DO_NOT_USE+NON_SCIENCE')."""
+def test_non_science_never_used_whatever_good_bits():
+    """NON_SCIENCE pixels get no weight in outlier singles ('~DO_NOT_USE') nor in the mosaic, even when good_bits accept them."""
     shape = (8, 8)
     dq = np.zeros(shape, np.uint32)
     dq[:, :4] = PIXEL["NON_SCIENCE"]
+    dq[0, 6] = PIXEL["SATURATED"]
     wcs = imaging_wcs(shape, (RA0, DEC0), SCALE)
     y, x = np.indices(shape, dtype=float)
     pixmap = np.dstack([x, y])
     _, wht_single = drizzle_single(_exposure(shape, 1.0, wcs, dq), wcs, shape, pixmap=pixmap)
-    mosaic = drizzle_exposure(_exposure(shape, 1.0, wcs, dq), wcs, shape, pixmap=pixmap)
-    assert np.all(wht_single[:, :3] > 0)
-    assert np.all(mosaic.wht[:, :3] == 0) and np.all(mosaic.wht[:, 5:] > 0)
-    # good_bits=0 accepts no flagged pixel at all.
+    mosaic = drizzle_exposure(_exposure(shape, 1.0, wcs, dq), wcs, shape, pixmap=pixmap, good_bits="~DO_NOT_USE")
+    assert np.all(wht_single[:, :3] == 0) and np.all(wht_single[1:, 5:] > 0)
+    assert np.all(mosaic.wht[:, :3] == 0) and np.all(mosaic.wht[1:, 5:] > 0)
+    # other bits still follow good_bits: 0 accepts no flagged pixel at all.
+    assert wht_single[0, 6] > 0
     _, wht_strict = drizzle_single(_exposure(shape, 1.0, wcs, dq), wcs, shape, pixmap=pixmap, good_bits=0)
-    assert np.all(wht_strict[:, :3] == 0)
+    assert wht_strict[0, 6] == 0
 
 
 def test_weight_type_exptime_weights_are_exposure_time():

@@ -16,7 +16,10 @@ outlier_detection
     scale           test_scale_larger_flags_fewer_pixels_on_gradients
     backg           test_backg_is_subtracted_before_the_comparison
                     (and test_outlier_detection.py::test_flag_outliers_thresholds)
-    good_bits       test_step_parameters.py::test_good_bits_outlier_vs_resample_defaults
+    backg_boxsize   test_outlier_detection.py::test_background_gradient_difference_not_flagged
+    flux_box, flux_tolerance
+                    test_outlier_detection.py::test_undersampled_star_core_spared_cosmic_rays_kept
+    good_bits       test_step_parameters.py::test_non_science_never_used_whatever_good_bits
     resample_data   (not covered here: handled separately)
 
 resample

@@ -119,3 +119,18 @@ def test_tangent_plane_matches_astropy_tan_projection():
         np.testing.assert_allclose(dec_ours, dec, atol=1e-12)
         np.testing.assert_allclose(np.stack(to_tangent_plane(ra, dec, *ref)), np.stack(to_plane(ra, dec)), atol=1e-12)
     assert np.isnan(to_tangent_plane(210.0, 0.0, 30.0, 0.0)[0])  # the far side has no projection
+
+
+def test_footprint_follows_the_bounding_box():
+    """A bounding box narrower than the array (MIRI's imager) sets the footprint corners, clipped to the array."""
+    from calimage3.wcs_tools import footprint
+
+    shape = (50, 60)
+    wcs = imaging_wcs(shape, (10.0, 20.0), 0.1)
+    full = footprint(wcs, shape)
+    np.testing.assert_allclose(full, np.column_stack(wcs.forward_transform([-0.5, 59.5, 59.5, -0.5],
+                                                                           [-0.5, -0.5, 49.5, 49.5])))
+    wcs.bounding_box = ((19.5, 80.0), (-0.5, 49.5))
+    narrow = footprint(wcs, shape)
+    np.testing.assert_allclose(narrow, np.column_stack(wcs.forward_transform([19.5, 59.5, 59.5, 19.5],
+                                                                             [-0.5, -0.5, 49.5, 49.5])))
