@@ -176,7 +176,8 @@ def plan(n_assoc, work, template, source_dir):
     row["ours_cold_s"], row["ours_cold_gb"], row["ours_jobs"] = timed(ours, REPO)
     row["ours_warm_s"], row["ours_warm_gb"], _ = timed(ours, REPO)
     bare_dir = base / "bare"
-    bare_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(bare_dir, ignore_errors=True)  # a dry run of a DAG already run would plan nothing
+    bare_dir.mkdir(parents=True)
     (bare_dir / "Snakefile").write_text(BARE_SNAKEFILE)
     (bare_dir / "campaign.json").write_text(json.dumps(campaign))
     bare = [sys.executable, "-m", "snakemake", "-n", "--cores", "2", "--config",
