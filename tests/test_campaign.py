@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from astropy.io import fits
 import workflow_runs
 
 from calimage3 import io
@@ -165,16 +166,23 @@ def test_bad_shard_is_named(tmp_path):
 
 @pytest.fixture(scope="module")
 def broken_campaign(tmp_path_factory):
-    """Three associations, the first with a truncated member of its own, plus one with a missing member.
+    """Three associations, the first with a member whose data fail its checksum, plus one with a missing member.
 
-    Run with the local profile (keep-going); return the run and the status.
+    The damaged member passes the input checks (they read headers only) and
+    fails its first job; the missing member is refused before any job.  Run
+    with the local profile (keep-going); return the run and the status.
     """
     base = tmp_path_factory.mktemp("broken_campaign")
     pattern, products = write_campaign(base / "data")
-    # Exposure 1 belongs to the first association only: half its bytes, as an interrupted download.
+    # Exposure 1 belongs to the first association only: written with checksums, then one SCI byte flipped.
     first_root = products[0][2][0]
     cal = base / "data" / f"{first_root}_cal.fits"
-    cal.write_bytes(cal.read_bytes()[: cal.stat().st_size // 2])
+    with fits.open(cal) as hdul:
+        hdul.writeto(cal, overwrite=True, checksum=True)
+        offset = hdul.fileinfo(hdul.index_of("SCI"))["datLoc"] + 4000
+    raw = bytearray(cal.read_bytes())
+    raw[offset] ^= 0x40
+    cal.write_bytes(bytes(raw))
     missing = json.loads((base / "data" / "campaign2_asn.json").read_text())
     missing["products"][0]["name"] = "jw01234-o001_t009_nircam_clear-f200w"
     missing["products"][0]["members"][0]["expname"] = "jw_not_there_cal.fits"
@@ -208,12 +216,12 @@ def test_status_names_failed_and_complete(broken_campaign):
     rows = json.loads(status.stdout)
     by_product = {r["product"]: r for r in rows if r["product"]}
     first = broken_campaign["products"][0]
-    damaged = by_product.get(first[0]) or next(r for r in rows if r["asn"].endswith("campaign1_asn.json"))
+    damaged = by_product[first[0]]
     assert damaged["state"] == "failed"
-    # the log of the failed job, or the input check's reason naming the file
-    assert damaged["detail"].endswith(".log") or first[2][0] in damaged["detail"]
-    if damaged["detail"].endswith(".log"):
-        assert "JOB FAILED" in Path(damaged["detail"]).read_text()
+    # the log of the failed job: the damaged member's source detection, naming the file
+    assert damaged["detail"] == str(broken_campaign["out"] / "logs" / "tweakreg_detect" / f"{first[2][0]}.log")
+    log_text = Path(damaged["detail"]).read_text()
+    assert "JOB FAILED" in log_text and f"{first[2][0]}_cal.fits" in log_text
     for product, _, _ in broken_campaign["products"][1:]:
         assert by_product[product]["state"] == "complete"
         assert by_product[product]["done"] == by_product[product]["total"] > 0
