@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CoarsePixelMap", "coarse_pixel_map", "expand_pixel_map", "full_pixel_map", "input_range", "pixel_map"]
+__all__ = ["CoarsePixelMap", "bounding_box_edges", "coarse_pixel_map", "expand_pixel_map", "full_pixel_map", "input_range",
+           "pixel_map"]
 
 
 @dataclass
@@ -56,6 +57,18 @@ def _nodes(n, step):
     return np.unique(np.append(np.arange(0, n, step), n - 1)).astype(np.float64)
 
 
+def bounding_box_edges(wcs):
+    """``((x_low, x_high), (y_low, y_high))`` pixel edges of a WCS's bounding box; None without one."""
+    bbox = getattr(wcs, "bounding_box", None)
+    if bbox is None:
+        return None
+    try:
+        (x1, x2), (y1, y2) = bbox.bounding_box(order="F")
+    except AttributeError:
+        (x1, x2), (y1, y2) = bbox
+    return (float(x1), float(x2)), (float(y1), float(y2))
+
+
 def input_range(shape, wcs):
     """Input pixel range ``(xmin, xmax, ymin, ymax)`` inside the WCS bounding box.
 
@@ -70,12 +83,9 @@ def input_range(shape, wcs):
     """
     ny, nx = shape
     xmin, xmax, ymin, ymax = 0, nx - 1, 0, ny - 1
-    bbox = getattr(wcs, "bounding_box", None)
-    if bbox is not None:
-        try:
-            (x1, x2), (y1, y2) = bbox.bounding_box(order="F")
-        except AttributeError:
-            (x1, x2), (y1, y2) = bbox
+    edges = bounding_box_edges(wcs)
+    if edges is not None:
+        (x1, x2), (y1, y2) = edges
         # A pixel is inside when its centre is: x1 <= i <= x2 (an upper
         # edge at 1027.5 leaves pixel 1028 out).
         xmin = max(0, int(np.ceil(x1 - 1e-9)))

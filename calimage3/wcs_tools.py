@@ -16,7 +16,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 from gwcs import WCS
 from gwcs import coordinate_frames as cf
 
-from .pixmap import pixel_map
+from .pixmap import bounding_box_edges, pixel_map
 from .sky_geometry import from_tangent_plane, polygon_overlap_area, to_tangent_plane
 
 __all__ = [
@@ -210,12 +210,9 @@ def footprint(wcs, shape):
     """
     ny, nx = shape
     x0, x1, y0, y1 = -0.5, nx - 0.5, -0.5, ny - 0.5
-    bbox = getattr(wcs, "bounding_box", None)
-    if bbox is not None:
-        try:
-            (bx0, bx1), (by0, by1) = bbox.bounding_box(order="F")
-        except AttributeError:
-            (bx0, bx1), (by0, by1) = bbox
+    edges = bounding_box_edges(wcs)
+    if edges is not None:
+        (bx0, bx1), (by0, by1) = edges
         x0, x1 = max(x0, float(bx0)), min(x1, float(bx1))
         y0, y1 = max(y0, float(by0)), min(y1, float(by1))
     x = np.array([x0, x1, x1, x0])
