@@ -167,6 +167,18 @@ def test_apply_outlier_flags():
         apply_outlier_flags(dq, np.zeros((3, 3), bool))
 
 
+def _star_image(wcs, shape, star, sigma, oversample):
+    """A Gaussian star of peak 1 (sigma in arcsec) at ``star`` (RA, Dec), averaged over ``oversample``² points per pixel."""
+    y, x = np.indices(shape, dtype=float)
+    image = np.zeros(shape)
+    steps = (np.arange(oversample) + 0.5) / oversample - 0.5
+    for dy in steps:
+        for dx in steps:
+            xi, eta = to_tangent_plane(*wcs.forward_transform(x + dx, y + dy), *star)
+            image += np.exp(-(xi**2 + eta**2) * 3600**2 / (2 * sigma**2)) / oversample**2
+    return image
+
+
 def test_cosmic_ray_next_to_star_flagged_not_star():
     """End to end: a CR 7 pix from a bright undersampled star is flagged, the star is not."""
     ra0, dec0, scale, shape = 150.0, 2.0, 0.031, (96, 96)
@@ -180,13 +192,7 @@ def test_cosmic_ray_next_to_star_flagged_not_star():
     sky, read_var, sigma = 0.5, 1e-4, 0.04  # MJy/sr, (MJy/sr)**2, arcsec
     exposures = []
     for wcs in wcss:
-        y, x = np.indices(shape, dtype=float)
-        image = np.zeros(shape)
-        for dy in (np.arange(5) + 0.5) / 5 - 0.5:
-            for dx in (np.arange(5) + 0.5) / 5 - 0.5:
-                xi, eta = to_tangent_plane(*wcs.forward_transform(x + dx, y + dy), *star)
-                image += np.exp(-(xi**2 + eta**2) * 3600**2 / (2 * sigma**2)) / 25
-        image *= 50.0 / (2 * np.pi * sigma**2)  # peak ~4500 MJy/sr
+        image = _star_image(wcs, shape, star, sigma, 5) * 50.0 / (2 * np.pi * sigma**2)  # peak ~4500 MJy/sr
         var = read_var + 4e-4 * image
         data = image + sky + rng.normal(0.0, 1.0, shape) * np.sqrt(var)
         exposures.append(Exposure(
@@ -312,13 +318,7 @@ def _undersampled_star_set(shift_cr=None):
     sigma = 1.1 / 2.3548 * scale  # arcsec
     exposures = []
     for wcs in wcss:
-        y, x = np.indices(shape, dtype=float)
-        image = np.zeros(shape)
-        for dy in (np.arange(7) + 0.5) / 7 - 0.5:
-            for dx in (np.arange(7) + 0.5) / 7 - 0.5:
-                xi, eta = to_tangent_plane(*wcs.forward_transform(x + dx, y + dy), *star)
-                image += np.exp(-(xi**2 + eta**2) * 3600**2 / (2 * sigma**2)) / 49
-        image *= 200.0  # peak ~100 MJy/sr
+        image = _star_image(wcs, shape, star, sigma, 7) * 200.0  # peak ~100 MJy/sr
         var = 1e-3 + 1e-3 * image
         data = image + rng.normal(0.0, 1.0, shape) * np.sqrt(var)
         exposures.append(Exposure(data=data.astype(np.float32), err=np.sqrt(var).astype(np.float32),
