@@ -93,6 +93,7 @@ __all__ = [
     "read_check_cache",
     "write_check_cache",
     "read_apcorr",
+    "crds_reference_files",
     "read_abvegaoffset",
 ]
 
@@ -1420,6 +1421,59 @@ def write_json(path, content):
 def read_json(path):
     """Read a JSON document."""
     return json.loads(Path(path).read_text())
+
+
+# Unresolvable by design (RFC 2606): CRDS is used offline, on the local cache only.
+_CRDS_OFFLINE_SERVER = "https://crds-offline.invalid"
+
+
+def crds_reference_files(parameters, reftypes):
+    """Reference files the local CRDS cache picks for a dataset, offline.
+
+    Used only when ``CRDS_PATH`` names an existing folder (a cache made
+    with ``crds sync``) and the ``crds`` package is installed.  No server is
+    ever contacted: ``CRDS_MODE`` is ``local``, and ``CRDS_SERVER_URL``,
+    unless set, is an unresolvable address; the context is the cache's
+    (``CRDS_CONTEXT`` or its ``config/jwst/server_config``).
+
+    Parameters
+    ----------
+    parameters : dict
+        CRDS matching parameters (`calimage3.reference_data.crds_parameters`).
+    reftypes : list of str
+        e.g. ``["apcorr", "abvegaoffset"]``.
+
+    Returns
+    -------
+    found : dict
+        reftype -> path of the selected file in the cache.
+    missing : dict
+        reftype -> why no file was selected (no cache, no crds, no match).
+    """
+    reftypes = list(reftypes)
+    cache = os.environ.get("CRDS_PATH", "")
+    if not reftypes:
+        return {}, {}
+    if not cache or not Path(cache).is_dir():
+        return {}, {t: "no local CRDS cache (CRDS_PATH unset)" for t in reftypes}
+    os.environ["CRDS_MODE"] = "local"
+    os.environ.setdefault("CRDS_SERVER_URL", _CRDS_OFFLINE_SERVER)
+    try:
+        import crds
+    except ImportError:
+        return {}, {t: "the crds package is not installed (pip install crds)" for t in reftypes}
+    found, missing = {}, {}
+    for reftype in reftypes:  # one at a time: a type the rules lack must not hide another
+        try:
+            path = crds.getreferences(parameters, reftypes=[reftype], observatory="jwst").get(reftype)
+        except Exception as exc:  # noqa: BLE001 - crds raises many kinds; the catalog goes on without it
+            missing[reftype] = f"CRDS cache {cache}: {type(exc).__name__}: {exc}".splitlines()[0]
+            continue
+        if path and Path(path).is_file():
+            found[reftype] = str(path)
+        else:
+            missing[reftype] = f"CRDS cache {cache}: no {reftype} file for this mosaic ({path})"
+    return found, missing
 
 
 def write_manifest(path, content):

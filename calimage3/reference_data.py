@@ -23,7 +23,7 @@ energy outside the tabulated range is an error.
 
 import numpy as np
 
-__all__ = ["apcorr_selector", "select_apcorr_rows", "apcorr_aperture_params", "select_abvega_offset",
+__all__ = ["crds_parameters", "apcorr_selector", "select_apcorr_rows", "apcorr_aperture_params", "select_abvega_offset",
            "catalog_reference_params"]
 
 
@@ -230,3 +230,38 @@ def catalog_reference_params(meta, *, apcorr=None, abvegaoffset=None, apcorr_nam
         selector = ", ".join(f"{k}={v}" for k, v in apcorr_selector(meta, "abvegaoffset").items())
         out["abvega_source"] = f"ABVEGAOFFSET {abvegaoffset_name} ({selector})"
     return out
+
+
+# FITS keyword of the mosaic -> the CRDS matching parameter it gives (as jwst's
+# datamodels name them); CRDS rules for APCORR and ABVEGAOFFSET select on these.
+_CRDS_KEYWORDS = {
+    "INSTRUME": "META.INSTRUMENT.NAME",
+    "DETECTOR": "META.INSTRUMENT.DETECTOR",
+    "FILTER": "META.INSTRUMENT.FILTER",
+    "PUPIL": "META.INSTRUMENT.PUPIL",
+    "CHANNEL": "META.INSTRUMENT.CHANNEL",
+    "MODULE": "META.INSTRUMENT.MODULE",
+    "EXP_TYPE": "META.EXPOSURE.TYPE",
+    "SUBARRAY": "META.SUBARRAY.NAME",
+    "DATE-OBS": "META.OBSERVATION.DATE",
+    "TIME-OBS": "META.OBSERVATION.TIME",
+    "READPATT": "META.EXPOSURE.READPATT",
+}
+
+
+def crds_parameters(meta):
+    """CRDS matching parameters of a mosaic from its header keywords.
+
+    Parameters
+    ----------
+    meta : dict
+        The ``_i2d`` header keywords (primary and SCI).
+
+    Returns
+    -------
+    dict
+        ``META.INSTRUMENT.NAME`` etc. for the keywords present; what
+        `calimage3.io.crds_reference_files` passes to ``crds.getreferences``.
+    """
+    return {crds_key: str(meta[key]).strip() for key, crds_key in _CRDS_KEYWORDS.items()
+            if meta.get(key) not in (None, "")}

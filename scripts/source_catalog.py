@@ -7,7 +7,7 @@ from calimage3 import io
 from calimage3.fits_wcs import exact_fits_wcs
 from calimage3.logs import configure_logging
 from calimage3.provenance import provenance_keywords
-from calimage3.reference_data import catalog_reference_params
+from calimage3.reference_data import catalog_reference_params, crds_parameters
 from calimage3.source_catalog import make_source_catalog
 
 log = logging.getLogger("source_catalog")
@@ -17,13 +17,25 @@ def source_catalog(i2d_path, cat_path, segm_path, *, override_apcorr="", overrid
     """Detect and measure sources in the _i2d; write _cat.ecsv and _segm.fits.
 
     ``override_apcorr``/``override_abvegaoffset``: APCORR and ABVEGAOFFSET
-    reference files ("" or None: none).
+    reference files ("" or None: the ones a local CRDS cache selects, when
+    ``CRDS_PATH`` names one, else none).
     """
     arrays, rendered, meta = io.read_i2d_rendered(i2d_path, arrays=("err", "wht"))
+    # Files the user did not give come from a local CRDS cache, when there is one (offline).
+    wanted = {"apcorr": override_apcorr, "abvegaoffset": override_abvegaoffset}
+    picked, missing = io.crds_reference_files(crds_parameters(meta), [t for t, given in wanted.items() if not given])
+    for reftype, path in picked.items():
+        log.info("source_catalog: %s reference file %s selected by the local CRDS cache", reftype.upper(), path)
+    for reftype, why in missing.items():
+        log.info("source_catalog: no %s reference file from CRDS: %s", reftype.upper(), why)
+    override_apcorr = override_apcorr or picked.get("apcorr", "")
+    override_abvegaoffset = override_abvegaoffset or picked.get("abvegaoffset", "")
+    crds_note = {p: " (CRDS)" for p in picked.values()}
     refs = catalog_reference_params(
         meta, apcorr=io.read_apcorr(override_apcorr) if override_apcorr else None,
         abvegaoffset=io.read_abvegaoffset(override_abvegaoffset) if override_abvegaoffset else None,
-        apcorr_name=Path(override_apcorr or "").name, abvegaoffset_name=Path(override_abvegaoffset or "").name,
+        apcorr_name=Path(override_apcorr or "").name + crds_note.get(override_apcorr, ""),
+        abvegaoffset_name=Path(override_abvegaoffset or "").name + crds_note.get(override_abvegaoffset, ""),
         abvega_offset=params.get("abvega_offset"),
     )
     abvega_source = refs.pop("abvega_source")

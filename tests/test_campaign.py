@@ -156,6 +156,18 @@ def test_shards_partition_the_campaign(tmp_path):
     assert sum(planned) == len(names)
 
 
+def test_shards_share_per_exposure_detection(tmp_path):
+    """After shard 1/2 ran, shard 2/2 detects only the exposures shard 1 did not have."""
+    pattern, products = write_campaign(tmp_path / "data", groups=((1, 2, 3), (2, 3, 4)))
+    out = tmp_path / "out"
+    run_snakemake(pattern, out, *SETTINGS, "shard=1/2")
+    assert (out / products[0][0] / f"{products[0][0]}_i2d.fits").is_file()
+    assert not (out / products[1][0]).exists()
+    jobs = planned_jobs(pattern, out, *SETTINGS, "shard=2/2")
+    assert jobs["tweakreg_detect"] == 1  # exposure 4; 2 and 3 were detected by shard 1
+    assert jobs["source_catalog"] == 1
+
+
 def test_bad_shard_is_named(tmp_path):
     """A shard that is not I/N with 1 <= I <= N stops before any job, naming the setting."""
     pattern, _ = write_campaign(tmp_path / "data", groups=((1, 2), (2, 3)))

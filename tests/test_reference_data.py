@@ -1,5 +1,7 @@
 """APCORR and ABVEGAOFFSET reference files: reading (real formats) and jwst's row selection."""
 
+import os
+
 import asdf
 import numpy as np
 import pytest
@@ -117,26 +119,38 @@ def test_unreadable_reference_file_names_the_file(tmp_path):
         io.read_apcorr(bad)
 
 
-def test_catalog_job_uses_apcorr_and_abvegaoffset_files(tmp_path):
-    """The catalog job takes radii, corrections and Vega offset from the files and says so in the meta."""
+def _catalog_job():
+    """scripts/source_catalog.py as a module (its plain function, without Snakemake)."""
     import importlib.util
     from pathlib import Path
-
-    from calimage3.wcs_tools import imaging_wcs
 
     spec = importlib.util.spec_from_file_location(
         "source_catalog_job", Path(__file__).parents[1] / "scripts" / "source_catalog.py")
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)
+    return job
+
+
+def _two_star_i2d(path):
+    """A small NIRCam F090W/CLEAR mosaic with two stars."""
+    from calimage3.wcs_tools import imaging_wcs
+
     rng = np.random.default_rng(3)
     yy, xx = np.indices((128, 128))
     data = 0.2 + rng.normal(0, 0.01, (128, 128))
     for x, y in ((40.3, 50.1), (90.7, 80.4)):
         data += 30.0 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.2**2))
-    i2d = tmp_path / "m_i2d.fits"
-    io.write_i2d(i2d, {"data": data.astype(np.float32), "err": np.full((128, 128), 0.01, np.float32),
-                       "wht": np.ones((128, 128), np.float32)},
-                 imaging_wcs((128, 128), (53.16, -27.78), 0.031), {**NIRCAM, "TELESCOP": "JWST"})
+    io.write_i2d(path, {"data": data.astype(np.float32), "err": np.full((128, 128), 0.01, np.float32),
+                        "wht": np.ones((128, 128), np.float32)},
+                 imaging_wcs((128, 128), (53.16, -27.78), 0.031),
+                 {**NIRCAM, "TELESCOP": "JWST", "EXP_TYPE": "NRC_IMAGE"})
+    return path
+
+
+def test_catalog_job_uses_apcorr_and_abvegaoffset_files(tmp_path):
+    """The catalog job takes radii, corrections and Vega offset from the files and says so in the meta."""
+    job = _catalog_job()
+    i2d = _two_star_i2d(tmp_path / "m_i2d.fits")
     apcorr = _nircam_apcorr(tmp_path / "apcorr.fits")
     abvega = _abvegaoffset(tmp_path / "abvega.asdf", [("F090W", "CLEAR", 0.51)])
     cat_path, segm_path = tmp_path / "m_cat.ecsv", tmp_path / "m_segm.fits"
@@ -149,3 +163,75 @@ def test_catalog_job_uses_apcorr_and_abvegaoffset_files(tmp_path):
     np.testing.assert_allclose(cat["aper_total_flux"].value, 1.35 * cat["aper70_flux"].value, rtol=1e-5)
     np.testing.assert_allclose(cat["aper70_vegamag"], cat["aper70_abmag"] - 0.51, rtol=1e-6)
     assert "abvega.asdf" in cat.meta["abvega_source"] and len(cat) == 2
+
+
+def _crds_mapping(path, text):
+    """Write a CRDS mapping and add its sha1sum as `crds sync` leaves it."""
+    import subprocess
+    import sys
+
+    path.write_text(text)
+    subprocess.run([sys.executable, "-m", "crds.refactoring.checksum", str(path)], check=True, capture_output=True,
+                   env={**os.environ, "CRDS_MODE": "local", "CRDS_SERVER_URL": "https://crds-offline.invalid"})
+
+
+def _local_crds_cache(root):
+    """A local CRDS cache (as `crds sync` makes it) with NIRCam APCORR and ABVEGAOFFSET rules and files."""
+    maps, refs, conf = root / "mappings" / "jwst", root / "references" / "jwst" / "nircam", root / "config" / "jwst"
+    for folder in (maps, refs, conf):
+        folder.mkdir(parents=True)
+    header = "'derived_from' : 'calimage3 test', 'observatory' : 'JWST',"
+    _crds_mapping(maps / "jwst_0001.pmap", f"header = {{{header} 'mapping' : 'PIPELINE', 'name' : 'jwst_0001.pmap', "
+                  "'parkey' : ('META.INSTRUMENT.NAME',)}\nselector = {'NIRCAM' : 'jwst_nircam_0001.imap'}\n")
+    _crds_mapping(maps / "jwst_nircam_0001.imap",
+                  f"header = {{{header} 'instrument' : 'NIRCAM', 'mapping' : 'INSTRUMENT', "
+                  "'name' : 'jwst_nircam_0001.imap', 'parkey' : ('REFTYPE',)}\n"
+                  "selector = {'apcorr' : 'jwst_nircam_apcorr_0001.rmap', "
+                  "'abvegaoffset' : 'jwst_nircam_abvegaoffset_0001.rmap'}\n")
+    for reftype, name in (("apcorr", "jwst_nircam_apcorr_0042.fits"), ("abvegaoffset", "jwst_nircam_abvegaoffset_0007.asdf")):
+        _crds_mapping(maps / f"jwst_nircam_{reftype}_0001.rmap",
+                      f"header = {{{header} 'filekind' : '{reftype.upper()}', 'instrument' : 'NIRCAM', "
+                      f"'mapping' : 'REFERENCE', 'name' : 'jwst_nircam_{reftype}_0001.rmap', "
+                      "'parkey' : (('META.EXPOSURE.TYPE',),)}\n"
+                      f"selector = Match({{'NRC_IMAGE' : '{name}'}})\n")
+    (conf / "server_config").write_text(repr({
+        "observatory": "jwst", "operational_context": "jwst_0001.pmap", "edit_context": "jwst_0001.pmap",
+        "checked_context": "jwst_0001.pmap", "effective_mode": "local", "bad_files": "", "bad_files_list": [],
+        "crds_version": {"str": "14"}, "download_metadata": {}, "reference_url": {}, "mapping_url": {},
+        "force_remote_mode": False, "last_synced": "2026-01-01 00:00:00",
+    }))
+    _nircam_apcorr(refs / "jwst_nircam_apcorr_0042.fits")
+    _abvegaoffset(refs / "jwst_nircam_abvegaoffset_0007.asdf", [("F090W", "CLEAR", 0.51)])
+
+
+def test_catalog_job_picks_reference_files_from_a_local_crds_cache(tmp_path, monkeypatch):
+    """With CRDS_PATH set (no server), the job uses the APCORR and ABVEGAOFFSET files the cache's rules select."""
+    pytest.importorskip("crds", reason="the crds package is in the test extra")
+    _local_crds_cache(tmp_path / "crds")
+    monkeypatch.setenv("CRDS_PATH", str(tmp_path / "crds"))
+    monkeypatch.delenv("CRDS_CONTEXT", raising=False)
+    job = _catalog_job()
+    i2d = _two_star_i2d(tmp_path / "m_i2d.fits")
+    job.source_catalog(i2d, tmp_path / "m_cat.ecsv", tmp_path / "m_segm.fits", npixels=5, abvega_offset=None)
+    cat = io.read_table(tmp_path / "m_cat.ecsv")
+    assert cat.meta["aperture_params"]["method"] == "apcorr_table"
+    assert "jwst_nircam_apcorr_0042.fits (CRDS)" in cat.meta["apcorr_source"]
+    assert "jwst_nircam_abvegaoffset_0007.asdf (CRDS)" in cat.meta["abvega_source"]
+    np.testing.assert_allclose(cat["aper_total_flux"].value, 1.35 * cat["aper70_flux"].value, rtol=1e-5)
+    np.testing.assert_allclose(cat["aper70_vegamag"], cat["aper70_abmag"] - 0.51, rtol=1e-6)
+
+
+def test_crds_lookup_without_cache_or_match_says_why(tmp_path, monkeypatch):
+    """No CRDS_PATH: nothing picked, with the reason; a cache whose rules do not match: the reason names the cache."""
+    from calimage3.reference_data import crds_parameters
+
+    monkeypatch.delenv("CRDS_PATH", raising=False)
+    found, missing = io.crds_reference_files({"META.INSTRUMENT.NAME": "NIRCAM"}, ["apcorr"])
+    assert found == {} and "CRDS_PATH" in missing["apcorr"]
+    pytest.importorskip("crds", reason="the crds package is in the test extra")
+    _local_crds_cache(tmp_path / "crds")
+    monkeypatch.setenv("CRDS_PATH", str(tmp_path / "crds"))
+    params = crds_parameters({**NIRCAM, "EXP_TYPE": "NRC_CORON"})
+    assert params["META.INSTRUMENT.FILTER"] == "F090W" and params["META.EXPOSURE.TYPE"] == "NRC_CORON"
+    found, missing = io.crds_reference_files(params, ["apcorr"])
+    assert found == {} and str(tmp_path / "crds") in missing["apcorr"]
