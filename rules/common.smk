@@ -242,13 +242,16 @@ def write_campaign_manifest():
 
 
 def exposure_batch(step):
-    """Job group of a per-exposure rule of ``step``.
+    """Job group of a per-exposure rule of ``step``; None unless ``exposure_batches``.
 
-    Only a cluster profile uses it: its ``group-components`` submits up to N
-    of these jobs as one cluster job (profiles/slurm).  In a campaign the
-    group is per product, so a batch never holds jobs of two associations
-    and one failing association cannot hold back the others.
+    The SLURM profile turns ``exposure_batches`` on (its config file) and
+    its ``group-components`` submits up to N of these jobs as one cluster
+    job.  In a campaign the group is per product, so a batch never holds
+    jobs of two associations and one failing association cannot hold back
+    the others.  Locally groups would only cost planning time.
     """
+    if not config["exposure_batches"]:
+        return None
     return f"{step}_{{product}}" if CAMPAIGN else step
 
 

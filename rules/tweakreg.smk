@@ -43,7 +43,7 @@ rule tweakreg_detect:
         f"{BENCH}/tweakreg_detect/{{root}}.tsv"
     # shared by every association that has the exposure: batched across associations
     group:
-        "tweakreg_detect"
+        "tweakreg_detect" if config["exposure_batches"] else None
     threads: 1
     resources:
         mem_mb=mem_mb_exposure,
