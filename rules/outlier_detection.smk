@@ -70,7 +70,7 @@ rule outlier_single:
     threads: 1
     resources:
         mem_mb=mem_mb_exposure,
-        runtime=runtime_minutes,
+        runtime=runtime_exposure,
     conda:
         "../envs/calimage3.yaml"
     script:
@@ -119,7 +119,7 @@ rule outlier_flag:
     threads: 1
     resources:
         mem_mb=mem_mb_exposure,
-        runtime=runtime_minutes,
+        runtime=runtime_exposure,
     conda:
         "../envs/calimage3.yaml"
     script:

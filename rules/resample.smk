@@ -76,7 +76,7 @@ rule resample_exposure:
     threads: 1
     resources:
         mem_mb=mem_mb_exposure,
-        runtime=runtime_minutes,
+        runtime=runtime_exposure,
     conda:
         "../envs/calimage3.yaml"
     script:
@@ -122,7 +122,7 @@ rule resample_single:
     threads: 1
     resources:
         mem_mb=mem_mb_exposure,
-        runtime=runtime_minutes,
+        runtime=runtime_exposure,
     conda:
         "../envs/calimage3.yaml"
     script:

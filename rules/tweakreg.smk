@@ -47,7 +47,7 @@ rule tweakreg_detect:
     threads: 1
     resources:
         mem_mb=mem_mb_exposure,
-        runtime=runtime_minutes,
+        runtime=runtime_exposure,
     conda:
         "../envs/calimage3.yaml"
     script:
