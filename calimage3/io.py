@@ -55,6 +55,7 @@ __all__ = [
     "read_exposure",
     "read_exposure_wcs",
     "read_exposure_footprint",
+    "read_bounding_box_range",
     "parse_s_region",
     "read_aligned_exposure",
     "write_exposure",
@@ -467,6 +468,15 @@ def parse_s_region(value):
     if values.size < 6 or values.size % 2 or not np.all(np.isfinite(values)):
         return None
     return values.reshape(-1, 2)
+
+
+def read_bounding_box_range(path):
+    """Pixel range ``(xmin, xmax, ymin, ymax)`` inside the bounding box of a file's WCS
+    (`calimage3.usable.bounding_box_range`); reads the WCS, no data."""
+    from .usable import bounding_box_range
+
+    wcs, shape, _ = read_exposure_wcs(path)
+    return bounding_box_range(shape, wcs)
 
 
 def read_exposure_footprint(path):

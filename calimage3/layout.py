@@ -7,6 +7,8 @@ its output and the files in it are named here, once, for the job that
 writes them and the jobs that read them.
 """
 
+import os
+
 __all__ = [
     "moving_target_wcs",
     "aligned_wcs",
@@ -14,6 +16,7 @@ __all__ = [
     "pixel_map",
     "rendered_wcs",
     "member_files",
+    "files_or_folder",
 ]
 
 # The grid's own WCS file in a grid folder (outlier detection: an ASDF gwcs;
@@ -52,3 +55,16 @@ def rendered_wcs(folder, root):
 def member_files(name_of, folder, roots):
     """``name_of(folder, root)`` for every root, in association order."""
     return [name_of(folder, root) for root in roots]
+
+
+def files_or_folder(paths, name_of, roots):
+    """A job's input as a list of files: a lone folder output stands for its
+    ``name_of(folder, root)`` files, one per root; plain files stay as they are.
+
+    ``paths`` is what Snakemake gives for a named input (a string when it
+    holds one path).
+    """
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    if len(paths) == 1 and os.path.isdir(paths[0]):
+        return member_files(name_of, paths[0], roots)
+    return paths

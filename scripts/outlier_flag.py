@@ -10,7 +10,7 @@ from calimage3.outlier_detection import apply_outlier_flags, flag_outliers, flag
 from calimage3.pixmap import expand_pixel_map
 from calimage3.provenance import provenance_keywords
 from calimage3.resample import blot
-from calimage3.usable import bounding_box_range, usable_pixel_mask
+from calimage3.usable import usable_pixel_mask
 
 log = logging.getLogger("outlier_detection")
 
@@ -44,8 +44,10 @@ def outlier_flag(cal_path, wcs_path, sky_path, median_path, pixmap_path, crf_pat
     with io.open_image_sections(median_path, ("SCI",)) as views:
         median = np.asarray(views["SCI"], dtype=np.float32)
     coarse = io.read_pixel_map(pixmap_path) if pixmap_path else None
-    # Outside the WCS bounding box, NON_SCIENCE and DO_NOT_USE: never flagged.
-    usable = usable_pixel_mask(exposure.dq, good_bits="~DO_NOT_USE", input_range=_input_range(coarse, cal_path))
+    # Outside the WCS bounding box (from the pixel map, else the _cal's WCS),
+    # NON_SCIENCE and DO_NOT_USE: never flagged.
+    input_range = coarse.input_range if coarse is not None else io.read_bounding_box_range(cal_path)
+    usable = usable_pixel_mask(exposure.dq, good_bits="~DO_NOT_USE", input_range=input_range)
     if not resample_data:
         if median.shape != exposure.shape:
             raise io.InputFileError(cal_path, f"resample_data=False needs every exposure on one pixel grid: "
@@ -76,14 +78,6 @@ def _median_count(median_path):
         return None
     with io.open_image_sections(median_path, ("NCOMB",)) as views:
         return np.asarray(views["NCOMB"], dtype=np.float32)
-
-
-def _input_range(coarse, cal_path):
-    """Pixels inside the exposure's WCS bounding box: from its pixel map, else (no map) from the _cal's WCS."""
-    if coarse is not None:
-        return coarse.input_range
-    wcs, shape, _ = io.read_exposure_wcs(cal_path)
-    return bounding_box_range(shape, wcs)
 
 
 def _write_flagged(exposure, mask, usable, crf_path, rendered):

@@ -7,7 +7,6 @@ from calimage3.logs import configure_logging
 from calimage3.outlier_detection import typical_weight, unresampled_single
 from calimage3.pixmap import expand_pixel_map
 from calimage3.resample import build_driz_weight, drizzle_single, exposure_time_weight
-from calimage3.usable import bounding_box_range
 
 log = logging.getLogger("outlier_detection")
 
@@ -34,10 +33,7 @@ def outlier_single(cal_path, sky_path, pixmap_path, single_path, *, resample_dat
     coarse = io.read_pixel_map(pixmap_path) if pixmap_path else None
     if not resample_data:
         # Without a pixel map the bounding box comes from the _cal's own WCS.
-        if coarse is not None:
-            input_range = coarse.input_range
-        else:
-            input_range = bounding_box_range(exposure.shape, io.read_exposure_wcs(cal_path)[0])
+        input_range = coarse.input_range if coarse is not None else io.read_bounding_box_range(cal_path)
         weight = build_driz_weight(exposure.err, exposure.dq, weight_type=params.get("weight_type", "ivm"),
                                    good_bits=params.get("good_bits", "~DO_NOT_USE"),
                                    exptime=exposure_time_weight(exposure.meta), var_rnoise=exposure.var_rnoise,

@@ -6,7 +6,6 @@ per-exposure drizzle and blot jobs need neither the WCSs nor gwcs.
 """
 
 import logging
-from pathlib import Path
 
 from calimage3 import io, layout
 from calimage3.logs import configure_logging
@@ -117,10 +116,8 @@ if "snakemake" in globals():
     # outlier_grid: a gwcs grid and the _crf WCSs rendered too; resample_grid: the mosaic's rendered grid
     step = "outlier_detection" if snakemake.rule == "outlier_grid" else "resample"
     folder, roots = snakemake.output.grid, snakemake.params.roots
-    wcs_paths = snakemake.input.wcs
-    wcs_paths = [wcs_paths] if isinstance(wcs_paths, str) else list(wcs_paths)
-    if len(wcs_paths) == 1 and Path(wcs_paths[0]).is_dir():  # tweakreg's folder (else the lone _cal)
-        wcs_paths = layout.member_files(layout.aligned_wcs, wcs_paths[0], roots)
+    # tweakreg's folder, or the lone _cal
+    wcs_paths = layout.files_or_folder(snakemake.input.wcs, layout.aligned_wcs, roots)
     rendered = layout.member_files(layout.rendered_wcs, folder, roots) if step == "outlier_detection" else ()
     output_grid(wcs_paths, layout.grid_wcs(folder, step),
                 pixmap_paths=layout.member_files(layout.pixel_map, folder, roots),

@@ -195,10 +195,8 @@ def tweakreg_align(source_paths, wcs_paths, output_paths, *, cal_paths=None, asn
 if "snakemake" in globals():
     configure_logging(snakemake.log[0])
     roots = snakemake.params.roots
-    input_wcs = snakemake.input.wcs
-    input_wcs = [input_wcs] if isinstance(input_wcs, str) else list(input_wcs)
-    if len(input_wcs) == 1 and Path(input_wcs[0]).is_dir():  # assign_mtwcs's folder
-        input_wcs = layout.member_files(layout.moving_target_wcs, input_wcs[0], roots)
+    # assign_mtwcs's folder, or the _cal files
+    input_wcs = layout.files_or_folder(snakemake.input.wcs, layout.moving_target_wcs, roots)
     tweakreg_align(snakemake.input.sources, input_wcs, layout.member_files(layout.aligned_wcs, snakemake.output.wcs, roots),
                    cal_paths=snakemake.input.cal, asn_group_ids=snakemake.params.asn_group_ids,
                    **snakemake.params.step)
