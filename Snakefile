@@ -27,6 +27,20 @@ include: "rules/qa.smk"
 write_campaign_manifest()
 
 
+# Local runs fork each job from one process that has imported the science
+# libraries once (calimage3/job_server.py; config job_server).
+onstart:
+    start_job_server_if_wanted()
+
+
+onsuccess:
+    stop_job_server_if_started()
+
+
+onerror:
+    stop_job_server_if_started()
+
+
 rule all:
     input:
         final_products(),

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 from astropy.io import fits
 
 from .association import parse_association
@@ -255,13 +256,17 @@ def read_association(path):
 # WCS from files
 
 
-def _gwcs_from_asdf_hdu(hdul, path):
-    """Deserialize the gwcs in a JWST ASDF extension with plain asdf, or return None."""
+def _asdf_extension_bytes(hdul):
+    """The ASDF file stored in a JWST image's ASDF extension, as bytes."""
     hdu = hdul["ASDF"]
     if isinstance(hdu, fits.BinTableHDU):
-        raw = hdu.data["ASDF_METADATA"][0].tobytes()
-    else:
-        raw = np.asarray(hdu.data).tobytes()
+        return hdu.data["ASDF_METADATA"][0].tobytes()
+    return np.asarray(hdu.data).tobytes()
+
+
+def _gwcs_from_asdf_hdu(hdul, path):
+    """Deserialize the gwcs in a JWST ASDF extension with plain asdf, or return None."""
+    raw = _asdf_extension_bytes(hdul)
     with warnings.catch_warnings():
         # Unknown JWST tags (stdatamodels not installed) deserialize as plain
         # dicts with a warning; we detect that below and the caller falls back.
@@ -277,6 +282,56 @@ def _gwcs_from_asdf_hdu(hdul, path):
             if isinstance(candidate, WCS):
                 return candidate
     return None
+
+
+def _untagged(loader, _suffix, node):
+    """A YAML node with any tag as the plain mapping, list or string it holds."""
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    return loader.construct_scalar(node)
+
+
+class _TagBlindLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """Safe YAML loader that reads ASDF's tagged nodes as plain data (no asdf, no extensions)."""
+
+
+_TagBlindLoader.add_multi_constructor("!", _untagged)
+_TagBlindLoader.add_multi_constructor("tag:", _untagged)
+
+
+def _bounding_box_edges_from_asdf(raw):
+    """``((x_low, x_high), (y_low, y_high))`` of the gwcs bounding box in an ASDF file's YAML tree.
+
+    Reads the tree as plain YAML, so neither asdf's extension registry
+    (over a second to load) nor gwcs is needed.  None when the tree holds
+    no gwcs, its first step has no box, or the box is in a form not known
+    here (the caller then deserializes the gwcs).
+    """
+    start, end = raw.find(b"%YAML"), raw.find(b"\n...")
+    if start < 0 or end < start:
+        return None
+    try:
+        tree = yaml.load(raw[start:end + 1], Loader=_TagBlindLoader)
+        wcs = (tree.get("meta") or {}).get("wcs") if isinstance(tree.get("meta"), dict) else None
+        wcs = wcs if wcs is not None else tree.get("wcs")
+        bbox = wcs["steps"][0]["transform"]["bounding_box"]
+        if isinstance(bbox, dict):
+            # bounding_box-1.x: intervals by input name; inputs are x then y
+            if bbox.get("ignore"):
+                return None
+            intervals = bbox["intervals"]
+            names = next((n for n in (("x0", "x1"), ("x", "y")) if set(intervals) == set(n)), None)
+            if names is None:
+                return None
+            (x1, x2), (y1, y2) = intervals[names[0]], intervals[names[1]]
+        else:
+            # the older list form, in C order: ((y_low, y_high), (x_low, x_high))
+            (y1, y2), (x1, x2) = bbox
+        return (float(x1), float(x2)), (float(y1), float(y2))
+    except (yaml.YAMLError, AttributeError, KeyError, IndexError, TypeError, ValueError):
+        return None
 
 
 def gwcs_from_fits_header(header, shape):
@@ -472,11 +527,23 @@ def parse_s_region(value):
 
 def read_bounding_box_range(path):
     """Pixel range ``(xmin, xmax, ymin, ymax)`` inside the bounding box of a file's WCS
-    (`calimage3.usable.bounding_box_range`); reads the WCS, no data."""
-    from .usable import bounding_box_range
+    (`calimage3.pixmap.input_range`); reads headers and the WCS tree, no data.
 
+    The box is read from the ASDF extension's YAML as plain data when it
+    can be (`_bounding_box_edges_from_asdf`), which needs no gwcs: the
+    source-detection jobs need the box and nothing else of the WCS.
+    Otherwise the WCS is read in full.
+    """
+    from .pixmap import input_range
+
+    with _open_fits(path, check_data=False) as hdul:
+        sci = hdul["SCI"].header
+        shape = (int(sci.get("NAXIS2", 0)), int(sci.get("NAXIS1", 0)))
+        edges = _bounding_box_edges_from_asdf(_asdf_extension_bytes(hdul)) if "ASDF" in hdul else None
+    if edges is not None and sci.get("NAXIS") == 2:
+        return input_range(shape, None, edges=edges)
     wcs, shape, _ = read_exposure_wcs(path)
-    return bounding_box_range(shape, wcs)
+    return input_range(shape, wcs)
 
 
 def read_exposure_footprint(path):

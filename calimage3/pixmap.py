@@ -69,7 +69,7 @@ def bounding_box_edges(wcs):
     return (float(x1), float(x2)), (float(y1), float(y2))
 
 
-def input_range(shape, wcs):
+def input_range(shape, wcs, edges=None):
     """Input pixel range ``(xmin, xmax, ymin, ymax)`` inside the WCS bounding box.
 
     The pixels whose centres lie within the box, edges included.
@@ -80,10 +80,15 @@ def input_range(shape, wcs):
         ``(ny, nx)`` of the input image.
     wcs : gwcs.WCS or None
         Its WCS; None (or no bounding box) means the whole image.
+    edges : tuple or None
+        The box's ``((x_low, x_high), (y_low, y_high))`` when already known
+        (`calimage3.io.read_bounding_box_range` reads them without gwcs);
+        ``wcs`` is then not used.
     """
     ny, nx = shape
     xmin, xmax, ymin, ymax = 0, nx - 1, 0, ny - 1
-    edges = bounding_box_edges(wcs)
+    if edges is None:
+        edges = bounding_box_edges(wcs)
     if edges is not None:
         (x1, x2), (y1, y2) = edges
         # A pixel is inside when its centre is: x1 <= i <= x2 (an upper

@@ -3,6 +3,7 @@
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -318,3 +319,33 @@ def runtime_exposure(wildcards, attempt):
     """Wall-time request of a per-exposure job: 5 minutes plus one per 10 MB of
     _cal (jobs read well over 100 MB a minute), doubled on each retry."""
     return int(5 + CAL_MB[wildcards.root] / 10) * 2 ** (attempt - 1)
+
+
+# ---- the warm job server (calimage3/job_server.py) ---------------------------
+
+_JOB_SERVER = []
+
+
+def job_server_wanted():
+    """Whether this run forks its jobs from a warm job server: local runs with
+    ``job_server`` on, the jobs in this interpreter (not --use-conda)."""
+    from snakemake.settings.types import DeploymentMethod
+
+    return (bool(config.get("job_server", True)) and workflow.local_exec and workflow.is_main_process
+            and DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method)
+
+
+def start_job_server_if_wanted():
+    """Start the job server when `job_server_wanted` (called by the Snakefile's onstart)."""
+    if job_server_wanted():
+        from calimage3.job_server import start_job_server
+
+        _JOB_SERVER.append(start_job_server(tempfile.gettempdir()))
+
+
+def stop_job_server_if_started():
+    """Stop the job server, if this run started one (onsuccess and onerror)."""
+    from calimage3.job_server import stop_job_server
+
+    while _JOB_SERVER:
+        stop_job_server(_JOB_SERVER.pop())

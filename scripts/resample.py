@@ -6,6 +6,12 @@ time, so memory is the mosaic's arrays plus one contribution.  The mosaic's
 keywords and header table come from `calimage3.mosaic_metadata`.
 """
 
+# First: on a local run the warm job server (calimage3/job_server.py) runs this
+# job, with every library already imported, and this process exits here.
+from calimage3.job_server import run_in_job_server
+
+run_in_job_server(globals())
+
 import logging
 
 import numpy as np

@@ -4,6 +4,12 @@ The result (a "contribution": cutout arrays, their offsets on the grid and
 the exposure's metadata) is combined with the others by scripts/resample.py.
 """
 
+# First: on a local run the warm job server (calimage3/job_server.py) runs this
+# job, with every library already imported, and this process exits here.
+from calimage3.job_server import run_in_job_server
+
+run_in_job_server(globals())
+
 import logging
 
 from calimage3 import io, layout

@@ -1,5 +1,11 @@
 """Snakemake entry point: tweakreg source detection in one exposure."""
 
+# First: on a local run the warm job server (calimage3/job_server.py) runs this
+# job, with every library already imported, and this process exits here.
+from calimage3.job_server import run_in_job_server
+
+run_in_job_server(globals())
+
 import logging
 
 import numpy as np
@@ -24,8 +30,11 @@ def tweakreg_detect(cal_path, sources_path, *, verify_checksums=False, **params)
     DO_NOT_USE pixels are masked (`calimage3.usable.usable_pixel_mask`).
     ``verify_checksums`` checks the _cal's FITS checksums first (`calimage3.io.read_exposure`).
     """
-    exposure = io.read_exposure(cal_path, arrays=("data", "err", "dq"), verify_checksums=verify_checksums)
-    mask = ~usable_pixel_mask(exposure.dq, wcs=exposure.wcs) | ~np.isfinite(exposure.data)
+    # Only the bounding box of the WCS is needed here, read without gwcs.
+    exposure = io.read_exposure(cal_path, arrays=("data", "err", "dq"), with_wcs=False,
+                                verify_checksums=verify_checksums)
+    input_range = io.read_bounding_box_range(cal_path)
+    mask = ~usable_pixel_mask(exposure.dq, input_range=input_range) | ~np.isfinite(exposure.data)
     kwargs = {k: params[k] for k in DETECTION_PARAMETERS if k in params}
     sources = detect_sources(exposure.data, exposure.err, mask, **kwargs)
     io.write_table(sources_path, sources)
