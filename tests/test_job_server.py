@@ -1,0 +1,163 @@
+"""The warm job server (calimage3/job_server.py): jobs forked from one process give the same products, fail as jobs do, and die with their job."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from workflow_runs import REPO, run_snakemake
+
+from calimage3 import io
+from calimage3.job_server import USAGE_TAG, parse_usage_line
+from calimage3.simulate import simulate_dither
+
+MINI_SNAKEFILE = """
+import os, sys
+sys.path.insert(0, {repo!r})
+os.environ["PYTHONPATH"] = {repo!r}
+from calimage3.job_server import start_job_server, stop_job_server
+
+SERVER = []
+
+onstart:
+    SERVER.append(start_job_server({sockets!r}))
+
+onsuccess:
+    stop_job_server(SERVER.pop())
+
+onerror:
+    stop_job_server(SERVER.pop())
+
+rule job:
+    output: "{{name}}.txt"
+    log: "{{name}}.log"
+    script: "job.py"
+"""
+
+MINI_SCRIPT = """
+from calimage3.job_server import run_in_job_server
+
+run_in_job_server(globals())
+
+import os, time
+from calimage3.logs import configure_logging
+
+configure_logging(snakemake.log[0])
+name = snakemake.wildcards.name
+if name == "fail":
+    raise RuntimeError("deliberate failure")
+if name == "sleep":
+    with open("sleep.pid", "w") as fh:
+        fh.write(str(os.getpid()))
+    time.sleep(120)
+with open(snakemake.output[0], "w") as fh:
+    parent = open(f"/proc/{os.getppid()}/cmdline").read().replace("\\0", " ")
+    fh.write(f"{os.getpid()} {os.getppid()} {os.environ.get('CALIMAGE3_JOB_SERVER')} {os.getcwd()}\\n{parent}")
+"""
+
+
+@pytest.fixture
+def mini_workflow(tmp_path):
+    sockets = tmp_path / "sockets"
+    sockets.mkdir()
+    (tmp_path / "Snakefile").write_text(MINI_SNAKEFILE.format(repo=str(REPO), sockets=str(sockets)))
+    (tmp_path / "job.py").write_text(MINI_SCRIPT)
+    return tmp_path
+
+
+def _snakemake(folder, *targets, **kwargs):
+    return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *targets], cwd=folder,
+                          capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def _usage(log_path):
+    lines = [parse_usage_line(line) for line in log_path.read_text().splitlines()]
+    return [u for u in lines if u]
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purposes
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_job_runs_forked_from_the_server(mini_workflow):
+    proc = _snakemake(mini_workflow, "a.txt", "b.txt")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("a", "b"):
+        ids, parent = (mini_workflow / f"{name}.txt").read_text().split("\n")
+        pid, ppid, env, cwd = ids.split()
+        # the job ran in a child of the server, not in the process Snakemake started
+        assert "calimage3.job_server" in parent
+        assert env == "None" and cwd == str(mini_workflow)
+        usage = _usage(mini_workflow / f"{name}.log")
+        assert len(usage) == 1 and usage[0]["status"] == 0 and usage[0]["rule"] == "job"
+        assert usage[0]["max_rss_mb"] > 10 and usage[0]["cpu_s"] >= 0
+    # both jobs were forked from one server, which is gone with the run
+    assert (mini_workflow / "a.txt").read_text().split()[1] == (mini_workflow / "b.txt").read_text().split()[1]
+    assert not _alive(int((mini_workflow / "a.txt").read_text().split()[1]))
+    assert not list((mini_workflow / "sockets").iterdir())
+
+
+def test_failing_job_fails_with_its_traceback_in_log_and_terminal(mini_workflow):
+    proc = _snakemake(mini_workflow, "fail.txt")
+    assert proc.returncode != 0
+    assert "deliberate failure" in proc.stderr
+    log = (mini_workflow / "fail.log").read_text()
+    assert "JOB FAILED: RuntimeError: deliberate failure" in log
+    assert _usage(mini_workflow / "fail.log")[0]["status"] == 1
+    assert not (mini_workflow / "fail.txt").exists()
+
+
+def test_killed_run_leaves_no_job_or_server_behind(mini_workflow):
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", "sleep.txt"], cwd=mini_workflow,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    pid_file = mini_workflow / "sleep.pid"
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child), "the forked job outlived its killed run"
+
+
+def test_usage_line_round_trip():
+    line = f"{USAGE_TAG} rule=resample wildcards=root=a,product=b wall_s=1.5 cpu_s=1.25 max_rss_mb=300.0 " \
+           "server_rss_mb=160.0 status=0"
+    usage = parse_usage_line(line)
+    assert usage["rule"] == "resample" and usage["wildcards"] == "root=a,product=b"
+    assert usage["cpu_s"] == 1.25 and usage["max_rss_mb"] == 300.0
+    assert parse_usage_line("12:00:00 INFO resample: done") is None
+
+
+def test_products_identical_without_the_server(tmp_path):
+    """The same association with and without the job server: identical mosaics, catalogs and _crf flags."""
+    sim = simulate_dither(tmp_path / "data", n_exposures=3, shape=(256, 256), seed=11)
+    outs = {}
+    for setting in ("true", "false"):
+        out = tmp_path / f"server_{setting}"
+        run_snakemake(f"asn={sim['asn']}", out, "qa_figures=false", f"job_server={setting}")
+        outs[setting] = out
+    used = [parse_usage_line(line) for log in (outs["true"] / "logs").rglob("*.log") for line in log.read_text().splitlines()]
+    assert len([u for u in used if u]) >= 3 * 4 + 6  # every job reported its usage
+    assert not any(USAGE_TAG in log.read_text() for log in (outs["false"] / "logs").rglob("*.log"))
+    i2d = {k: io.read_i2d(next(out.glob("*_i2d.fits")))[0] for k, out in outs.items()}
+    np.testing.assert_array_equal(i2d["true"]["data"], i2d["false"]["data"])
+    np.testing.assert_array_equal(i2d["true"]["wht"], i2d["false"]["wht"])
+    cats = {k: io.read_table(next(out.glob("*_cat.ecsv"))) for k, out in outs.items()}
+    np.testing.assert_array_equal(cats["true"]["aper_total_flux"], cats["false"]["aper_total_flux"])
+    for crf in outs["true"].glob("*_crf.fits"):
+        a = io.read_exposure(crf, arrays=("dq",), with_wcs=False).dq
+        b = io.read_exposure(outs["false"] / crf.name, arrays=("dq",), with_wcs=False).dq
+        np.testing.assert_array_equal(a, b)
