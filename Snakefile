@@ -30,15 +30,17 @@ write_campaign_manifest()
 # Local runs fork each job from one process that has imported the science
 # libraries once (calimage3/job_server.py; config job_server).
 onstart:
-    start_job_server_if_wanted()
+    activate_job_server_if_wanted()
 
 
 onsuccess:
-    stop_job_server_if_started()
+    stop_job_server()
+    cancel_idle_timers()
 
 
 onerror:
-    stop_job_server_if_started()
+    stop_job_server()
+    cancel_idle_timers()
 
 
 rule all:

@@ -39,6 +39,7 @@ __all__ = [
     "ENV_VAR",
     "USAGE_TAG",
     "PRELOAD",
+    "JobServer",
     "start_job_server",
     "stop_job_server",
     "run_in_job_server",
@@ -197,7 +198,7 @@ def _record_usage(job, result):
     wildcards = ",".join(f"{k}={v}" for k, v in job.wildcards.items())
     line = (f"{USAGE_TAG} rule={job.rule} wildcards={wildcards} wall_s={result['wall_s']:.3f} "
             f"cpu_s={result['cpu_s']:.3f} max_rss_mb={result['max_rss_mb']:.1f} "
-            f"server_rss_mb={result['server_rss_mb']:.1f} status={result['status']}\n")
+            f"server_rss_mb={result['server_rss_mb']:.1f} start={result['start']:.3f} status={result['status']}\n")
     if len(job.log):
         with open(job.log[0], "a") as fh:
             fh.write(line)
@@ -210,15 +211,16 @@ def parse_usage_line(line):
     if not line.startswith(USAGE_TAG):
         return None
     fields = dict(item.split("=", 1) for item in line[len(USAGE_TAG):].split())
-    for key in ("wall_s", "cpu_s", "max_rss_mb", "server_rss_mb", "status"):
-        fields[key] = float(fields[key])
+    for key in ("wall_s", "cpu_s", "max_rss_mb", "server_rss_mb", "start", "status"):
+        if key in fields:
+            fields[key] = float(fields[key])
     return fields
 
 
 # ---- the Snakemake process's side -------------------------------------------
 
-def start_job_server(socket_dir):
-    """Start a job server for this run and set `ENV_VAR` so that the jobs use it.
+class JobServer:
+    """A job server process for this run; jobs use it once `activate` has set `ENV_VAR`.
 
     Parameters
     ----------
@@ -226,43 +228,56 @@ def start_job_server(socket_dir):
         A folder on a local disk for the socket (a Unix socket path is
         limited to about 100 bytes, so not a deep output folder).
 
-    Returns
-    -------
-    subprocess.Popen
-        The server process; it also exits by itself when this process ends.
+    Notes
+    -----
+    The process starts importing at once; the workflow launches it while
+    Snakemake builds the DAG and activates it when the jobs are about to
+    start, so that the imports overlap the planning.  Whether or not it is
+    activated, it exits by itself when the process that launched it ends.
     """
-    import subprocess
-    import tempfile
 
-    folder = tempfile.mkdtemp(prefix="calimage3-", dir=socket_dir)
-    path = os.path.join(folder, "jobs.sock")
-    server = subprocess.Popen([sys.executable, "-m", "calimage3.job_server", path, str(os.getpid())],
-                              stdin=subprocess.DEVNULL)
-    # Jobs may connect before the server listens; they then wait for the
-    # socket rather than run without it (the server binds within ~0.1 s).
-    deadline = time.monotonic() + 10.0
-    while not os.path.exists(path) and server.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    if os.path.exists(path):
-        os.environ[ENV_VAR] = path
-    return server
+    def __init__(self, socket_dir):
+        import subprocess
+        import tempfile
+
+        self.folder = tempfile.mkdtemp(prefix="calimage3-", dir=socket_dir)
+        self.path = os.path.join(self.folder, "jobs.sock")
+        self.process = subprocess.Popen([sys.executable, "-m", "calimage3.job_server", self.path, str(os.getpid())],
+                                        stdin=subprocess.DEVNULL)
+
+    def activate(self, timeout=10.0):
+        """Point this process's jobs (`ENV_VAR`) at the server, once its socket exists; return self."""
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(self.path) and self.process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if os.path.exists(self.path):
+            os.environ[ENV_VAR] = self.path
+        return self
+
+    def stop(self):
+        """Stop the server and remove its socket (jobs still running are its children's: they stay)."""
+        if os.environ.get(ENV_VAR) == self.path:
+            del os.environ[ENV_VAR]
+        if self.process.poll() is None:
+            # it holds nothing to flush, and a clean interpreter exit with every
+            # library loaded takes a good part of a second
+            self.process.kill()
+        self.process.wait()
+        for remove, target in ((os.unlink, self.path), (os.rmdir, self.folder)):
+            try:
+                remove(target)
+            except OSError:
+                pass
+
+
+def start_job_server(socket_dir):
+    """Launch a `JobServer` and activate it at once."""
+    return JobServer(socket_dir).activate()
 
 
 def stop_job_server(server):
-    """Stop the server started by `start_job_server` and remove its socket."""
-    path = os.environ.pop(ENV_VAR, None)
-    if server is not None and server.poll() is None:
-        server.terminate()
-        try:
-            server.wait(timeout=5)
-        except Exception:
-            server.kill()
-    if path:
-        for remove in (os.unlink, os.rmdir):
-            try:
-                remove(path if remove is os.unlink else os.path.dirname(path))
-            except OSError:
-                pass
+    """Stop a server from `start_job_server`."""
+    server.stop()
 
 
 # ---- the server ---------------------------------------------------------------
@@ -346,7 +361,7 @@ def _start_child(conn, listener, children, server_rss):
             os.close(fd)
         conn.close()
         return
-    start = time.monotonic()
+    start = time.time()
     pid = os.fork()
     if pid == 0:
         listener.close()
@@ -373,7 +388,8 @@ def _reap(children):
         code = os.waitstatus_to_exitcode(status)
         result = {
             "status": code if code >= 0 else 128 - code,
-            "wall_s": time.monotonic() - start,
+            "wall_s": time.time() - start,
+            "start": start,
             "cpu_s": (usage.ru_utime + usage.ru_stime) if usage else 0.0,
             "max_rss_mb": usage.ru_maxrss / 1024 if usage else 0.0,  # kB on Linux
             "server_rss_mb": server_rss,

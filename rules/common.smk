@@ -323,9 +323,6 @@ def runtime_exposure(wildcards, attempt):
 
 # ---- the warm job server (calimage3/job_server.py) ---------------------------
 
-_JOB_SERVER = []
-
-
 def job_server_wanted():
     """Whether this run forks its jobs from a warm job server: local runs with
     ``job_server`` on, the jobs in this interpreter (not --use-conda)."""
@@ -335,17 +332,44 @@ def job_server_wanted():
             and DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method)
 
 
-def start_job_server_if_wanted():
-    """Start the job server when `job_server_wanted` (called by the Snakefile's onstart)."""
-    if job_server_wanted():
-        from calimage3.job_server import start_job_server
+# Launched now, so that its imports overlap the DAG's planning; whether this
+# run uses it (local, not --use-conda) is known only when the jobs start
+# (onstart).  A dry run or a finished output never starts jobs: the server
+# then exits with this process.
+if config.get("job_server", True) and workflow.is_main_process:
+    from calimage3.job_server import JobServer
 
-        _JOB_SERVER.append(start_job_server(tempfile.gettempdir()))
+    JOB_SERVER = JobServer(tempfile.gettempdir())
+else:
+    JOB_SERVER = None
 
 
-def stop_job_server_if_started():
-    """Stop the job server, if this run started one (onsuccess and onerror)."""
-    from calimage3.job_server import stop_job_server
+def activate_job_server_if_wanted():
+    """Point the jobs at the job server when `job_server_wanted`, else stop it (the Snakefile's onstart)."""
+    if JOB_SERVER is not None:
+        if job_server_wanted():
+            JOB_SERVER.activate()
+        else:
+            JOB_SERVER.stop()
 
-    while _JOB_SERVER:
-        stop_job_server(_JOB_SERVER.pop())
+
+def stop_job_server():
+    """Stop the job server, if this run launched one (onsuccess and onerror)."""
+    if JOB_SERVER is not None:
+        JOB_SERVER.stop()
+
+
+def cancel_idle_timers():
+    """Cancel the timers Snakemake's job-rate limiter left behind (onsuccess and onerror).
+
+    With its default ``--max-jobs-per-timespan`` the scheduler arms a 1 s
+    ``threading.Timer`` (not a daemon) to look at the queue again; the last
+    one outlives the run, and Python waits for it before exiting: every run
+    ended about a second after its last job.  The scheduler has returned
+    when these hooks run, so nothing is left for the timers to wake.
+    """
+    import threading
+
+    for thread in threading.enumerate():
+        if isinstance(thread, threading.Timer):
+            thread.cancel()
