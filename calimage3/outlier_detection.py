@@ -129,7 +129,7 @@ def compute_weight_threshold(weight, maskpt):
 
 
 def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256, typical_weights=None,
-                       with_count=False):
+                       with_count=False, origins=None, shape=None):
     """Median of single-drizzled images, computed a block of rows at a time.
 
     Parameters
@@ -152,6 +152,14 @@ def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256, ty
         single-drizzle jobs store it); computed from ``weights`` otherwise.
     with_count : bool
         Also return how many singles contributed to each pixel.
+    origins : sequence of (int, int) or None
+        When the singles are cutouts of the grid (each drizzled onto the
+        part of it its exposure reaches): the grid pixel ``(y0, x0)`` of
+        each cutout's first pixel.  Grid pixels outside a cutout are
+        pixels that single does not cover.  None: every single is the
+        whole grid.
+    shape : tuple of int or None
+        ``(ny, nx)`` of the grid; required with ``origins``.
 
     Returns
     -------
@@ -186,14 +194,21 @@ def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256, ty
             f"rows_per_section: must be a positive integer, got {rows_per_section!r}"
         )
     rows_per_section = int(rows_per_section)
-    shape = tuple(np.shape(singles[0]))
+    if origins is None:
+        shape = tuple(np.shape(singles[0]))
+        origins = [(0, 0)] * len(singles)
+    elif shape is None or len(origins) != len(singles):
+        raise ValueError("origins: one (y0, x0) per single, and the grid's shape, are needed together")
+    shape = tuple(int(v) for v in shape)
     if len(shape) != 2:
         raise ValueError(f"singles: images must be 2-D, got shape {shape}")
-    for i, (sci, wht) in enumerate(zip(singles, weights)):
-        if tuple(np.shape(sci)) != shape or tuple(np.shape(wht)) != shape:
+    for i, (sci, wht, (y0, x0)) in enumerate(zip(singles, weights, origins)):
+        h, w = np.shape(sci)[:2] if np.ndim(sci) == 2 else (-1, -1)
+        if tuple(np.shape(wht)) != tuple(np.shape(sci)) or not (0 <= y0 and 0 <= x0 and y0 + h <= shape[0]
+                                                                 and x0 + w <= shape[1]) or h < 0:
             raise ValueError(
-                f"singles/weights: image {i} has shapes {np.shape(sci)}/{np.shape(wht)}, "
-                f"expected {shape}"
+                f"singles/weights: image {i} has shapes {np.shape(sci)}/{np.shape(wht)} at {(y0, x0)}, "
+                f"which do not fit in the grid {shape}"
             )
     if typical_weights is None:
         thresholds = [compute_weight_threshold(w, maskpt) for w in weights]
@@ -208,11 +223,16 @@ def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256, ty
     n = len(singles)
     for r0 in range(0, ny, rows_per_section):
         r1 = min(ny, r0 + rows_per_section)
-        stack = np.empty((n, r1 - r0, nx), dtype=np.float32)
-        for k, (sci, wht, thr) in enumerate(zip(singles, weights, thresholds)):
-            stack[k] = sci[r0:r1]
-            w = np.asarray(wht[r0:r1])
-            stack[k][~(w >= thr) | (w == 0)] = np.nan
+        stack = np.full((n, r1 - r0, nx), np.nan, dtype=np.float32)
+        for k, (sci, wht, thr, (y0, x0)) in enumerate(zip(singles, weights, thresholds, origins)):
+            # the rows of this band the single covers, in its own rows
+            a, b = max(r0, y0) - y0, min(r1, y0 + np.shape(sci)[0]) - y0
+            if a >= b:
+                continue
+            band = stack[k, a + y0 - r0:b + y0 - r0, x0:x0 + np.shape(sci)[1]]
+            band[:] = sci[a:b]
+            w = np.asarray(wht[a:b])
+            band[~(w >= thr) | (w == 0)] = np.nan
         median[r0:r1] = nanmedian_first_axis(stack)
         count[r0:r1] = np.minimum(np.count_nonzero(~np.isnan(stack), axis=0), 255)
     return (median, count) if with_count else median
@@ -489,13 +509,18 @@ def _flux_test(mask, diff, err, blot, usable, size, snr1, tolerance):
     if ys.size == 0:
         return np.ones(mask.shape, bool)
     good = usable & np.isfinite(diff) & np.isfinite(blot)
-    pad = max(SOURCE_SKY_BOX // 2, size // 2, PEAK_RADIUS + 1)
+    ny, nx = mask.shape
 
     def windows(array, fill, half):
-        """``(n, 2 half + 1, 2 half + 1)`` cut-outs of ``array`` around the candidates; ``fill`` where unusable."""
-        padded = np.pad(np.where(good, array, fill), pad, constant_values=fill)
+        """``(n, 2 half + 1, 2 half + 1)`` cut-outs of ``array`` around the candidates; ``fill`` where
+        unusable or off the image.  Indexed at the candidates only: a handful of pixels per
+        candidate, however large the exposure."""
         off = np.arange(-half, half + 1)
-        return padded[(ys + pad)[:, None, None] + off[None, :, None], (xs + pad)[:, None, None] + off[None, None, :]]
+        yy = ys[:, None, None] + off[None, :, None]
+        xx = xs[:, None, None] + off[None, None, :]
+        inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
+        yy, xx = np.clip(yy, 0, ny - 1), np.clip(xx, 0, nx - 1)
+        return np.where(inside & good[yy, xx], array[yy, xx] if np.ndim(array) else array, fill)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN boxes: no sky, no peak
@@ -513,7 +538,7 @@ def _flux_test(mask, diff, err, blot, usable, size, snr1, tolerance):
     half = size // 2
     excess = np.abs(windows(diff, 0.0, half).sum(axis=(1, 2)))
     noise = np.sqrt((windows(err, 0.0, half) ** 2).sum(axis=(1, 2)))
-    flux = np.abs(windows(blot, 0.0, half) - sky[:, None, None] * windows(np.ones_like(blot), 0.0, half))
+    flux = np.abs(windows(blot, 0.0, half) - sky[:, None, None] * windows(1.0, 0.0, half))
     stands = ~near_peak | (excess > snr1 * noise + tolerance * flux.sum(axis=(1, 2)))
     keep = ~mask
     keep[ys[stands], xs[stands]] = True

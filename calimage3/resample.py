@@ -952,6 +952,7 @@ def drizzle_single(
     pixmap=None,
     grid_step=16,
     input_range=None,
+    cutout=False,
 ):
     """Drizzle one exposure on its own (the outlier-detection "single").
 
@@ -977,22 +978,25 @@ def drizzle_single(
         pixel).
     input_range : tuple of int or None
         As for `drizzle_exposure`.
+    cutout : bool
+        Drizzle onto the part of the grid the exposure reaches only (its
+        box on the grid, as `drizzle_exposure` finds it) and return the
+        box too: on a large grid of many detectors each single is then a
+        fraction of the grid, to compute, write and read.
 
     Returns
     -------
-    data : ndarray of float32, shape ``output_shape``
+    data : ndarray of float32, shape ``output_shape`` (or the box's)
         Resampled sky-subtracted surface brightness, MJy/sr; ``fillval``
         where the exposure does not reach.
-    wht : ndarray of float32, shape ``output_shape``
+    wht : ndarray of float32, shape ``output_shape`` (or the box's)
         Drizzle weight; 0 where the exposure does not reach.
+    bbox : tuple of int
+        Only with ``cutout``: ``(y0, y1, x0, x1)`` of the arrays on the grid.
     """
     output_shape = _check_shape(output_shape, "output_shape")
-    driz = Drizzle(
-        kernel=_check_kernel(kernel),
-        fillval=_check_fillval(fillval)[0],
-        out_shape=output_shape,
-        disable_ctx=True,
-    )
+    kernel = _check_kernel(kernel)
+    fillval = _check_fillval(fillval)[0]
     sci, _, kwargs = _drizzle_inputs(
         exposure,
         output_wcs,
@@ -1004,13 +1008,23 @@ def drizzle_single(
         pixfrac=_check_pixfrac(pixfrac),
         input_range=input_range,
     )
+    bbox = (0, output_shape[0], 0, output_shape[1])
+    if cutout:
+        used = tuple(kwargs[k] for k in ("xmin", "xmax", "ymin", "ymax"))
+        bbox = _output_bbox(kwargs["pixmap"], used, output_shape, kwargs["pixel_scale_ratio"])
+        y0, y1, x0, x1 = bbox
+        if y0 == y1 or x0 == x1:  # off the grid
+            return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), bbox
+        # the drizzled values are those of the full grid, shifted (see drizzle_exposure)
+        kwargs["pixmap"] = kwargs["pixmap"] - np.array([x0, y0], dtype=np.float64)
+    y0, y1, x0, x1 = bbox
+    driz = Drizzle(kernel=kernel, fillval=fillval, out_shape=(y1 - y0, x1 - x0), disable_ctx=True)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*not a flux-conserving kernel.*")
         driz.add_image(sci, **kwargs)
-    return (
-        np.asarray(driz.out_img, dtype=np.float32),
-        np.asarray(driz.out_wht, dtype=np.float32),
-    )
+    data = np.asarray(driz.out_img, dtype=np.float32)
+    wht = np.asarray(driz.out_wht, dtype=np.float32)
+    return (data, wht, bbox) if cutout else (data, wht)
 
 
 def blot(median, median_wcs, target_wcs, target_shape, *, fillval=0.0, interp="linear",

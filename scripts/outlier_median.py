@@ -22,14 +22,19 @@ def outlier_median(single_paths, median_path, *, maskpt=0.7, rows_per_section=25
     The median file holds SCI (the median) and NCOMB (how many singles each
     pixel's median used), which the flagging jobs' flux test needs.
     """
-    # Each single job stored its typical weight (WHTTYP); older singles lack it.
+    # Each single job stored its typical weight (WHTTYP) and where its
+    # arrays lie on the grid (SGL_*: a single covers what its exposure reaches).
     metas = [io.read_image_meta(p)[0] for p in single_paths]
     typical = [m["WHTTYP"] for m in metas] if all("WHTTYP" in m for m in metas) else None
+    placed = all("SGL_NY" in m for m in metas)
+    origins = [(m["SGL_Y0"], m["SGL_X0"]) for m in metas] if placed else None
+    shape = (metas[0]["SGL_NY"], metas[0]["SGL_NX"]) if placed else None
     with ExitStack() as stack:
         views = [stack.enter_context(io.open_image_sections(p, ("SCI", "WHT"))) for p in single_paths]
         median, count = median_in_sections([v["SCI"] for v in views], [v["WHT"] for v in views],
                                            maskpt=maskpt, rows_per_section=rows_per_section,
-                                           typical_weights=typical, with_count=True)
+                                           typical_weights=typical, with_count=True, origins=origins,
+                                           shape=shape)
     # NCOMB: singles in each pixel's median, for the flagging jobs' flux test.
     io.write_image(median_path, {"SCI": median, "NCOMB": count})
     log.info("outlier_detection: median of %d exposures computed in bands of %d rows", len(single_paths), rows_per_section)

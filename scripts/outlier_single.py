@@ -20,9 +20,14 @@ log = logging.getLogger("outlier_detection")
 SINGLE_ARRAYS = ("data", "err", "dq", "var_rnoise")
 
 
-def write_single(single_path, data, wht):
-    """Write a single (SCI, WHT) with its typical weight (``WHTTYP``), which the median job needs."""
-    io.write_image(single_path, {"SCI": data, "WHT": wht}, meta={"WHTTYP": typical_weight(wht)})
+def write_single(single_path, data, wht, grid_shape, origin=(0, 0)):
+    """Write a single (SCI, WHT) with what the median job needs: its typical weight
+    (``WHTTYP``), the grid's shape and where on it the arrays start (they
+    cover only the part of the grid the exposure reaches)."""
+    (ny, nx), (y0, x0) = grid_shape, origin
+    io.write_image(single_path, {"SCI": data, "WHT": wht},
+                   meta={"WHTTYP": typical_weight(wht), "SGL_NY": int(ny), "SGL_NX": int(nx),
+                         "SGL_Y0": int(y0), "SGL_X0": int(x0)})
 
 
 def outlier_single(cal_path, sky_path, pixmap_path, single_path, *, resample_data=True, verify_checksums=False,
@@ -45,19 +50,20 @@ def outlier_single(cal_path, sky_path, pixmap_path, single_path, *, resample_dat
                                    exptime=exposure_time_weight(exposure.meta), var_rnoise=exposure.var_rnoise,
                                    input_range=input_range)
         data, wht = unresampled_single(exposure.data, weight, sky_level)
-        write_single(single_path, data, wht)
+        write_single(single_path, data, wht, data.shape)
         log.info("outlier_detection: %s used as it is (resample_data=False)", exposure.name)
         return
-    data, wht = drizzle_single(
+    data, wht, (y0, y1, x0, x1) = drizzle_single(
         exposure, None, coarse.output_shape, sky_level=sky_level,
         pixfrac=params.get("pixfrac", 1.0), kernel=params.get("kernel", "square"),
         fillval=params.get("fillval", "INDEF"), weight_type=params.get("weight_type", "ivm"),
         good_bits=params.get("good_bits", "~DO_NOT_USE"),
-        pixmap=expand_pixel_map(coarse), input_range=coarse.input_range,
+        pixmap=expand_pixel_map(coarse), input_range=coarse.input_range, cutout=True,
     )
-    write_single(single_path, data, wht)
+    write_single(single_path, data, wht, coarse.output_shape, (y0, x0))
     ny, nx = coarse.output_shape
-    log.info("outlier_detection: %s drizzled alone onto the %d x %d grid", exposure.name, nx, ny)
+    log.info("outlier_detection: %s drizzled alone onto rows %d:%d, columns %d:%d of the %d x %d grid",
+             exposure.name, y0, y1, x0, x1, nx, ny)
 
 
 if "snakemake" in globals():

@@ -55,6 +55,32 @@ def test_median_excludes_low_weight():
     assert median[3, 5] == 6.0  # median of 2, 10
 
 
+@pytest.mark.parametrize("rows", [1, 7, 256])
+def test_median_of_cutout_singles_equals_median_of_full_grid_singles(rows):
+    """Singles drizzled onto their part of the grid only: the same median and counts as full-grid singles."""
+    rng = np.random.default_rng(4)
+    shape = (40, 50)
+    boxes = [(0, 25, 0, 30), (10, 40, 15, 50), (5, 35, 5, 45), (39, 40, 49, 50)]
+    full, cut, wfull, wcut, origins = [], [], [], [], []
+    for y0, y1, x0, x1 in boxes:
+        sci = np.full(shape, np.nan, np.float32)
+        wht = np.zeros(shape, np.float32)
+        sci[y0:y1, x0:x1] = rng.normal(1.0, 0.1, (y1 - y0, x1 - x0))
+        wht[y0:y1, x0:x1] = rng.uniform(0.5, 1.5, (y1 - y0, x1 - x0))
+        full.append(sci)
+        wfull.append(wht)
+        cut.append(sci[y0:y1, x0:x1].copy())
+        wcut.append(wht[y0:y1, x0:x1].copy())
+        origins.append((y0, x0))
+    expected = median_in_sections(full, wfull, with_count=True, rows_per_section=rows)
+    got = median_in_sections(cut, wcut, with_count=True, rows_per_section=rows, origins=origins, shape=shape)
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
+    assert got[1].max() == 3 and got[1][39, 49] == 2
+    with pytest.raises(ValueError, match="do not fit in the grid"):
+        median_in_sections(cut, wcut, origins=[(30, 0)] + origins[1:], shape=shape)
+
+
 def test_median_count_is_the_number_of_singles_used():
     """with_count: each pixel's count of singles that entered its median (low weight and NaN excluded)."""
     shape = (2, 3)
