@@ -129,7 +129,7 @@ def compute_weight_threshold(weight, maskpt):
 
 
 def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256, typical_weights=None,
-                       with_count=False, origins=None, shape=None):
+                       with_count=False, origins=None, shape=None, threads=1):
     """Median of single-drizzled images, computed a block of rows at a time.
 
     Parameters
@@ -160,6 +160,9 @@ def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256, ty
         whole grid.
     shape : tuple of int or None
         ``(ny, nx)`` of the grid; required with ``origins``.
+    threads : int
+        Bands computed at once (numpy's sort releases the GIL); memory
+        grows by one band's stack per thread.
 
     Returns
     -------
@@ -221,7 +224,8 @@ def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256, ty
     median = np.full(shape, np.nan, dtype=np.float32)
     count = np.zeros(shape, dtype=np.uint8)
     n = len(singles)
-    for r0 in range(0, ny, rows_per_section):
+
+    def band(r0):
         r1 = min(ny, r0 + rows_per_section)
         stack = np.full((n, r1 - r0, nx), np.nan, dtype=np.float32)
         for k, (sci, wht, thr, (y0, x0)) in enumerate(zip(singles, weights, thresholds, origins)):
@@ -229,12 +233,22 @@ def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256, ty
             a, b = max(r0, y0) - y0, min(r1, y0 + np.shape(sci)[0]) - y0
             if a >= b:
                 continue
-            band = stack[k, a + y0 - r0:b + y0 - r0, x0:x0 + np.shape(sci)[1]]
-            band[:] = sci[a:b]
+            part = stack[k, a + y0 - r0:b + y0 - r0, x0:x0 + np.shape(sci)[1]]
+            part[:] = sci[a:b]
             w = np.asarray(wht[a:b])
-            band[~(w >= thr) | (w == 0)] = np.nan
+            part[~(w >= thr) | (w == 0)] = np.nan
         median[r0:r1] = nanmedian_first_axis(stack)
         count[r0:r1] = np.minimum(np.count_nonzero(~np.isnan(stack), axis=0), 255)
+
+    starts = range(0, ny, rows_per_section)
+    if int(threads) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(int(threads)) as pool:
+            list(pool.map(band, starts))
+    else:
+        for r0 in starts:
+            band(r0)
     return (median, count) if with_count else median
 
 

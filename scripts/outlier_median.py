@@ -16,7 +16,7 @@ from calimage3.outlier_detection import median_in_sections
 log = logging.getLogger("outlier_detection")
 
 
-def outlier_median(single_paths, median_path, *, maskpt=0.7, rows_per_section=256):
+def outlier_median(single_paths, median_path, *, maskpt=0.7, rows_per_section=256, threads=1):
     """Median-combine the singles, reading them from disk a band of rows at a time.
 
     The median file holds SCI (the median) and NCOMB (how many singles each
@@ -34,7 +34,7 @@ def outlier_median(single_paths, median_path, *, maskpt=0.7, rows_per_section=25
         median, count = median_in_sections([v["SCI"] for v in views], [v["WHT"] for v in views],
                                            maskpt=maskpt, rows_per_section=rows_per_section,
                                            typical_weights=typical, with_count=True, origins=origins,
-                                           shape=shape)
+                                           shape=shape, threads=threads)
     # NCOMB: singles in each pixel's median, for the flagging jobs' flux test.
     io.write_image(median_path, {"SCI": median, "NCOMB": count})
     log.info("outlier_detection: median of %d exposures computed in bands of %d rows", len(single_paths), rows_per_section)
@@ -42,4 +42,5 @@ def outlier_median(single_paths, median_path, *, maskpt=0.7, rows_per_section=25
 
 if "snakemake" in globals():
     configure_logging(snakemake.log[0])
-    outlier_median(snakemake.input.singles, snakemake.output.median, maskpt=snakemake.params.maskpt)
+    outlier_median(snakemake.input.singles, snakemake.output.median, maskpt=snakemake.params.maskpt,
+                   threads=snakemake.threads)

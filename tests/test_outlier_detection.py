@@ -74,6 +74,9 @@ def test_median_of_cutout_singles_equals_median_of_full_grid_singles(rows):
         origins.append((y0, x0))
     expected = median_in_sections(full, wfull, with_count=True, rows_per_section=rows)
     got = median_in_sections(cut, wcut, with_count=True, rows_per_section=rows, origins=origins, shape=shape)
+    threaded = median_in_sections(cut, wcut, with_count=True, rows_per_section=rows, origins=origins,
+                                  shape=shape, threads=2)
+    np.testing.assert_array_equal(threaded[0], expected[0])
     np.testing.assert_array_equal(got[0], expected[0])
     np.testing.assert_array_equal(got[1], expected[1])
     assert got[1].max() == 3 and got[1][39, 49] == 2
