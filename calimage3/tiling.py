@@ -61,7 +61,7 @@ __all__ = [
 BAND_HEIGHT = 1.0
 _N_BANDS = int(round(180.0 / BAND_HEIGHT)) + 1
 # Regular expression of a tile id (a Snakemake wildcard constraint).
-TILE_ID_PATTERN = r"r\d{5}x\d{2,}y\d{2,}"
+TILE_ID_PATTERN = r"r[0-9][0-9][0-9][0-9][0-9]x[0-9][0-9]+y[0-9][0-9]+"
 _TILE_RE = re.compile(r"^r(\d{5})x(\d{2,})y(\d{2,})$")
 # Extra room around a region's projected boundary, as a fraction: the
 # boundary is sampled, and a conic edge may bulge between samples.
