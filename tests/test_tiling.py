@@ -104,6 +104,28 @@ def test_tiles_touching_lists_owners_of_covered_points():
     assert len(owners) >= 4  # the field's centre is a tile corner
 
 
+def test_spread_field_needs_tiles_not_the_field():
+    """16 small exposures spread over 10': the tiles planned hold the data, their pixels a small part of the field's."""
+    import time
+
+    rng = np.random.default_rng(8)
+    ra0, dec0 = FIELD_CENTRE
+    half = 4.5 / 60.0
+    side = 256 * SCALE / 3600.0
+    polygons = []
+    for cx, cy in rng.uniform(-half, half, (16, 2)):
+        ra, dec = ra0 + cx / np.cos(np.deg2rad(dec0)), dec0 + cy
+        d = side / 2
+        polygons.append([[ra - d, dec - d], [ra + d, dec - d], [ra + d, dec + d], [ra - d, dec + d]])
+    start = time.perf_counter()
+    touching = tiling.tiles_touching(polygons, SCALE, 2048, 128, pad_arcsec=3.0)
+    assert time.perf_counter() - start < 2.0
+    field_pixels = (10 * 60 / SCALE) ** 2  # the single mosaic: ~375 Mpix
+    assert 4 <= len(touching) <= 16 * 4
+    assert len(touching) * (2048 + 2 * 128) ** 2 < 0.5 * field_pixels
+    assert sorted({i for members in touching.values() for i in members}) == list(range(16))
+
+
 def test_merge_renumbers_labels_and_keeps_tile():
     """Merged catalogs carry tile and tile_label, and labels 1..n."""
     a = QTable({"label": [1, 2], "flux": [1.0, 2.0]})
