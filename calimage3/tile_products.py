@@ -9,7 +9,7 @@ from astropy.table import Table, vstack
 
 from .tiling import owner_tile, tile_corners
 
-__all__ = ["owned_sources", "merge_tile_catalogs", "tile_index"]
+__all__ = ["owned_sources", "merge_tile_catalogs", "merge_product_catalogs", "tile_index"]
 
 
 def owned_sources(ra, dec, tid, pixel_scale, tile_size):
@@ -73,6 +73,37 @@ def merge_tile_catalogs(tables, tile_ids):
     merged.meta = dict(tables[0].meta) if tables else {}
     merged.meta.pop("provenance", None)
     merged.meta["tiles"] = list(tile_ids)
+    return merged
+
+
+def merge_product_catalogs(tables, products):
+    """The campaign's catalog: every product's merged tile catalog, stacked.
+
+    Parameters
+    ----------
+    tables : list of astropy.table.Table
+        Each product's merged catalog (`merge_tile_catalogs`).
+    products : list of str
+        Product names, in the order of ``tables``.
+
+    Returns
+    -------
+    astropy.table.Table
+        ``product`` and ``filter`` (from each table's meta) first, then
+        the product's columns.  A source seen by two products (two filters,
+        or two overlapping associations) is a row of each.  Empty (no
+        columns) when no product has a source.
+    """
+    parts = []
+    for table, name in zip(tables, products, strict=True):
+        if len(table) == 0:
+            continue
+        table = table.copy(copy_data=False)
+        table.add_column(np.full(len(table), str(table.meta.get("filter", ""))), name="filter", index=0)
+        table.add_column(np.full(len(table), name), name="product", index=0)
+        parts.append(table)
+    merged = vstack(parts, metadata_conflicts="silent") if parts else Table()
+    merged.meta = {"products": list(products)}
     return merged
 
 

@@ -53,8 +53,15 @@ def tile_qa_paths(P):
 
 
 def tile_index_path():
-    """The campaign's index of tiles; none without tiling."""
-    return [f"{OUT}/tiles.json"] if TILING_ON else []
+    """The campaign's index of tiles and its catalog of every product's sources; none without tiling."""
+    return [f"{OUT}/tiles.json", f"{OUT}/tiles_cat.ecsv"] if TILING_ON else []
+
+
+def all_tile_catalogs():
+    """Every product's merged tile catalog, by product name; none without tiling."""
+    if not TILING_ON:
+        return {}
+    return {name: P.tiles_cat() for name, P in sorted(PRODUCTS.items())}
 
 
 def tile_roots(wildcards):
@@ -244,6 +251,27 @@ rule tile_index:
         "../envs/calimage3.yaml"
     script:
         "../scripts/tile_index.py"
+
+
+rule tile_campaign_catalog:
+    input:
+        cats=list(all_tile_catalogs().values()),
+    output:
+        cat=f"{OUT}/tiles_cat.ecsv",
+    params:
+        products=list(all_tile_catalogs()),
+    log:
+        f"{LOGS}/tile_campaign_catalog.log",
+    benchmark:
+        f"{BENCH}/tile_campaign_catalog.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem_mb_group,
+        runtime=runtime_minutes,
+    conda:
+        "../envs/calimage3.yaml"
+    script:
+        "../scripts/merge_tile_catalogs.py"
 
 
 rule qa_tiles:

@@ -203,6 +203,9 @@ def test_tiles_named_and_indexed(tiled_run):
                 assert (out / product / f"{product}_{t}_{suffix}").is_file()
             assert set(index["tiles"][t]["products"][product]["exposures"]) <= set(roots)
         assert (out / product / f"{product}_tiles_cat.ecsv").is_file()
+    campaign = QTable.read(out / "tiles_cat.ecsv")
+    assert set(campaign["product"]) == {p for p, _ in tiled_run["products"]}
+    assert set(campaign["filter"]) == set(FILTERS)
 
 
 @pytest.mark.slow
