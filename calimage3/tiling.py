@@ -38,7 +38,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .sky_geometry import _clip_polygon, _signed_area, to_tangent_plane
+from .sky_geometry import to_tangent_plane
 
 __all__ = [
     "BAND_HEIGHT",
@@ -53,6 +53,8 @@ __all__ = [
     "tile_corners",
     "owner_tile",
     "tiles_touching",
+    "exposure_tiles",
+    "combine_exposure_tiles",
     "check_tiling",
 ]
 
@@ -285,13 +287,22 @@ def _candidate_regions(polygon, pad_deg):
     return regions
 
 
-def _rect(x0, x1, y0, y1):
-    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], float)
+def _overlap_test(poly):
+    """A test of whether convex polygon ``poly`` (n, 2) overlaps axis-aligned rectangles (separating axes)."""
+    poly = np.asarray(poly, float)
+    edges = np.roll(poly, -1, axis=0) - poly
+    normals = np.column_stack([edges[:, 1], -edges[:, 0]])
+    on_normals = poly @ normals.T  # (n vertices, n normals)
+    pmin, pmax = on_normals.min(axis=0), on_normals.max(axis=0)
+    lo, hi = poly.min(axis=0), poly.max(axis=0)
 
+    def overlaps(x0, x1, y0, y1):
+        if hi[0] <= x0 or lo[0] >= x1 or hi[1] <= y0 or lo[1] >= y1:
+            return False
+        corners = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]) @ normals.T
+        return not np.any((corners.max(axis=0) <= pmin) | (pmax <= corners.min(axis=0)))
 
-def _overlaps(poly, rect):
-    clipped = _clip_polygon(poly, rect)
-    return len(clipped) >= 3 and abs(_signed_area(clipped)) > 0
+    return overlaps
 
 
 def tiles_touching(polygons, pixel_scale, tile_size, margin, *, pad_arcsec=0.0):
@@ -326,32 +337,49 @@ def tiles_touching(polygons, pixel_scale, tile_size, margin, *, pad_arcsec=0.0):
     catalog then keeps no source.
     """
     check_tiling(pixel_scale, tile_size, margin)
+    per_polygon = [exposure_tiles(p, pixel_scale, tile_size, margin, pad_arcsec=pad_arcsec) for p in polygons]
+    return combine_exposure_tiles(per_polygon)
+
+
+def combine_exposure_tiles(per_exposure):
+    """`tiles_touching` from each exposure's `exposure_tiles`: tile id -> sorted indices of the exposures."""
+    members, owned = {}, set()
+    for index, tiles in enumerate(per_exposure):
+        for tid, core in tiles.items():
+            members.setdefault(tid, []).append(index)
+            if core:
+                owned.add(tid)
+    return {tid: members[tid] for tid in sorted(owned)}
+
+
+def exposure_tiles(polygon, pixel_scale, tile_size, margin, *, pad_arcsec=0.0):
+    """The tiles one sky polygon touches.
+
+    Returns
+    -------
+    dict
+        Tile id -> True when the (padded) polygon meets the tile's core,
+        False when it meets only the margin.  See `tiles_touching`.
+    """
     pad = float(pad_arcsec) / float(pixel_scale)
+    polygon = np.asarray(polygon, float)
     touching = {}
-    for index, polygon in enumerate(polygons):
-        polygon = np.asarray(polygon, float)
-        for region in _candidate_regions(polygon, pad_arcsec / 3600.0):
-            u, v = _to_pixels(polygon[:, 0], polygon[:, 1], region_centre(region), pixel_scale)
-            if not (np.all(np.isfinite(u)) and np.all(np.isfinite(v))):
-                continue  # 90 degrees or more away
-            nx, ny = region_tile_counts(region, float(pixel_scale), int(tile_size))
-            poly = np.column_stack([u, v])
-            ix0 = max(0, int(np.floor((u.min() - margin - pad) / tile_size)) + nx // 2)
-            ix1 = min(nx - 1, int(np.floor((u.max() + margin + pad) / tile_size)) + nx // 2)
-            iy0 = max(0, int(np.floor((v.min() - margin - pad) / tile_size)) + ny // 2)
-            iy1 = min(ny - 1, int(np.floor((v.max() + margin + pad) / tile_size)) + ny // 2)
-            for ix in range(ix0, ix1 + 1):
-                cu0 = (ix - nx // 2) * tile_size
-                for iy in range(iy0, iy1 + 1):
-                    cv0 = (iy - ny // 2) * tile_size
-                    full = _rect(cu0 - margin - pad, cu0 + tile_size + margin + pad,
-                                 cv0 - margin - pad, cv0 + tile_size + margin + pad)
-                    if not _overlaps(poly, full):
-                        continue
-                    core = _rect(cu0 - pad, cu0 + tile_size + pad, cv0 - pad, cv0 + tile_size + pad)
-                    touching.setdefault(tile_id(region, ix, iy), (set(), [False]))
-                    members, owns = touching[tile_id(region, ix, iy)]
-                    members.add(index)
-                    if not owns[0] and _overlaps(poly, core):
-                        owns[0] = True
-    return {tid: sorted(members) for tid, (members, owns) in sorted(touching.items()) if owns[0]}
+    for region in _candidate_regions(polygon, pad_arcsec / 3600.0):
+        u, v = _to_pixels(polygon[:, 0], polygon[:, 1], region_centre(region), pixel_scale)
+        if not (np.all(np.isfinite(u)) and np.all(np.isfinite(v))):
+            continue  # 90 degrees or more away
+        nx, ny = region_tile_counts(region, float(pixel_scale), int(tile_size))
+        overlaps = _overlap_test(np.column_stack([u, v]))
+        ix0 = max(0, int(np.floor((u.min() - margin - pad) / tile_size)) + nx // 2)
+        ix1 = min(nx - 1, int(np.floor((u.max() + margin + pad) / tile_size)) + nx // 2)
+        iy0 = max(0, int(np.floor((v.min() - margin - pad) / tile_size)) + ny // 2)
+        iy1 = min(ny - 1, int(np.floor((v.max() + margin + pad) / tile_size)) + ny // 2)
+        for ix in range(ix0, ix1 + 1):
+            cu0 = (ix - nx // 2) * tile_size
+            for iy in range(iy0, iy1 + 1):
+                cv0 = (iy - ny // 2) * tile_size
+                if overlaps(cu0 - margin - pad, cu0 + tile_size + margin + pad,
+                            cv0 - margin - pad, cv0 + tile_size + margin + pad):
+                    touching[tile_id(region, ix, iy)] = bool(
+                        overlaps(cu0 - pad, cu0 + tile_size + pad, cv0 - pad, cv0 + tile_size + pad))
+    return touching

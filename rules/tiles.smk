@@ -9,7 +9,7 @@
 # tiles an exposure touches is planned from its header footprint (preflight),
 # padded by footprint_pad for tweakreg's corrections: no checkpoint.
 
-from calimage3.tiling import TILE_ID_PATTERN, check_tiling, tiles_touching
+from calimage3.tiling import TILE_ID_PATTERN, check_tiling, combine_exposure_tiles, exposure_tiles
 
 TILING = config["tiling"]
 # Off with single=true: JWST then writes each exposure resampled alone.
@@ -28,14 +28,21 @@ wildcard_constraints:
 
 
 _PRODUCT_TILES = {}
+_EXPOSURE_TILES = {}
+
+
+def exposure_tiles_of(root, footprint):
+    """The tiles exposure ``root`` touches (tile -> whether it meets the core); once per exposure of the campaign."""
+    if root not in _EXPOSURE_TILES:
+        _EXPOSURE_TILES[root] = exposure_tiles(footprint, **TILE_GRID, pad_arcsec=TILING["footprint_pad"])
+    return _EXPOSURE_TILES[root]
 
 
 def product_tiles(P):
     """Tile id -> roots of product P's exposures drizzled onto it (planned once, from header footprints)."""
     if P.product not in _PRODUCT_TILES:
         roots = P.roots
-        touching = tiles_touching([P.asn.footprints[r] for r in roots], **TILE_GRID,
-                                  pad_arcsec=TILING["footprint_pad"])
+        touching = combine_exposure_tiles([exposure_tiles_of(r, P.asn.footprints[r]) for r in roots])
         _PRODUCT_TILES[P.product] = {tid: [roots[i] for i in members] for tid, members in touching.items()}
     return _PRODUCT_TILES[P.product]
 

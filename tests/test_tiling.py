@@ -267,6 +267,7 @@ def test_tile_size_change_reruns_only_tile_rules(tiled_run):
     changed = TILED.replace(f"'tile_size': {SIZE}", "'tile_size': 300")
     jobs = workflow_runs.planned_jobs(f"asns={tiled_run['glob']}", tiled_run["out"], *SETTINGS, changed)
     assert set(jobs) <= {"tile_grid", "tile_exposure", "tile_resample", "tile_catalog", "tile_merge_catalogs",
+                         "tile_campaign_catalog",
                          "tile_index", "all"}
     assert jobs["tile_resample"] >= 2 and jobs["tile_catalog"] == jobs["tile_resample"]
     assert workflow_runs.planned_jobs(f"asns={tiled_run['glob']}", tiled_run["out"], *SETTINGS, TILED) == {}
