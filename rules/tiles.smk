@@ -112,6 +112,13 @@ def product_footprints(wildcards):
     return product_of(wildcards).asn.footprints
 
 
+def mem_mb_tile_exposure(wildcards, attempt):
+    """Memory for drizzling one exposure onto one tile: a per-exposure job's,
+    plus its cutout of the tile (at most the tile, 6 float32 arrays)."""
+    side = TILING["tile_size"] + 2 * TILING["margin"]
+    return mem_mb_exposure(wildcards, 1) * attempt + int(24 * side**2 / 1e6) * attempt
+
+
 def mem_mb_tile(wildcards, attempt):
     """Memory for a per-tile job: about 100 bytes per tile pixel (the catalog's
     measured peak per mosaic pixel), plus the interpreter."""
@@ -160,7 +167,7 @@ rule tile_exposure:
         exposure_batch("tile_exposure")
     threads: 1
     resources:
-        mem_mb=mem_mb_tile,
+        mem_mb=mem_mb_tile_exposure,
         runtime=runtime_exposure,
     conda:
         "../envs/calimage3.yaml"
