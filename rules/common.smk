@@ -189,6 +189,16 @@ class ProductPaths:
     def tile_segm(self, tile):
         return f"{self.out}/{self.product}_{tile}_segm.fits"
 
+    def outlier_tile_grid_dir(self, tile):
+        """An outlier-detection tile's grid and the pixel maps onto it (tiling.outlier_tile_size)."""
+        return f"{self.work}/outlier_detection/tiles/{tile}/grid"
+
+    def outlier_tile_single(self, tile, root):
+        return f"{self.work}/outlier_detection/tiles/{tile}/{root}_single.fits"
+
+    def outlier_tile_median(self, tile):
+        return f"{self.work}/outlier_detection/tiles/{tile}/median.fits"
+
     def tiles_cat(self):
         """The product's catalog over all its tiles: each source once, measured on the tile owning it."""
         return f"{self.out}/{self.product}_tiles_cat.ecsv"

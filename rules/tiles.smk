@@ -17,8 +17,18 @@ TILING_ON = bool(TILING["enabled"]) and not config["resample"].get("single")
 # What fixes a tile's grid: every tile rule takes these as params, so
 # changing them reruns resample and catalog only.
 TILE_GRID = {k: TILING[k] for k in ("pixel_scale", "tile_size", "margin")}
+# Outlier detection per tile (tiling.outlier_tile_size > 0): tiles of their
+# own size on the same sky tiling and pixel scale, with a thin margin for
+# the blot's interpolation; changing tile_size or margin leaves them alone.
+OUTLIER_TILE_MARGIN = 16
+OUTLIER_GRID = {"pixel_scale": TILING["pixel_scale"], "tile_size": TILING["outlier_tile_size"],
+                "margin": OUTLIER_TILE_MARGIN}
+OUTLIER_TILES_ON = (TILING_ON and TILING["outlier_tile_size"] > 0 and not config["outlier_detection"].get("skip")
+                    and config["outlier_detection"].get("resample_data", True))
 try:
     check_tiling(**TILE_GRID)
+    if OUTLIER_TILES_ON:
+        check_tiling(**OUTLIER_GRID)
 except ValueError as _exc:
     raise _io.InputFileError("config 'tiling'", str(_exc)) from None
 
@@ -36,6 +46,51 @@ def exposure_tiles_of(root, footprint):
     if root not in _EXPOSURE_TILES:
         _EXPOSURE_TILES[root] = exposure_tiles(footprint, **TILE_GRID, pad_arcsec=TILING["footprint_pad"])
     return _EXPOSURE_TILES[root]
+
+
+_PRODUCT_OUTLIER_TILES = {}
+_EXPOSURE_OUTLIER_TILES = {}
+
+
+def product_outlier_tiles(P):
+    """Outlier tile id -> roots of product P's exposures drizzled onto it (planned once, from header footprints)."""
+    if P.product not in _PRODUCT_OUTLIER_TILES:
+        roots = P.roots
+        for r in roots:
+            if r not in _EXPOSURE_OUTLIER_TILES:
+                _EXPOSURE_OUTLIER_TILES[r] = exposure_tiles(P.asn.footprints[r], **OUTLIER_GRID,
+                                                            pad_arcsec=TILING["footprint_pad"])
+        touching = combine_exposure_tiles([_EXPOSURE_OUTLIER_TILES[r] for r in roots])
+        _PRODUCT_OUTLIER_TILES[P.product] = {tid: [roots[i] for i in members] for tid, members in touching.items()}
+    return _PRODUCT_OUTLIER_TILES[P.product]
+
+
+def outlier_tile_roots(wildcards):
+    """Roots of the job's product drizzled onto outlier tile ``wildcards.tile``."""
+    return product_outlier_tiles(product_of(wildcards))[wildcards.tile]
+
+
+def outlier_tile_singles(wildcards):
+    """The singles of every exposure on outlier tile ``wildcards.tile``."""
+    P = product_of(wildcards)
+    return [P.outlier_tile_single(wildcards.tile, r) for r in outlier_tile_roots(wildcards)]
+
+
+def exposure_outlier_tiles(wildcards):
+    """The outlier tiles exposure ``wildcards.root`` was drizzled onto, sorted."""
+    return sorted(t for t, roots in product_outlier_tiles(product_of(wildcards)).items() if wildcards.root in roots)
+
+
+def exposure_outlier_medians(wildcards):
+    """The medians of the exposure's outlier tiles."""
+    P = product_of(wildcards)
+    return [P.outlier_tile_median(t) for t in exposure_outlier_tiles(wildcards)]
+
+
+def exposure_outlier_tile_grids(wildcards):
+    """The grid folders (pixel maps) of the exposure's outlier tiles, in the order of its medians."""
+    P = product_of(wildcards)
+    return [P.outlier_tile_grid_dir(t) for t in exposure_outlier_tiles(wildcards)]
 
 
 def product_tiles(P):
@@ -119,6 +174,13 @@ def mem_mb_tile_exposure(wildcards, attempt):
     return mem_mb_exposure(wildcards, 1) * attempt + int(24 * side**2 / 1e6) * attempt
 
 
+def mem_mb_outlier_tile(wildcards, attempt):
+    """Memory for a job on outlier tiles: a per-exposure job's plus a few float32 copies of one tile."""
+    side = TILING["outlier_tile_size"] + 2 * OUTLIER_TILE_MARGIN
+    base = mem_mb_exposure(wildcards, 1) if hasattr(wildcards, "root") else 500
+    return int(base + 40 * side**2 / 1e6) * attempt
+
+
 def mem_mb_tile(wildcards, attempt):
     """Memory for a per-tile job: about 100 bytes per tile pixel (the catalog's
     measured peak per mosaic pixel), plus the interpreter."""
@@ -147,6 +209,119 @@ rule tile_grid:
         "../envs/calimage3.yaml"
     script:
         "../scripts/tile_grid.py"
+
+
+rule outlier_tile_grid:
+    input:
+        wcs=aligned_wcs_folder,
+    output:
+        grid=directory(RULE.outlier_tile_grid_dir("{tile}")),
+    params:
+        tiling=OUTLIER_GRID,
+        roots=outlier_tile_roots,
+        grid_step=config["pixmap_grid_step"],
+    log:
+        f"{RULE.logs}/outlier_tile_grid/{{tile}}.log",
+    benchmark:
+        f"{RULE.bench}/outlier_tile_grid/{{tile}}.tsv"
+    priority: 2
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=runtime_minutes,
+    conda:
+        "../envs/calimage3.yaml"
+    script:
+        "../scripts/tile_grid.py"
+
+
+rule outlier_tile_single:
+    input:
+        cal=cal_path,
+        sky=RULE.skymatch(),
+        grid=RULE.outlier_tile_grid_dir("{tile}"),
+    output:
+        single=temp(RULE.outlier_tile_single("{tile}", "{root}")),
+    params:
+        step=step_params("outlier_detection", OUTLIER_DRIZZLE),
+        tiling=OUTLIER_GRID,
+    log:
+        f"{RULE.logs}/outlier_tile_single/{{tile}}/{{root}}.log",
+    benchmark:
+        f"{RULE.bench}/outlier_tile_single/{{tile}}/{{root}}.tsv"
+    priority: 1
+    group:
+        exposure_batch("outlier_tile_single")
+    threads: 1
+    resources:
+        mem_mb=mem_mb_outlier_tile,
+        runtime=runtime_exposure,
+    conda:
+        "../envs/calimage3.yaml"
+    script:
+        "../scripts/outlier_single.py"
+
+
+rule outlier_tile_median:
+    input:
+        singles=outlier_tile_singles,
+        grid=RULE.outlier_tile_grid_dir("{tile}"),
+    output:
+        median=RULE.outlier_tile_median("{tile}"),
+    params:
+        maskpt=config["outlier_detection"]["maskpt"],
+        tiling=OUTLIER_GRID,
+    log:
+        f"{RULE.logs}/outlier_tile_median/{{tile}}.log",
+    benchmark:
+        f"{RULE.bench}/outlier_tile_median/{{tile}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=mem_mb_outlier_tile,
+        runtime=runtime_minutes,
+    conda:
+        "../envs/calimage3.yaml"
+    script:
+        "../scripts/outlier_median.py"
+
+
+rule tile_outlier_flag:
+    input:
+        cal=cal_path,
+        grid=RULE.outlier_grid_dir(),
+        sky=RULE.skymatch(),
+        medians=exposure_outlier_medians,
+        tile_grids=exposure_outlier_tile_grids,
+    output:
+        crf=RULE.crf("{root}"),
+    params:
+        step=step_params("outlier_detection", OUTLIER_FLAGGING),
+        margin=OUTLIER_TILE_MARGIN,
+        tiling=OUTLIER_GRID,
+    log:
+        f"{RULE.logs}/tile_outlier_flag/{{root}}_{RULE.asn_id}.log",
+    benchmark:
+        f"{RULE.bench}/tile_outlier_flag/{{root}}_{RULE.asn_id}.tsv"
+    group:
+        exposure_batch("outlier_flag")
+    threads: 1
+    resources:
+        mem_mb=mem_mb_outlier_tile,
+        runtime=runtime_exposure,
+    conda:
+        "../envs/calimage3.yaml"
+    script:
+        "../scripts/tile_outlier_flag.py"
+
+
+# One rule writes each _crf: the per-tile flagging when outlier tiles are on.
+if OUTLIER_TILES_ON:
+
+    ruleorder: tile_outlier_flag > outlier_flag
+
+else:
+
+    ruleorder: outlier_flag > tile_outlier_flag
 
 
 rule tile_exposure:

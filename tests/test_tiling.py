@@ -294,3 +294,29 @@ def test_tile_pixels_equal_mosaic_on_tile_grid(tiled_run):
         for ext in ("SCI", "WHT", "ERR"):
             np.testing.assert_allclose(tile[ext].data, mosaic[ext].data, rtol=1e-6, atol=1e-7, equal_nan=True)
         assert np.isfinite(tile["SCI"].data).mean() > 0.3
+
+
+@pytest.mark.slow
+def test_outlier_detection_per_tile_flags_cosmic_rays(small_dither, tmp_path):
+    """With outlier_tile_size the median is per tile (no whole-field median) and cosmic rays are still flagged."""
+    out = tmp_path / "out"
+    outlier_tiled = ("tiling={'enabled': true, 'pixel_scale': 0.031, 'tile_size': 1024, 'margin': 32, "
+                     "'footprint_pad': 0.3, 'outlier_tile_size': 256}")
+    workflow_runs.run_snakemake(f"asn={small_dither['asn']}", out, *SETTINGS, outlier_tiled)
+    assert not (out / "work" / "outlier_detection" / "median.fits").exists()
+    medians = sorted((out / "work" / "outlier_detection" / "tiles").glob("*/median.fits"))
+    assert len(medians) >= 2
+    assert all(fits.getdata(m, "SCI").shape == (256 + 32, 256 + 32) for m in medians)
+    truth = QTable.read(Path(small_dither["truth"]) / "outliers.ecsv")
+    hits = total = flagged_total = 0
+    for crf in sorted(out.glob("*_crf.fits")):
+        root = crf.name.rsplit("_", 2)[0]
+        dq = fits.getdata(crf, "DQ")
+        flagged = (dq & 16) > 0
+        mine = truth[(truth["exposure"] == root) & (truth["kind"] == "cosmic_ray")]
+        hits += int(flagged[np.asarray(mine["y"]), np.asarray(mine["x"])].sum())
+        total += len(mine)
+        flagged_total += int(flagged.sum())
+    assert total >= 20
+    assert hits / total >= 0.8
+    assert flagged_total <= 1.5 * len(truth) + 10
