@@ -6,14 +6,15 @@ Mpix, which at the measured 64 (resample) and 97 (source_catalog) bytes per
 mosaic pixel would need about 24 GB and 36 GB in one job each.  With sky
 tiles every job holds one tile at most.
 
-    python bench/tiled_field.py OUTDIR [--tile-size 2048] [--margin 128] [--cores 2]
+    python bench/tiled_field.py OUTDIR [--tile-size 2048] [--margin 128] [--outlier-tile-size 0] [--cores 2]
 
 Writes OUTDIR/data (simulated _cal files and the association), runs the
 workflow into OUTDIR/out with tiling on, and prints a Markdown table of the
 peak memory (max_rss of Snakemake's benchmark files) per rule, with the
-single-mosaic estimate.  tweakreg and outlier detection are skipped: the
-pairs share too few stars to align, and outlier detection's internal grid
-is the whole field (README, "Mosaics of any size": its limit).
+single-mosaic estimate.  tweakreg is skipped (the pairs share too few stars
+to align).  Outlier detection is skipped unless ``--outlier-tile-size`` is
+given: its internal grid is otherwise the whole field (README, "Mosaics of
+any size").
 """
 
 import argparse
@@ -70,6 +71,8 @@ def main(argv=None):
     parser.add_argument("outdir")
     parser.add_argument("--tile-size", type=int, default=2048)
     parser.add_argument("--margin", type=int, default=128)
+    parser.add_argument("--outlier-tile-size", type=int, default=0,
+                        help="tiling.outlier_tile_size; 0 skips outlier detection")
     parser.add_argument("--cores", type=int, default=2)
     args = parser.parse_args(argv)
     out = Path(args.outdir)
@@ -81,9 +84,10 @@ def main(argv=None):
     mpix = mosaic_shape[0] * mosaic_shape[1] / 1e6
     cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--config", f"asn={sim['asn']}",
            f"output_dir={out / 'out'}", "qa_figures=true", "tweakreg={'skip': true}",
-           "outlier_detection={'skip': true}", "skymatch={'skymethod': 'local'}",
+           f"outlier_detection={{'skip': {str(not args.outlier_tile_size).lower()}}}",
+           "skymatch={'skymethod': 'local'}",
            f"tiling={{'enabled': true, 'pixel_scale': {PIXEL_SCALE}, 'tile_size': {args.tile_size}, "
-           f"'margin': {args.margin}}}"]
+           f"'margin': {args.margin}, 'outlier_tile_size': {args.outlier_tile_size}}}"]
     start = time.time()
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
     elapsed = time.time() - start
@@ -93,6 +97,7 @@ def main(argv=None):
     lines = [
         f"16 exposures of 256x256 at {PIXEL_SCALE}\" in 8 pairs over {FIELD_ARCMIN:g}'; "
         f"tiles {args.tile_size} + 2x{args.margin} = {side} px ({side * side / 1e6:.1f} Mpix), {n_tiles} tiles; "
+        f"outlier detection {'per tile of ' + str(args.outlier_tile_size) + ' px' if args.outlier_tile_size else 'skipped'}; "
         f"{args.cores} cores, {elapsed:.0f} s wall.",
         "",
         f"Single mosaic of the field: {mosaic_shape[1]} x {mosaic_shape[0]} = {mpix:.0f} Mpix; at "
