@@ -8,6 +8,9 @@
 # merged catalog and the campaign's index output_dir/tiles.json.  Which
 # tiles an exposure touches is planned from its header footprint (preflight),
 # padded by footprint_pad for tweakreg's corrections: no checkpoint.
+# With tiling.outlier_tile_size, outlier detection's median is per tile too
+# (outlier_tile_grid -> outlier_tile_single -> outlier_tile_median ->
+# tile_outlier_flag, which then writes the _crf instead of outlier_flag).
 
 from calimage3.tiling import TILE_ID_PATTERN, check_tiling, combine_exposure_tiles, exposure_tiles
 
