@@ -56,7 +56,10 @@ _EXPOSURE_OUTLIER_TILES = {}
 
 
 def product_outlier_tiles(P):
-    """Outlier tile id -> roots of product P's exposures drizzled onto it (planned once, from header footprints)."""
+    """Outlier tile id -> roots of product P's exposures drizzled onto it (planned once, from header footprints);
+    none unless outlier tiles are on."""
+    if not OUTLIER_TILES_ON:
+        return {}
     if P.product not in _PRODUCT_OUTLIER_TILES:
         roots = P.roots
         for r in roots:
