@@ -22,6 +22,7 @@ include: "rules/outlier_detection.smk"
 include: "rules/resample.smk"
 include: "rules/source_catalog.smk"
 include: "rules/qa.smk"
+include: "rules/tiles.smk"
 
 
 write_campaign_manifest()

@@ -46,6 +46,10 @@ class Association:
         True when the members are moving-target exposures (set by the input
         checks from their headers): only then does assign_mtwcs run, in
         place of tweakreg, as in JWST's Image3Pipeline.
+    footprints : dict
+        Exposure root -> sky footprint from its headers (list of
+        ``[RA, Dec]`` vertices, degrees; set by the input checks): what
+        the sky tiling plans with.
     """
 
     asn_id: str
@@ -54,6 +58,7 @@ class Association:
     single: bool = False
     path: Path | None = None
     moving_target: bool = False
+    footprints: dict = field(default_factory=dict)
 
     @property
     def roots(self):

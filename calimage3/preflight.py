@@ -366,6 +366,7 @@ def _check_association(asn_path, member_checks, allow_mixed_filters):
     metas = [e["meta"] for e in entries]
     _check_same_setup(asn, metas, source, allow_mixed_filters)
     asn.moving_target = _check_moving_target(asn, metas, source)
+    asn.footprints = {member.root: entry["footprint"] for member, entry in zip(asn.members, entries)}
     lonely = member_checks.lonely([m.path for m in asn.members], entries)
     if lonely:
         names = ", ".join(asn.members[i].path.name for i in lonely)

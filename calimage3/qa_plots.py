@@ -43,6 +43,7 @@ from .dqflags import PIXEL
 from .wcs_tools import to_tangent_plane
 
 __all__ = [
+    "tile_layout_figure",
     "display_normalization",
     "short_names",
     "match_catalogs",
@@ -1044,4 +1045,61 @@ def truth_position_figure(dxi, deta, *, true_flux=None, types=None, title="Astro
         ax2.grid(alpha=0.3, which="both")
         _legend(ax2, fontsize=8)
     fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def tile_layout_figure(footprints, names, tiles, *, counts=None, title="Sky tiles"):
+    """Sky tiles (grid outline and core) over the exposure footprints, in arcsec from their common centre.
+
+    Parameters
+    ----------
+    footprints : list of ndarray, each shape (n, 2)
+        Exposure corners (RA, Dec), degrees.
+    names : list of str
+        Exposure names, same length as ``footprints``.
+    tiles : dict
+        Tile id -> ``(grid, core)``: corners (RA, Dec) of the tile's grid
+        (margin included) and of its core, degrees, each shape (4, 2).
+    counts : dict or None
+        Tile id -> number of sources its catalog keeps, written under the id.
+    title : str
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        East to the left, north up; cores shaded grey, grids dashed.
+    """
+    if len(footprints) != len(names):
+        raise ValueError(f"footprints and names differ in length ({len(footprints)} != {len(names)})")
+    if not len(footprints):
+        raise ValueError("footprints is empty: nothing to draw")
+    corners = [np.asarray(f, float).reshape(-1, 2) for f in footprints]
+    tile_corners = [np.asarray(c, float) for grid_core in tiles.values() for c in grid_core]
+    allc = np.concatenate(corners + tile_corners)
+    ref = _mean_position(allc[:, 0], allc[:, 1])
+    fig = _new_figure((6.5, 6.0))
+    ax = fig.add_subplot()
+    for tid, (grid, core) in sorted(tiles.items()):
+        for c, kwargs in ((np.asarray(core, float), dict(fill=True, facecolor="0.85", edgecolor="0.4", lw=0.8)),
+                          (np.asarray(grid, float), dict(fill=False, edgecolor="0.3", lw=0.8, ls="--"))):
+            xi, eta = _tangent_offsets_arcsec(c[:, 0], c[:, 1], *ref)
+            ax.add_patch(Polygon(np.column_stack([xi, eta]), closed=True, **kwargs))
+        xi, eta = _tangent_offsets_arcsec(np.asarray(core)[:, 0], np.asarray(core)[:, 1], *ref)
+        label = tid if counts is None or tid not in counts else f"{tid}\n{counts[tid]} sources"
+        ax.text(xi.mean(), eta.mean(), label, ha="center", va="center", fontsize=7, color="0.2")
+    colors = colormaps["tab10"].colors
+    for k, (c, name) in enumerate(zip(corners, short_names(names))):
+        xi, eta = _tangent_offsets_arcsec(c[:, 0], c[:, 1], *ref)
+        ax.add_patch(Polygon(np.column_stack([xi, eta]), closed=True, fill=False, lw=1.3,
+                             edgecolor=colors[k % len(colors)], label=name))
+    xi, eta = _tangent_offsets_arcsec(allc[:, 0], allc[:, 1], *ref)
+    pad = 0.05 * max(np.ptp(xi), np.ptp(eta), 1e-3)
+    ax.set_xlim(xi.max() + pad, xi.min() - pad)  # east to the left
+    ax.set_ylim(eta.min() - pad, eta.max() + pad)
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.set_xlabel("Δξ east (arcsec)")
+    ax.set_ylabel("Δη north (arcsec)")
+    ax.set_title(f"{title}: {len(tiles)} tiles, {len(corners)} exposures (core shaded, margin dashed)", fontsize=10)
+    _legend(ax, loc="best", fontsize=7, framealpha=0.7)
     return fig

@@ -171,6 +171,39 @@ class ProductPaths:
     def segm(self):
         return f"{self.out}/{self.product}_segm.fits"
 
+    # ---- sky tiles (rules/tiles.smk): the same products per tile ---------
+
+    def tile_grid_dir(self, tile):
+        """A sky tile's grid as its _i2d carries it and the pixel maps onto it of the exposures touching it."""
+        return f"{self.work}/tiles/{tile}/grid"
+
+    def tile_contribution(self, tile, root):
+        """Exposure ``root`` drizzled onto its part of sky tile ``tile``."""
+        return f"{self.work}/tiles/{tile}/{root}_contribution.fits"
+
+    def tile_i2d(self, tile):
+        return f"{self.out}/{self.product}_{tile}_i2d.fits"
+
+    def tile_cat(self, tile):
+        return f"{self.out}/{self.product}_{tile}_cat.ecsv"
+
+    def tile_segm(self, tile):
+        return f"{self.out}/{self.product}_{tile}_segm.fits"
+
+    def outlier_tile_grid_dir(self, tile):
+        """An outlier-detection tile's grid and the pixel maps onto it (tiling.outlier_tile_size)."""
+        return f"{self.work}/outlier_detection/tiles/{tile}/grid"
+
+    def outlier_tile_single(self, tile, root):
+        return f"{self.work}/outlier_detection/tiles/{tile}/{root}_single.fits"
+
+    def outlier_tile_median(self, tile):
+        return f"{self.work}/outlier_detection/tiles/{tile}/median.fits"
+
+    def tiles_cat(self):
+        """The product's catalog over all its tiles: each source once, measured on the tile owning it."""
+        return f"{self.out}/{self.product}_tiles_cat.ecsv"
+
 
 class Product(ProductPaths):
     """One association's files, and the lists of them its group jobs take."""
@@ -204,12 +237,15 @@ class Product(ProductPaths):
         if single_images:
             # JWST resample single=true: one resampled image per exposure, no mosaic or catalog
             products = [self.single_resampled(r) for r in self.roots]
+        elif TILING_ON:
+            products = tile_products(self)  # rules/tiles.smk
         else:
             products = [self.i2d(), self.cat(), self.segm()]
         if not self.single:
             products += self.all_crf()
         if config["qa_figures"] and not single_images:  # the QA figures are of the mosaic
-            products += qa_figure_paths(self)  # rules/qa_common.smk
+            # with sky tiles there is no mosaic: the figure of the tile layout (rules/tiles.smk)
+            products += tile_qa_paths(self) if TILING_ON else qa_figure_paths(self)  # rules/qa_common.smk
         return products
 
 
@@ -224,7 +260,7 @@ RULE_HAS_EXPOSURES = not (len(ASNS) == 1 and ASNS[0].single)
 
 def final_products():
     """Every product of the stage, of every association."""
-    return [path for p in PRODUCTS.values() for path in p.final_products()]
+    return [path for p in PRODUCTS.values() for path in p.final_products()] + tile_index_path()  # rules/tiles.smk
 
 
 def write_campaign_manifest():

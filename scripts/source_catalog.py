@@ -9,6 +9,8 @@ run_in_job_server(globals())
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from calimage3 import io
 from calimage3.fits_wcs import exact_fits_wcs
 from calimage3.logs import configure_logging
@@ -19,12 +21,16 @@ from calimage3.source_catalog import make_source_catalog
 log = logging.getLogger("source_catalog")
 
 
-def source_catalog(i2d_path, cat_path, segm_path, *, override_apcorr="", override_abvegaoffset="", **params):
+def source_catalog(i2d_path, cat_path, segm_path, *, override_apcorr="", override_abvegaoffset="", tile=None,
+                   **params):
     """Detect and measure sources in the _i2d; write _cat.ecsv and _segm.fits.
 
     ``override_apcorr``/``override_abvegaoffset``: APCORR and ABVEGAOFFSET
     reference files ("" or None: the ones a local CRDS cache selects, when
-    ``CRDS_PATH`` names one, else none).
+    ``CRDS_PATH`` names one, else none).  ``tile``: for a sky tile's _i2d,
+    ``{"tile": id, "pixel_scale": ..., "tile_size": ...}``; only the sources
+    whose centroid the tile's core owns are kept, in the catalog and in the
+    segmentation map (the others are measured by their own tile).
     """
     arrays, rendered, meta = io.read_i2d_rendered(i2d_path, arrays=("err", "wht"))
     # Files the user did not give come from a local CRDS cache, when there is one (offline).
@@ -54,6 +60,8 @@ def source_catalog(i2d_path, cat_path, segm_path, *, override_apcorr="", overrid
         log.info("source_catalog: sky coordinates from the exact TAN WCS of the SCI header")
     table, segm = make_source_catalog(arrays["data"], arrays["err"], wcs, wht=arrays.get("wht"),
                                       pixar_sr=float(meta["PIXAR_SR"]), **{**params, **refs})
+    if tile is not None:
+        table, segm = _owned_part(table, segm, **tile)
     ref_files = [p for p in (override_apcorr, override_abvegaoffset) if p]
     step_params = {**params, "override_apcorr": override_apcorr, "override_abvegaoffset": override_abvegaoffset}
     provenance = provenance_keywords("source_catalog", step_params, io.input_checksums([i2d_path, *ref_files]))
@@ -67,6 +75,24 @@ def source_catalog(i2d_path, cat_path, segm_path, *, override_apcorr="", overrid
     log.info("source_catalog: %d sources (%d extended) in %s", len(table), n_ext, i2d_path)
 
 
+def _owned_part(table, segm, *, tile, pixel_scale, tile_size):
+    """The rows (and segments) of ``table`` whose centroid tile ``tile``'s core owns."""
+    from calimage3.tile_products import owned_sources
+
+    if len(table) == 0:
+        return table, segm
+    sky = table["sky_centroid"]
+    keep = owned_sources(sky.ra.deg, sky.dec.deg, tile, pixel_scale, tile_size)
+    segm[~np.isin(segm, np.asarray(table["label"])[keep])] = 0
+    log.info("source_catalog: %d of %d sources have their centroid in the core of tile %s", keep.sum(), len(table),
+             tile)
+    return table[keep], segm
+
+
 if "snakemake" in globals():
     configure_logging(snakemake.log[0])
-    source_catalog(snakemake.input.i2d, snakemake.output.cat, snakemake.output.segm, **snakemake.params.step)
+    # a sky tile's catalog (rules/tiles.smk) keeps the sources its core owns
+    owner = ({"tile": snakemake.wildcards.tile, **snakemake.params.owner} if hasattr(snakemake.params, "owner")
+             else None)
+    source_catalog(snakemake.input.i2d, snakemake.output.cat, snakemake.output.segm, tile=owner,
+                   **snakemake.params.step)
