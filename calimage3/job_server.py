@@ -76,6 +76,7 @@ PRELOAD = (
     "calimage3.assign_mtwcs",
     "calimage3.skymatch",
     "calimage3.wcs_tools",
+    "calimage3.tiling",
     "calimage3.pixmap",
     "drizzle.resample",
     "calimage3.outlier_detection",

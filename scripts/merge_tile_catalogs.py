@@ -1,6 +1,12 @@
 """Snakemake entry point: a product's catalog over all its sky tiles (each source once), or the
 campaign's catalog of every product's sources (rule tile_campaign_catalog)."""
 
+# First: on a local run the warm job server (calimage3/job_server.py) runs this
+# job, with every library already imported, and this process exits here.
+from calimage3.job_server import run_in_job_server
+
+run_in_job_server(globals())
+
 import logging
 
 from calimage3 import io

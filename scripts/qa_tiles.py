@@ -1,5 +1,11 @@
 """Snakemake entry point: QA figure of a product's sky tiles over its exposure footprints."""
 
+# First: on a local run the warm job server (calimage3/job_server.py) runs this
+# job, with every library already imported, and this process exits here.
+from calimage3.job_server import run_in_job_server
+
+run_in_job_server(globals())
+
 import logging
 from collections import Counter
 from pathlib import Path

@@ -7,6 +7,12 @@ the per-exposure drizzle jobs (scripts/resample_exposure.py, unchanged)
 need no WCS.
 """
 
+# First: on a local run the warm job server (calimage3/job_server.py) runs this
+# job, with every library already imported, and this process exits here.
+from calimage3.job_server import run_in_job_server
+
+run_in_job_server(globals())
+
 import logging
 
 from calimage3 import io, layout

@@ -1,5 +1,11 @@
 """Snakemake entry point: the campaign's index of sky tiles (output_dir/tiles.json)."""
 
+# First: on a local run the warm job server (calimage3/job_server.py) runs this
+# job, with every library already imported, and this process exits here.
+from calimage3.job_server import run_in_job_server
+
+run_in_job_server(globals())
+
 import logging
 
 from calimage3 import io

@@ -9,6 +9,12 @@ its centre falls in (the margin only serves the blot's interpolation).  The
 test itself is scripts/outlier_flag.py's (`calimage3.outlier_detection.flag_outliers`).
 """
 
+# First: on a local run the warm job server (calimage3/job_server.py) runs this
+# job, with every library already imported, and this process exits here.
+from calimage3.job_server import run_in_job_server
+
+run_in_job_server(globals())
+
 import logging
 
 import numpy as np
