@@ -243,8 +243,13 @@ class JobServer:
 
         self.folder = tempfile.mkdtemp(prefix="calimage3-", dir=socket_dir)
         self.path = os.path.join(self.folder, "jobs.sock")
-        self.process = subprocess.Popen([sys.executable, "-m", "calimage3.job_server", self.path, str(os.getpid())],
-                                        stdin=subprocess.DEVNULL)
+        # Not the terminal's or a pipe's streams: a pipe reader (`snakemake ... | tee`)
+        # would wait for the server to exit too.  Its children get each job's own.
+        self.log = os.path.join(self.folder, "server.log")
+        with open(self.log, "w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "calimage3.job_server", self.path, str(os.getpid())],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
 
     def activate(self, timeout=10.0):
         """Point this process's jobs (`ENV_VAR`) at the server, once its socket exists; return self."""
@@ -264,7 +269,7 @@ class JobServer:
             # library loaded takes a good part of a second
             self.process.kill()
         self.process.wait()
-        for remove, target in ((os.unlink, self.path), (os.rmdir, self.folder)):
+        for remove, target in ((os.unlink, self.path), (os.unlink, self.log), (os.rmdir, self.folder)):
             try:
                 remove(target)
             except OSError:
@@ -303,6 +308,7 @@ def serve(path, parent_pid, preload=PRELOAD, first_needed=_FIRST_NEEDED):
     """
     import importlib
 
+    _exit_with_parent()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(256)
@@ -342,6 +348,18 @@ def serve(path, parent_pid, preload=PRELOAD, first_needed=_FIRST_NEEDED):
             serve_once(1.0)
     finally:
         listener.close()
+
+
+def _exit_with_parent():
+    """Ask Linux to send SIGTERM when the launching process dies (the 1 s poll of
+    the parent is the fallback elsewhere)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _start_child(conn, listener, children, server_rss):

@@ -31,6 +31,7 @@ singles may be numpy memmaps of files the caller wrote).
 """
 
 
+import threading
 import warnings
 
 import numpy as np
@@ -161,8 +162,9 @@ def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256, ty
     shape : tuple of int or None
         ``(ny, nx)`` of the grid; required with ``origins``.
     threads : int
-        Bands computed at once (numpy's sort releases the GIL); memory
-        grows by one band's stack per thread.
+        Bands computed at once (numpy's sort releases the GIL); the
+        singles are read one band at a time.  Memory grows by one band's
+        stack per thread.
 
     Returns
     -------
@@ -225,18 +227,22 @@ def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256, ty
     count = np.zeros(shape, dtype=np.uint8)
     n = len(singles)
 
+    # Views that read from disk share one file handle each: one band reads at a time.
+    reading = threading.Lock()
+
     def band(r0):
         r1 = min(ny, r0 + rows_per_section)
         stack = np.full((n, r1 - r0, nx), np.nan, dtype=np.float32)
-        for k, (sci, wht, thr, (y0, x0)) in enumerate(zip(singles, weights, thresholds, origins)):
-            # the rows of this band the single covers, in its own rows
-            a, b = max(r0, y0) - y0, min(r1, y0 + np.shape(sci)[0]) - y0
-            if a >= b:
-                continue
-            part = stack[k, a + y0 - r0:b + y0 - r0, x0:x0 + np.shape(sci)[1]]
-            part[:] = sci[a:b]
-            w = np.asarray(wht[a:b])
-            part[~(w >= thr) | (w == 0)] = np.nan
+        with reading:
+            for k, (sci, wht, thr, (y0, x0)) in enumerate(zip(singles, weights, thresholds, origins)):
+                # the rows of this band the single covers, in its own rows
+                a, b = max(r0, y0) - y0, min(r1, y0 + np.shape(sci)[0]) - y0
+                if a >= b:
+                    continue
+                part = stack[k, a + y0 - r0:b + y0 - r0, x0:x0 + np.shape(sci)[1]]
+                part[:] = sci[a:b]
+                w = np.asarray(wht[a:b])
+                part[~(w >= thr) | (w == 0)] = np.nan
         median[r0:r1] = nanmedian_first_axis(stack)
         count[r0:r1] = np.minimum(np.count_nonzero(~np.isnan(stack), axis=0), 255)
 

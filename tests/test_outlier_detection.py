@@ -1,5 +1,7 @@
 """Tests of calimage3.outlier_detection: sectioned median, derivative test, DQ flags."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -82,6 +84,38 @@ def test_median_of_cutout_singles_equals_median_of_full_grid_singles(rows):
     assert got[1].max() == 3 and got[1][39, 49] == 2
     with pytest.raises(ValueError, match="do not fit in the grid"):
         median_in_sections(cut, wcut, origins=[(30, 0)] + origins[1:], shape=shape)
+
+
+class _OneReaderAtATime:
+    """An array view that, like `calimage3.io.ImageSection`, reads through one shared file handle:
+    it fails when two threads read at once."""
+
+    active = 0
+
+    def __init__(self, array):
+        self.array = array
+        self.shape = array.shape
+        self.ndim = array.ndim
+
+    def __getitem__(self, item):
+        type(self).active += 1
+        try:
+            assert type(self).active == 1, "two threads read through shared file handles at once"
+            time.sleep(0.002)
+            return self.array[item]
+        finally:
+            type(self).active -= 1
+
+
+def test_threaded_median_reads_one_band_at_a_time():
+    rng = np.random.default_rng(8)
+    singles = [rng.normal(1.0, 0.1, (64, 20)).astype(np.float32) for _ in range(3)]
+    weights = [np.ones((64, 20), np.float32) for _ in range(3)]
+    expected = median_in_sections(singles, weights, rows_per_section=4)
+    views = [_OneReaderAtATime(a) for a in singles]
+    wviews = [_OneReaderAtATime(a) for a in weights]
+    got = median_in_sections(views, wviews, rows_per_section=4, threads=2, typical_weights=[1.0] * 3)
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_median_count_is_the_number_of_singles_used():
