@@ -46,11 +46,18 @@ from calimage3.simulate import simulate_dither  # noqa: E402
 OFFLINE_CRDS_SERVER = "https://crds-offline.invalid"
 
 
-def run_workflow(asn, out, cores, extra=(), nice=0):
-    """Run snakemake; return wall seconds."""
+def run_workflow(asn, out, cores, extra=(), nice=0, pin=False):
+    """Run snakemake; return wall seconds.
+
+    ``pin`` confines the whole run (Snakemake, the job server, every job) to
+    the first ``cores`` CPUs with ``taskset``: ``--cores 1`` alone still lets
+    Snakemake's own process and the job server's imports use a second CPU.
+    """
     # The science steps only: QA figures are optional and timed apart from them.
     cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--quiet", "all",
            "--config", f"asn={asn}", f"output_dir={out}", "qa_figures=false", *extra]
+    if pin:
+        cmd = ["taskset", "-c", ",".join(str(c) for c in range(cores)), *cmd]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
                           preexec_fn=(lambda: os.nice(nice)) if nice else None)
@@ -377,6 +384,8 @@ def main(argv=None):
                         help="interpreter that has jwst (implies --jwst; default: this one, if it imports jwst)")
     parser.add_argument("--jwst-skip", nargs="*", default=[], metavar="STEP",
                         help="jwst steps to skip (e.g. source_catalog)")
+    parser.add_argument("--pin", action="store_true",
+                        help="confine each run to its first N CPUs (taskset), Snakemake and job server included")
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra workflow config for every run (e.g. job_server=false)")
     args = parser.parse_args(argv)
@@ -407,7 +416,8 @@ def main(argv=None):
             out = work / f"out_n{n}_s{size}_d{detectors}_c{cores}"
             shutil.rmtree(out, ignore_errors=True)
             print(f"{label} cores={cores} ...", flush=True)
-            line[f"wall_{cores}core_s"] = run_workflow(asn, out, cores, extra=args.config, nice=args.nice)
+            line[f"wall_{cores}core_s"] = run_workflow(asn, out, cores, extra=args.config, nice=args.nice,
+                                                       pin=args.pin)
             per_rule = read_benchmarks(out)
             for rule, entry in sorted(per_rule.items()):
                 rows.append({"set": label, "cores": cores, "rule": rule, **entry})
@@ -439,7 +449,9 @@ def main(argv=None):
           + ". Times in seconds; QA figures off. Job seconds, CPU seconds and memory are the jobs' own "
           "(forked by the job server, from their logs; Snakemake's benchmark files when it is off); "
           "memory is the largest job's peak RSS (MB), shared library pages included."
-          + (f" Extra config: `{' '.join(args.config)}`." if args.config else ""), "",
+          + (f" Extra config: `{' '.join(args.config)}`." if args.config else "")
+          + (" Each run confined to its first N CPUs (`taskset`), Snakemake and the job server included."
+             if args.pin else ""), "",
           "## End to end", "",
           "| set | exposures | " + " | ".join(f"wall {c} core(s)" for c in args.cores)
           + " | " + " | ".join(f"CPU {c} core(s)" for c in args.cores)
