@@ -295,6 +295,19 @@ def _legend(ax, **kwargs):
         ax.legend(**kwargs)
 
 
+def _sky_offset_axes(ax, corners, ref):
+    """Limits (east to the left), equal aspect, grid and labels of a plot of
+    tangent-plane offsets (arcsec) from ``ref`` framing the ``corners`` (RA, Dec)."""
+    xi, eta = _tangent_offsets_arcsec(corners[:, 0], corners[:, 1], *ref)
+    pad = 0.05 * max(np.ptp(xi), np.ptp(eta), 1e-3)
+    ax.set_xlim(xi.max() + pad, xi.min() - pad)
+    ax.set_ylim(eta.min() - pad, eta.max() + pad)
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.set_xlabel("Δξ east (arcsec)")
+    ax.set_ylabel("Δη north (arcsec)")
+
+
 def _tangent_offsets_arcsec(ra, dec, ref_ra, ref_dec):
     xi, eta = to_tangent_plane(np.asarray(ra, float), np.asarray(dec, float), ref_ra, ref_dec)
     return np.asarray(xi) * 3600.0, np.asarray(eta) * 3600.0
@@ -492,14 +505,7 @@ def footprints_figure(footprints, names, *, mosaic_footprint=None, title="Exposu
         xi, eta = _tangent_offsets_arcsec(m[:, 0], m[:, 1], *ref)
         ax.add_patch(Polygon(np.column_stack([xi, eta]), closed=True, fill=False, lw=1.2, ls="--",
                              edgecolor="k", label="mosaic"))
-    xi, eta = _tangent_offsets_arcsec(allc[:, 0], allc[:, 1], *ref)
-    pad = 0.05 * max(np.ptp(xi), np.ptp(eta), 1e-3)
-    ax.set_xlim(xi.max() + pad, xi.min() - pad)  # east to the left
-    ax.set_ylim(eta.min() - pad, eta.max() + pad)
-    ax.set_aspect("equal")
-    ax.grid(alpha=0.3)
-    ax.set_xlabel("Δξ east (arcsec)")
-    ax.set_ylabel("Δη north (arcsec)")
+    _sky_offset_axes(ax, allc, ref)
     ra_s = Angle(ref[0], u.deg).to_string(unit=u.hourangle, sep=":", precision=2)
     dec_s = Angle(ref[1], u.deg).to_string(unit=u.deg, sep=":", precision=1, alwayssign=True)
     ax.set_title(f"{title} (centre {ra_s} {dec_s}; dot: pixel 0,0)", fontsize=10)
@@ -1092,14 +1098,7 @@ def tile_layout_figure(footprints, names, tiles, *, counts=None, title="Sky tile
         xi, eta = _tangent_offsets_arcsec(c[:, 0], c[:, 1], *ref)
         ax.add_patch(Polygon(np.column_stack([xi, eta]), closed=True, fill=False, lw=1.3,
                              edgecolor=colors[k % len(colors)], label=name))
-    xi, eta = _tangent_offsets_arcsec(allc[:, 0], allc[:, 1], *ref)
-    pad = 0.05 * max(np.ptp(xi), np.ptp(eta), 1e-3)
-    ax.set_xlim(xi.max() + pad, xi.min() - pad)  # east to the left
-    ax.set_ylim(eta.min() - pad, eta.max() + pad)
-    ax.set_aspect("equal")
-    ax.grid(alpha=0.3)
-    ax.set_xlabel("Δξ east (arcsec)")
-    ax.set_ylabel("Δη north (arcsec)")
+    _sky_offset_axes(ax, allc, ref)
     ax.set_title(f"{title}: {len(tiles)} tiles, {len(corners)} exposures (core shaded, margin dashed)", fontsize=10)
     _legend(ax, loc="best", fontsize=7, framealpha=0.7)
     return fig

@@ -322,3 +322,21 @@ def test_outlier_detection_per_tile_flags_cosmic_rays(small_dither, tmp_path):
     assert hits / total >= 0.8
     # about what one median grid flags on this set (625 of 262,144 pixels; 620 per tile when written)
     assert flagged_total < 0.005 * pixels
+
+
+def test_tile_layout_figure_draws_every_tile_and_exposure():
+    """The QA figure of the tile layout: one outline per exposure, grid and core per tile, labels with counts."""
+    from calimage3 import qa_plots
+
+    square = lambda ra, dec, half: np.array([[ra - half, dec - half], [ra + half, dec - half],  # noqa: E731
+                                             [ra + half, dec + half], [ra - half, dec + half]])
+    footprints = [square(10.0, 20.0, 0.01), square(10.015, 20.0, 0.01)]
+    tiles = {"r1x0y0": (square(10.0, 20.0, 0.02), square(10.0, 20.0, 0.018)),
+             "r1x1y0": (square(10.04, 20.0, 0.02), square(10.04, 20.0, 0.018))}
+    fig = qa_plots.tile_layout_figure(footprints, ["a_cal.fits", "b_cal.fits"], tiles, counts={"r1x0y0": 12})
+    ax = fig.axes[0]
+    assert len(ax.patches) == 2 * len(tiles) + len(footprints)
+    labels = [t.get_text() for t in ax.texts]
+    assert "r1x0y0\n12 sources" in labels and "r1x1y0" in labels
+    left, right = ax.get_xlim()
+    assert left > right  # east to the left
