@@ -241,7 +241,7 @@ class JobServer:
         import subprocess
         import tempfile
 
-        self.folder = tempfile.mkdtemp(prefix="calimage3-", dir=socket_dir)
+        self.folder = tempfile.mkdtemp(prefix="calimage3-jobs-", dir=socket_dir)
         self.path = os.path.join(self.folder, "jobs.sock")
         # Not the terminal's or a pipe's streams: a pipe reader (`snakemake ... | tee`)
         # would wait for the server to exit too.  Its children get each job's own.
@@ -266,14 +266,10 @@ class JobServer:
             del os.environ[ENV_VAR]
         if self.process.poll() is None:
             # it holds nothing to flush, and a clean interpreter exit with every
-            # library loaded takes a good part of a second
+            # library loaded takes a good part of a second: the folder is removed here
             self.process.kill()
         self.process.wait()
-        for remove, target in ((os.unlink, self.path), (os.unlink, self.log), (os.rmdir, self.folder)):
-            try:
-                remove(target)
-            except OSError:
-                pass
+        _remove_folder(self.folder)
 
 
 def start_job_server(socket_dir):
@@ -308,6 +304,8 @@ def serve(path, parent_pid, preload=PRELOAD, first_needed=_FIRST_NEEDED):
     """
     import importlib
 
+    # From the start: a SIGTERM (stop, or the parent's death) runs the clean-up below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     _exit_with_parent()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
@@ -317,7 +315,6 @@ def serve(path, parent_pid, preload=PRELOAD, first_needed=_FIRST_NEEDED):
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
     selector.register(wake_r, selectors.EVENT_READ)
@@ -336,6 +333,8 @@ def serve(path, parent_pid, preload=PRELOAD, first_needed=_FIRST_NEEDED):
         _reap(children)
 
     try:
+        if os.getppid() != parent_pid:  # the parent ended before the handler was set
+            return
         for i, name in enumerate(preload):
             try:
                 importlib.import_module(name)
@@ -348,6 +347,21 @@ def serve(path, parent_pid, preload=PRELOAD, first_needed=_FIRST_NEEDED):
             serve_once(1.0)
     finally:
         listener.close()
+        _remove_folder(os.path.dirname(path))
+
+
+def _remove_folder(folder):
+    """Remove the server's socket folder (socket and log); a dry run or a finished
+    output never stops the server, which then exits with the Snakemake process."""
+    for name in ("jobs.sock", "server.log"):
+        try:
+            os.unlink(os.path.join(folder, name))
+        except OSError:
+            pass
+    try:
+        os.rmdir(folder)
+    except OSError:
+        pass
 
 
 def _exit_with_parent():

@@ -18,18 +18,19 @@ MINI_SNAKEFILE = """
 import os, sys
 sys.path.insert(0, {repo!r})
 os.environ["PYTHONPATH"] = {repo!r}
-from calimage3.job_server import start_job_server, stop_job_server
+from calimage3.job_server import JobServer
 
-SERVER = []
+# launched while Snakemake plans, activated when jobs start, as rules/common.smk does
+SERVER = JobServer({sockets!r})
 
 onstart:
-    SERVER.append(start_job_server({sockets!r}))
+    SERVER.activate()
 
 onsuccess:
-    stop_job_server(SERVER.pop())
+    SERVER.stop()
 
 onerror:
-    stop_job_server(SERVER.pop())
+    SERVER.stop()
 
 rule job:
     output: "{{name}}.txt"
@@ -161,3 +162,15 @@ def test_products_identical_without_the_server(tmp_path):
         a = io.read_exposure(crf, arrays=("dq",), with_wcs=False).dq
         b = io.read_exposure(outs["false"] / crf.name, arrays=("dq",), with_wcs=False).dq
         np.testing.assert_array_equal(a, b)
+
+
+def test_dry_and_no_op_runs_leave_no_socket_folder(mini_workflow):
+    """A run that starts no job never activates or stops the server: it exits with Snakemake and removes its folder."""
+    assert _snakemake(mini_workflow, "a.txt").returncode == 0
+    for flags in (("-n",), ()):  # a dry run; a run with nothing to do
+        proc = _snakemake(mini_workflow, *flags, "a.txt")
+        assert proc.returncode == 0, proc.stderr
+    deadline = time.monotonic() + 10
+    while list((mini_workflow / "sockets").iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not list((mini_workflow / "sockets").iterdir())
