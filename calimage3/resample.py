@@ -361,6 +361,21 @@ def _output_bbox(pixmap, input_range, output_shape, pixel_scale_ratio):
     return (y0, y1, x0, x1)
 
 
+def _onto_cutout(kwargs, output_shape):
+    """The output box ``(y0, y1, x0, x1)`` an exposure's drizzle reaches (`_output_bbox`), and its
+    ``add_image`` keywords with the pixel map shifted onto that box (unchanged when the box is empty).
+
+    Drizzling onto the box is the drizzle onto the whole grid, cut: the same
+    values to float rounding (the shifted coordinates can differ in the last bit).
+    """
+    used = tuple(kwargs[k] for k in ("xmin", "xmax", "ymin", "ymax"))
+    bbox = _output_bbox(kwargs["pixmap"], used, output_shape, kwargs["pixel_scale_ratio"])
+    y0, y1, x0, x1 = bbox
+    if y0 < y1 and x0 < x1:
+        kwargs = dict(kwargs, pixmap=kwargs["pixmap"] - np.array([x0, y0], dtype=np.float64))
+    return bbox, kwargs
+
+
 @dataclass
 class ExposureContribution:
     """One exposure drizzled on its own onto the part of the output grid it reaches.
@@ -500,9 +515,9 @@ def drizzle_exposure(
     -----
     Stages: weight map, sky subtraction and pixel map (as in
     `ResampledImage`); bounding box of the pixel map plus the kernel's
-    reach; ``Drizzle.add_image`` onto that cutout (the pixel map shifted by
-    the box origin: the drizzled values are bit-for-bit those of a
-    full-grid drizzle); then the variance pieces of ``variance_method``.
+    reach; ``Drizzle.add_image`` onto that cutout (`_onto_cutout`: the pixel
+    map shifted by the box origin, the values those of a full-grid drizzle
+    to float rounding); then the variance pieces of ``variance_method``.
     `MosaicCombiner` adds contributions into the mosaic.
     """
     output_shape = _check_shape(output_shape, "output_shape")
@@ -523,8 +538,7 @@ def drizzle_exposure(
     )
     variances = {n: _clean_variance(getattr(exposure, n), sci.shape, weight) for n in _VAR_NAMES}
     variances = {n: v for n, v in variances.items() if v is not None}
-    input_range = tuple(kwargs[k] for k in ("xmin", "xmax", "ymin", "ymax"))
-    bbox = _output_bbox(kwargs["pixmap"], input_range, output_shape, kwargs["pixel_scale_ratio"])
+    bbox, kwargs = _onto_cutout(kwargs, output_shape)
     y0, y1, x0, x1 = bbox
     shape = (y1 - y0, x1 - x0)
     settings = dict(bbox=bbox, exptime=kwargs["exptime"], weight_type=weight_type, variance_method=variance_method)
@@ -533,7 +547,6 @@ def drizzle_exposure(
                                     con=np.zeros(shape, bool),
                                     variances={n: np.full(shape, np.nan, np.float32) for n in variances},
                                     **settings)
-    kwargs["pixmap"] = kwargs["pixmap"] - np.array([x0, y0], dtype=np.float64)
     names = list(variances)
     resampled = {}
     with warnings.catch_warnings():
@@ -1010,13 +1023,9 @@ def drizzle_single(
     )
     bbox = (0, output_shape[0], 0, output_shape[1])
     if cutout:
-        used = tuple(kwargs[k] for k in ("xmin", "xmax", "ymin", "ymax"))
-        bbox = _output_bbox(kwargs["pixmap"], used, output_shape, kwargs["pixel_scale_ratio"])
-        y0, y1, x0, x1 = bbox
-        if y0 == y1 or x0 == x1:  # off the grid
+        bbox, kwargs = _onto_cutout(kwargs, output_shape)
+        if bbox[0] == bbox[1] or bbox[2] == bbox[3]:  # off the grid
             return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), bbox
-        # the drizzled values are those of the full grid, shifted (see drizzle_exposure)
-        kwargs["pixmap"] = kwargs["pixmap"] - np.array([x0, y0], dtype=np.float64)
     y0, y1, x0, x1 = bbox
     driz = Drizzle(kernel=kernel, fillval=fillval, out_shape=(y1 - y0, x1 - x0), disable_ctx=True)
     with warnings.catch_warnings():
