@@ -3,9 +3,9 @@
 Every Snakemake job is a fresh Python interpreter, and importing what a
 step needs (astropy, gwcs with asdf's extensions, photutils, tweakwcs,
 drizzle) costs 0.3-1.6 s, more than the work itself in many jobs of a
-small run.  On a local run the Snakefile starts one server
-(`start_job_server`): it imports those libraries once and listens on a
-Unix socket.  Each job script begins with `run_in_job_server`: it sends
+small run.  On a local run the workflow launches one server
+(`JobServer`) while Snakemake plans: it imports those libraries once and
+listens on a Unix socket.  Each job script begins with `run_in_job_server`: it sends
 its ``snakemake`` object, working folder, environment and its standard
 streams to the server, which forks a child that runs the script with
 them; the job process waits, forwards signals to the child, and exits
@@ -40,15 +40,13 @@ __all__ = [
     "USAGE_TAG",
     "PRELOAD",
     "JobServer",
-    "start_job_server",
-    "stop_job_server",
     "run_in_job_server",
     "parse_usage_line",
     "serve",
 ]
 
 # The environment variable naming the server's socket; set by
-# `start_job_server` in the Snakemake process, inherited by its jobs.
+# `JobServer.activate` in the Snakemake process, inherited by its jobs.
 ENV_VAR = "CALIMAGE3_JOB_SERVER"
 # Start of the line a job's log gets with the forked child's resource use.
 USAGE_TAG = "calimage3 job server usage:"
@@ -270,16 +268,6 @@ class JobServer:
             self.process.kill()
         self.process.wait()
         _remove_folder(self.folder)
-
-
-def start_job_server(socket_dir):
-    """Launch a `JobServer` and activate it at once."""
-    return JobServer(socket_dir).activate()
-
-
-def stop_job_server(server):
-    """Stop a server from `start_job_server`."""
-    server.stop()
 
 
 # ---- the server ---------------------------------------------------------------
