@@ -28,6 +28,7 @@ This module imports only the standard library: a job imports it first.
 import json
 import os
 import pickle
+import select
 import selectors
 import signal
 import socket
@@ -196,8 +197,8 @@ def _record_usage(job, result):
     """Append the child's resource use to the job's log (stderr when it has none)."""
     wildcards = ",".join(f"{k}={v}" for k, v in job.wildcards.items())
     line = (f"{USAGE_TAG} rule={job.rule} wildcards={wildcards} wall_s={result['wall_s']:.3f} "
-            f"cpu_s={result['cpu_s']:.3f} max_rss_mb={result['max_rss_mb']:.1f} "
-            f"server_rss_mb={result['server_rss_mb']:.1f} start={result['start']:.3f} status={result['status']}\n")
+            f"cpu_s={result['cpu_s']:.3f} sys_s={result.get('sys_s', 0.0):.3f} max_rss_mb={result['max_rss_mb']:.1f} "
+            f"server_rss_mb={result['server_rss_mb']:.1f} worker={result.get('worker', 0)} start={result['start']:.3f} status={result['status']}\n")
     if len(job.log):
         with open(job.log[0], "a") as fh:
             fh.write(line)
@@ -210,7 +211,7 @@ def parse_usage_line(line):
     if not line.startswith(USAGE_TAG):
         return None
     fields = dict(item.split("=", 1) for item in line[len(USAGE_TAG):].split())
-    for key in ("wall_s", "cpu_s", "max_rss_mb", "server_rss_mb", "start", "status"):
+    for key in ("wall_s", "cpu_s", "sys_s", "max_rss_mb", "server_rss_mb", "start", "status"):
         if key in fields:
             fields[key] = float(fields[key])
     return fields
@@ -282,13 +283,15 @@ def _resident_mb():
 
 
 def serve(path, parent_pid, preload=PRELOAD, first_needed=_FIRST_NEEDED):
-    """Listen on ``path``, import ``preload``, and fork one child per job until ``parent_pid`` ends.
+    """Listen on ``path``, import ``preload``, and run each job in a worker forked from here, until ``parent_pid`` ends.
 
     The socket is bound before the imports, so jobs that start meanwhile
     wait in the listen queue; once the first ``first_needed`` modules are
-    in, waiting jobs are forked between the remaining imports.  The server
-    is single-threaded (forking a threaded process is unsafe): one selector
-    waits on the socket and on a wake-up pipe written by SIGCHLD.
+    in, waiting jobs are started between the remaining imports.  A job goes
+    to an idle worker (`_worker_main`) when there is one, else to a new one
+    forked from this process.  The server is single-threaded (forking a
+    threaded process is unsafe): one selector waits on the socket, on the
+    workers' control sockets and on a wake-up pipe written by SIGCHLD.
     """
     import importlib
 
@@ -306,19 +309,29 @@ def serve(path, parent_pid, preload=PRELOAD, first_needed=_FIRST_NEEDED):
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
     selector.register(wake_r, selectors.EVENT_READ)
-    children = {}
+
+    def close_server_fds():  # in a forked worker
+        listener.close()
+        os.close(wake_r)
+        os.close(wake_w)
+
+    pool = _WorkerPool(selector, close_server_fds)
 
     def serve_once(timeout):
         for key, _ in selector.select(timeout=timeout):
             if key.fileobj is listener:
                 conn, _ = listener.accept()
-                _start_child(conn, listener, children, _resident_mb())
-            else:
+                request = _read_request(conn)
+                if request is not None:
+                    pool.dispatch(conn, *request, server_rss=_resident_mb())
+            elif key.fileobj == wake_r:
                 try:
                     os.read(wake_r, 4096)
                 except BlockingIOError:
                     pass
-        _reap(children)
+            else:
+                pool.on_control(key.data)
+        pool.reap()
 
     try:
         if os.getppid() != parent_pid:  # the parent ended before the handler was set
@@ -364,8 +377,8 @@ def _exit_with_parent():
         pass
 
 
-def _start_child(conn, listener, children, server_rss):
-    """Read one job request from ``conn`` and fork the child that runs it."""
+def _read_request(conn):
+    """``(fds, header, payload)`` of the job request on ``conn``; None (``conn`` closed) when it is unusable."""
     fds = []
     try:
         conn.settimeout(_REQUEST_TIMEOUT)
@@ -381,68 +394,285 @@ def _start_child(conn, listener, children, server_rss):
         for fd in fds:
             os.close(fd)
         conn.close()
-        return
-    start = time.time()
-    pid = os.fork()
-    if pid == 0:
-        listener.close()
-        _run_child(conn, fds, header, payload)  # never returns
-    for fd in fds:
-        os.close(fd)
-    children[pid] = (conn, start, server_rss)
-    try:
-        _send_message(conn, {"pid": pid})
-    except OSError:
-        pass
+        return None
+    return fds, header, payload
 
 
-def _reap(children):
-    """Tell each finished child's job its status and resource use."""
-    for pid in list(children):
+class _Worker:
+    """The server's record of one worker: its control socket and the job it runs."""
+
+    def __init__(self, pid, control):
+        self.pid = pid
+        self.control = control
+        self.conn = None  # the running job's connection to its job process
+        self.start = 0.0
+        self.server_rss = 0.0
+
+
+class _WorkerPool:
+    """Workers forked from the server; each runs jobs one after the other.
+
+    A worker that has run a job keeps the memory it freed, so the next job
+    reuses pages already mapped instead of faulting in new ones (on the
+    virtual machines the benchmarks run on, first-touch page faults made up
+    a quarter of the jobs' CPU time).  Jobs never run at the same time in
+    one worker, and a worker puts back the process state a job changes
+    (`_run_job`); one that may be left in a doubtful state, or holds much
+    memory, exits after its job instead (`_worker_should_retire`).
+    """
+
+    def __init__(self, selector, close_server_fds):
+        self.selector = selector
+        self.close_server_fds = close_server_fds
+        self.workers = {}  # pid -> _Worker
+        self.idle = []  # pids, most recently used last
+
+    def dispatch(self, conn, fds, header, payload, *, server_rss):
+        """Hand a job to an idle worker, or to a new one; tell the job process the worker's pid."""
+        worker = None
+        while self.idle and worker is None:
+            candidate = self.workers.get(self.idle.pop())
+            try:
+                if candidate is not None:
+                    _send_job(candidate.control, conn, fds, header, payload)
+                    worker = candidate
+            except OSError:
+                pass  # it died while idle: reap() removes it
+        if worker is None:
+            worker = self._fork_worker(conn, fds, header, payload)
+        for fd in fds:
+            os.close(fd)
+        worker.conn, worker.start, worker.server_rss = conn, time.time(), server_rss
         try:
-            done, status, usage = os.wait4(pid, os.WNOHANG)
-        except ChildProcessError:
-            done, status, usage = pid, 1 << 8, None
-        if done == 0:
-            continue
-        conn, start, server_rss = children.pop(pid)
-        code = os.waitstatus_to_exitcode(status)
-        result = {
-            "status": code if code >= 0 else 128 - code,
-            "wall_s": time.time() - start,
-            "start": start,
-            "cpu_s": (usage.ru_utime + usage.ru_stime) if usage else 0.0,
-            "max_rss_mb": usage.ru_maxrss / 1024 if usage else 0.0,  # kB on Linux
-            "server_rss_mb": server_rss,
-        }
-        try:
-            _send_message(conn, result)
+            _send_message(conn, {"pid": worker.pid})
         except OSError:
             pass
-        conn.close()
 
+    def _fork_worker(self, conn, fds, header, payload):
+        control, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = os.fork()
+        if pid == 0:
+            # a worker holds only its own job's descriptors
+            control.close()
+            self.close_server_fds()
+            os.close(self.selector.fileno())
+            for other in self.workers.values():
+                other.control.close()
+                if other.conn is not None:
+                    other.conn.close()
+            _worker_main(child_end, conn, fds, header, payload)  # never returns
+        child_end.close()
+        worker = _Worker(pid, control)
+        self.workers[pid] = worker
+        self.selector.register(control, selectors.EVENT_READ, pid)
+        return worker
 
-def _exit_when_job_ends(conn):
-    """In a child: exit when the job process goes away (killed, or Snakemake stopped)."""
-    try:
-        while conn.recv(1):
+    def on_control(self, pid, worker=None):
+        """A worker's message: a job's result (passed on to its job process), or that it is ready again."""
+        worker = worker or self.workers.get(pid)
+        if worker is None:
+            return
+        message = _receive_message(worker.control)
+        if message is None:  # it exited: reap() reports its job, if any
+            self._forget(worker)
+            return
+        if "result" in message:
+            self._finish(worker, message["result"])
+        if message.get("ready") and pid in self.workers:
+            self.idle.append(pid)
+
+    def _finish(self, worker, result):
+        result = {**result, "wall_s": time.time() - worker.start, "start": worker.start,
+                  "server_rss_mb": worker.server_rss}
+        if worker.conn is not None:
+            try:
+                _send_message(worker.conn, result)
+            except OSError:
+                pass
+            worker.conn.close()
+            worker.conn = None
+
+    def _forget(self, worker):
+        try:
+            self.selector.unregister(worker.control)
+        except (KeyError, ValueError):
             pass
+        worker.control.close()
+        if worker.pid in self.idle:
+            self.idle.remove(worker.pid)
+
+    def reap(self):
+        """Collect exited workers; the job of one that died mid-job fails with its exit status."""
+        for pid in list(self.workers):
+            try:
+                done, status, usage = os.wait4(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status, usage = pid, 1 << 8, None
+            if done == 0:
+                continue
+            worker = self.workers.pop(pid)
+            # what it sent before it exited (its last job's result) comes first
+            while worker.conn is not None and worker.control.fileno() >= 0 and _readable(worker.control):
+                self.on_control(pid, worker)
+            if worker.conn is not None:
+                code = os.waitstatus_to_exitcode(status)
+                self._finish(worker, {
+                    "status": code if code >= 0 else 128 - code,
+                    "cpu_s": (usage.ru_utime + usage.ru_stime) if usage else 0.0,
+                    "sys_s": usage.ru_stime if usage else 0.0,
+                    "max_rss_mb": usage.ru_maxrss / 1024 if usage else 0.0,  # kB on Linux
+                })
+            if worker.control.fileno() >= 0:
+                self._forget(worker)
+
+
+def _readable(sock):
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def _send_job(control, conn, fds, header, payload):
+    """Send a job (its streams, its connection, header and pickled ``snakemake``) down a worker's control socket."""
+    header_bytes = json.dumps(header).encode()
+    socket.send_fds(control, [struct.pack("!II", len(header_bytes), len(payload))], [*fds, conn.fileno()])
+    control.sendall(header_bytes + payload)
+
+
+def _receive_job(control):
+    """The next job from the server: ``(conn, fds, header, payload)``; None when the server is gone."""
+    try:
+        lengths, fds, _, _ = socket.recv_fds(control, 8, 4)
+        if not lengths:
+            return None
+        n_header, n_payload = struct.unpack("!II", lengths)
+        data = _receive_exactly(control, n_header + n_payload)
+    except (OSError, ConnectionError, struct.error):
+        return None
+    conn = socket.socket(fileno=fds[3])
+    return conn, fds[:3], json.loads(data[:n_header]), data[n_header:]
+
+
+# Worker limits: jobs one worker runs, and resident memory it may keep
+# between jobs, before it exits and a fresh one is forked.
+_JOBS_PER_WORKER = 200
+_WORKER_KEEP_MB = 1500
+# glibc malloc: keep up to this much freed memory at the top of the heap (the
+# default gives back all but 128 kB), and serve blocks up to 32 MB (glibc's
+# largest setting) from the heap rather than from mmap, so that they are reused.
+_TRIM_THRESHOLD = 512 << 20
+_MMAP_THRESHOLD = 32 << 20
+
+
+def _tune_malloc():
+    """Let a worker's heap keep freed memory between jobs (glibc only; elsewhere nothing)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-1, _TRIM_THRESHOLD)  # M_TRIM_THRESHOLD
+        libc.mallopt(-3, _MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def _worker_main(control, conn, fds, header, payload):
+    """In a forked worker: run this job, then the jobs the server sends, until told to stop."""
+    signal.set_wakeup_fd(-1)
+    for signum in (signal.SIGCHLD, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    _tune_malloc()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for target in (0, 1, 2):
+        os.dup2(devnull, target)
+    os.close(devnull)
+    jobs = 0
+    while True:
+        result = _run_job(conn, fds, header, payload)
+        jobs += 1
+        retire = _worker_should_retire(result, jobs)
+        try:
+            _send_message(control, {"result": result})
+            if not retire:
+                import gc
+
+                gc.collect()
+                _send_message(control, {"ready": True})
+        except OSError:
+            retire = True
+        if retire:
+            os._exit(0)
+        job = _receive_job(control)
+        if job is None:  # the server is gone
+            os._exit(0)
+        conn, fds, header, payload = job
+
+
+def _worker_should_retire(result, jobs):
+    """Whether a worker exits after this job instead of waiting for another."""
+    return (result["status"] != 0 or result.pop("dirty", False) or jobs >= _JOBS_PER_WORKER
+            or _resident_mb() > _WORKER_KEEP_MB)
+
+
+def _watch_job_process(conn, stop_r):
+    """In a worker, while a job runs: exit if its job process goes away (killed, or Snakemake stopped)."""
+    sel = selectors.DefaultSelector()
+    sel.register(conn, selectors.EVENT_READ)
+    sel.register(stop_r, selectors.EVENT_READ)
+    while True:
+        for key, _ in sel.select():
+            if key.fileobj == stop_r:
+                sel.close()
+                return
+            try:
+                if conn.recv(1):
+                    continue
+            except OSError:
+                pass
+            os._exit(1)
+
+
+def _peak_rss_mb():
+    """This process's peak resident memory since `_reset_peak_rss`, MB (None where /proc lacks it)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _reset_peak_rss():
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
     except OSError:
         pass
-    os._exit(1)
 
 
-def _run_child(conn, fds, header, payload):
-    """In the forked child: become the job (its streams, folder, environment) and run its script."""
+def _run_job(conn, fds, header, payload):
+    """Become the job (its streams, folder, environment), run its script, put the process back; its result.
+
+    The result holds the job's exit status, CPU and system time and peak
+    resident memory, and ``dirty``: whether the job may have left state this
+    function cannot put back (threads still running).
+    """
+    import logging
+    import resource
     import runpy
     import threading
+    import warnings
 
+    saved = {"cwd": os.getcwd(), "env": dict(os.environ), "path": list(sys.path), "argv": list(sys.argv),
+             "excepthook": sys.excepthook, "filters": list(warnings.filters), "threads": threading.active_count(),
+             "handlers": list(logging.getLogger().handlers), "level": logging.getLogger().level}
+    before = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    _reset_peak_rss()
+    stop_r, stop_w = os.pipe()
+    watcher = threading.Thread(target=_watch_job_process, args=(conn, stop_r), daemon=True)
     code = 1
     try:
-        signal.set_wakeup_fd(-1)
-        for signum in (signal.SIGCHLD, signal.SIGTERM):
-            signal.signal(signum, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
@@ -452,7 +682,7 @@ def _run_child(conn, fds, header, payload):
         os.environ.pop(ENV_VAR, None)
         sys.path[:] = header["sys_path"]
         sys.argv = [header["script"]]
-        threading.Thread(target=_exit_when_job_ends, args=(conn,), daemon=True).start()
+        watcher.start()
         job = pickle.loads(payload)
         runpy.run_path(header["script"], init_globals={"snakemake": job}, run_name="__main__")
         code = 0
@@ -462,14 +692,50 @@ def _run_child(conn, fds, header, payload):
         sys.excepthook(*sys.exc_info())
         code = 1
     finally:
-        try:
-            import logging
-
-            logging.shutdown()
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os.write(stop_w, b"x")
+        watcher.join()
+        os.close(stop_r)
+        os.close(stop_w)
+    after = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak = _peak_rss_mb()
+    # put the process back as the job found it
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if handler not in saved["handlers"]:
+            root.removeHandler(handler)
+            handler.close()
+    for handler in saved["handlers"]:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(saved["level"])
+    sys.excepthook = saved["excepthook"]
+    warnings.filters[:] = saved["filters"]
+    getattr(warnings, "_filters_mutated", lambda: None)()  # forget which warnings were shown
+    os.chdir(saved["cwd"])
+    os.environ.clear()
+    os.environ.update(saved["env"])
+    sys.path[:] = saved["path"]
+    sys.argv = saved["argv"]
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for target in (0, 1, 2):
+        os.dup2(devnull, target)
+    os.close(devnull)
+    conn.close()
+    cpu = sum(u.ru_utime + u.ru_stime for u in after) - sum(u.ru_utime + u.ru_stime for u in before)
+    return {
+        "status": code,
+        "cpu_s": cpu,
+        # kernel time, mostly first-touch page faults of fresh arrays
+        "sys_s": sum(u.ru_stime for u in after) - sum(u.ru_stime for u in before),
+        "max_rss_mb": peak if peak is not None else after[0].ru_maxrss / 1024,  # kB on Linux
+        "dirty": threading.active_count() > saved["threads"],
+        "worker": os.getpid(),
+    }
 
 
 if __name__ == "__main__":

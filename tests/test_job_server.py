@@ -54,9 +54,15 @@ if name == "sleep":
     with open("sleep.pid", "w") as fh:
         fh.write(str(os.getpid()))
     time.sleep(120)
+import logging
+logging.getLogger("job").info("job %s ran", name)
 with open(snakemake.output[0], "w") as fh:
     parent = open(f"/proc/{os.getppid()}/cmdline").read().replace("\\0", " ")
-    fh.write(f"{os.getpid()} {os.getppid()} {os.environ.get('CALIMAGE3_JOB_SERVER')} {os.getcwd()}\\n{parent}")
+    fh.write(f"{os.getpid()} {os.getppid()} {os.environ.get('CALIMAGE3_JOB_SERVER')} {os.getcwd()} "
+             f"{os.environ.get('LEFT_BY_A_JOB')}\\n{parent}")
+# state a job may leave behind: the next job in the same worker must not see it
+os.environ["LEFT_BY_A_JOB"] = name
+os.chdir("/")
 """
 
 
@@ -69,8 +75,8 @@ def mini_workflow(tmp_path):
     return tmp_path
 
 
-def _snakemake(folder, *targets, **kwargs):
-    return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *targets], cwd=folder,
+def _snakemake(folder, *targets, cores=2, **kwargs):
+    return subprocess.run([sys.executable, "-m", "snakemake", "--cores", str(cores), *targets], cwd=folder,
                           capture_output=True, text=True, timeout=120, **kwargs)
 
 
@@ -94,10 +100,10 @@ def test_job_runs_forked_from_the_server(mini_workflow):
     assert proc.returncode == 0, proc.stderr
     for name in ("a", "b"):
         ids, parent = (mini_workflow / f"{name}.txt").read_text().split("\n")
-        pid, ppid, env, cwd = ids.split()
+        pid, ppid, env, cwd, left = ids.split()
         # the job ran in a child of the server, not in the process Snakemake started
         assert "calimage3.job_server" in parent
-        assert env == "None" and cwd == str(mini_workflow)
+        assert env == "None" and cwd == str(mini_workflow) and left == "None"
         usage = _usage(mini_workflow / f"{name}.log")
         assert len(usage) == 1 and usage[0]["status"] == 0 and usage[0]["rule"] == "job"
         assert usage[0]["max_rss_mb"] > 10 and usage[0]["cpu_s"] >= 0
@@ -105,6 +111,20 @@ def test_job_runs_forked_from_the_server(mini_workflow):
     assert (mini_workflow / "a.txt").read_text().split()[1] == (mini_workflow / "b.txt").read_text().split()[1]
     assert not _alive(int((mini_workflow / "a.txt").read_text().split()[1]))
     assert not list((mini_workflow / "sockets").iterdir())
+
+
+def test_jobs_in_one_worker_do_not_see_each_other(mini_workflow):
+    # one core: the jobs run one after the other, in the same worker
+    proc = _snakemake(mini_workflow, "a.txt", "b.txt", "c.txt", cores=1)
+    assert proc.returncode == 0, proc.stderr
+    ids = [(mini_workflow / f"{n}.txt").read_text().split("\n")[0].split() for n in "abc"]
+    assert len({pid for pid, *_ in ids}) == 1, "the worker was not reused"
+    for (_, _, _, cwd, left), name in zip(ids, "abc"):
+        assert cwd == str(mini_workflow) and left == "None"
+        log = (mini_workflow / f"{name}.log").read_text()
+        # each job's log holds its own lines only
+        assert f"job {name} ran" in log and sum("ran" in line for line in log.splitlines()) == 1
+        assert _usage(mini_workflow / f"{name}.log")[0]["worker"] == ids[0][0]
 
 
 def test_failing_job_fails_with_its_traceback_in_log_and_terminal(mini_workflow):
