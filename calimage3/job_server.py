@@ -1,4 +1,4 @@
-"""A warm job server for local runs: each job is forked from a process that has already imported the science libraries.
+"""A warm job server for local runs: each job runs in a worker forked from a process that has already imported the science libraries.
 
 Every Snakemake job is a fresh Python interpreter, and importing what a
 step needs (astropy, gwcs with asdf's extensions, photutils, tweakwcs,
@@ -7,20 +7,27 @@ small run.  On a local run the workflow launches one server
 (`JobServer`) while Snakemake plans: it imports those libraries once and
 listens on a Unix socket.  Each job script begins with `run_in_job_server`: it sends
 its ``snakemake`` object, working folder, environment and its standard
-streams to the server, which forks a child that runs the script with
-them; the job process waits, forwards signals to the child, and exits
-with the child's status.  A forked child starts with every library
-loaded and runs nothing else, so jobs stay isolated from each other.
+streams to the server, which hands them to a worker: a process forked
+from the server, with every library loaded, that runs the script with
+them.  The job process waits, forwards signals to the worker, and exits
+with the job's status.  A worker runs one job at a time and, after it,
+puts back what a job changes in the process (folder, environment,
+``sys.path``, logging handlers, warning filters, streams) and waits for
+the next; it keeps the memory the job freed, so the next job does not
+pay the page faults of fresh memory again.  A worker whose job failed,
+left threads running, or that holds much memory exits instead, and the
+next job gets a fresh fork (`_WorkerPool`).
 
 Where no server answers (a cluster job on another node, ``--use-conda``
 with another interpreter, ``job_server: false``), the script simply runs
 in its own process, as Snakemake starts it.
 
 Snakemake's ``benchmark:`` files measure the job process, which here only
-waits; the child's own wall time, CPU time and peak resident memory
-(`os.wait4`) are appended to the job's log as a `USAGE_TAG` line, which
-``bench/`` reads.  The peak counts the pages shared with the server
-(the imported libraries), like a fresh interpreter's would.
+waits; the job's own wall time, CPU and system time and the worker's peak
+resident memory during the job are appended to the job's log as a
+`USAGE_TAG` line, which ``bench/`` reads.  The peak counts the pages
+shared with the server (the imported libraries), like a fresh
+interpreter's would, and the memory the worker kept from earlier jobs.
 
 This module imports only the standard library: a job imports it first.
 """
@@ -554,7 +561,7 @@ def _receive_job(control):
 # Worker limits: jobs one worker runs, and resident memory it may keep
 # between jobs, before it exits and a fresh one is forked.
 _JOBS_PER_WORKER = 200
-_WORKER_KEEP_MB = 1500
+_WORKER_KEEP_MB = 1024
 # glibc malloc: keep up to this much freed memory at the top of the heap (the
 # default gives back all but 128 kB), and serve blocks up to 32 MB (glibc's
 # largest setting) from the heap rather than from mmap, so that they are reused.
@@ -666,7 +673,9 @@ def _run_job(conn, fds, header, payload):
 
     saved = {"cwd": os.getcwd(), "env": dict(os.environ), "path": list(sys.path), "argv": list(sys.argv),
              "excepthook": sys.excepthook, "filters": list(warnings.filters), "threads": threading.active_count(),
-             "handlers": list(logging.getLogger().handlers), "level": logging.getLogger().level}
+             "handlers": list(logging.getLogger().handlers), "level": logging.getLogger().level,
+             "streams": (sys.stdin, sys.stdout, sys.stderr),
+             "numpy_err": sys.modules["numpy"].geterr() if "numpy" in sys.modules else None}
     before = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     _reset_peak_rss()
     stop_r, stop_w = os.pipe()
@@ -692,7 +701,7 @@ def _run_job(conn, fds, header, payload):
         sys.excepthook(*sys.exc_info())
         code = 1
     finally:
-        for stream in (sys.stdout, sys.stderr):
+        for stream in {sys.stdout, sys.stderr, *saved["streams"][1:]}:
             try:
                 stream.flush()
             except (OSError, ValueError):
@@ -714,6 +723,9 @@ def _run_job(conn, fds, header, payload):
             root.addHandler(handler)
     root.setLevel(saved["level"])
     sys.excepthook = saved["excepthook"]
+    sys.stdin, sys.stdout, sys.stderr = saved["streams"]
+    if saved["numpy_err"] is not None:
+        sys.modules["numpy"].seterr(**saved["numpy_err"])
     warnings.filters[:] = saved["filters"]
     getattr(warnings, "_filters_mutated", lambda: None)()  # forget which warnings were shown
     os.chdir(saved["cwd"])
