@@ -205,7 +205,7 @@ def _record_usage(job, result):
     wildcards = ",".join(f"{k}={v}" for k, v in job.wildcards.items())
     line = (f"{USAGE_TAG} rule={job.rule} wildcards={wildcards} wall_s={result['wall_s']:.3f} "
             f"cpu_s={result['cpu_s']:.3f} sys_s={result.get('sys_s', 0.0):.3f} max_rss_mb={result['max_rss_mb']:.1f} "
-            f"server_rss_mb={result['server_rss_mb']:.1f} worker={result.get('worker', 0)} start={result['start']:.3f} status={result['status']}\n")
+            f"server_rss_mb={result['server_rss_mb']:.1f} worker={result.get('worker', 0)} start_rss_mb={result.get('start_rss_mb', 0.0):.1f} start={result['start']:.3f} status={result['status']}\n")
     if len(job.log):
         with open(job.log[0], "a") as fh:
             fh.write(line)
@@ -218,7 +218,7 @@ def parse_usage_line(line):
     if not line.startswith(USAGE_TAG):
         return None
     fields = dict(item.split("=", 1) for item in line[len(USAGE_TAG):].split())
-    for key in ("wall_s", "cpu_s", "sys_s", "max_rss_mb", "server_rss_mb", "start", "status"):
+    for key in ("wall_s", "cpu_s", "sys_s", "max_rss_mb", "start_rss_mb", "server_rss_mb", "start", "status"):
         if key in fields:
             fields[key] = float(fields[key])
     return fields
@@ -558,10 +558,11 @@ def _receive_job(control):
     return conn, fds[:3], json.loads(data[:n_header]), data[n_header:]
 
 
-# Worker limits: jobs one worker runs, and resident memory it may keep
-# between jobs, before it exits and a fresh one is forked.
+# Worker limits: jobs one worker runs before it exits and a fresh one is
+# forked; resident memory above which a worker gives its free memory back
+# after a job (so that what it keeps adds little to the next job's peak).
 _JOBS_PER_WORKER = 200
-_WORKER_KEEP_MB = 1024
+_WORKER_KEEP_MB = 256
 # glibc malloc: keep up to this much freed memory at the top of the heap (the
 # default gives back all but 128 kB), and serve blocks up to 32 MB (glibc's
 # largest setting) from the heap rather than from mmap, so that they are reused.
@@ -603,6 +604,8 @@ def _worker_main(control, conn, fds, header, payload):
                 import gc
 
                 gc.collect()
+                if _resident_mb() > _WORKER_KEEP_MB:
+                    _release_free_memory()
                 _send_message(control, {"ready": True})
         except OSError:
             retire = True
@@ -616,8 +619,17 @@ def _worker_main(control, conn, fds, header, payload):
 
 def _worker_should_retire(result, jobs):
     """Whether a worker exits after this job instead of waiting for another."""
-    return (result["status"] != 0 or result.pop("dirty", False) or jobs >= _JOBS_PER_WORKER
-            or _resident_mb() > _WORKER_KEEP_MB)
+    return result["status"] != 0 or result.pop("dirty", False) or jobs >= _JOBS_PER_WORKER
+
+
+def _release_free_memory():
+    """Give the heap's free pages back to the system (glibc ``malloc_trim``)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _watch_job_process(conn, stop_r):
@@ -663,7 +675,8 @@ def _run_job(conn, fds, header, payload):
 
     The result holds the job's exit status, CPU and system time and peak
     resident memory, and ``dirty``: whether the job may have left state this
-    function cannot put back (threads still running).
+    function cannot put back (threads still running) or memory it cannot
+    give back (a job with ``threads`` > 1: its threads' malloc arenas).
     """
     import logging
     import resource
@@ -677,10 +690,12 @@ def _run_job(conn, fds, header, payload):
              "streams": (sys.stdin, sys.stdout, sys.stderr),
              "numpy_err": sys.modules["numpy"].geterr() if "numpy" in sys.modules else None}
     before = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    start_rss = _resident_mb()
     _reset_peak_rss()
     stop_r, stop_w = os.pipe()
     watcher = threading.Thread(target=_watch_job_process, args=(conn, stop_r), daemon=True)
     code = 1
+    threaded = False
     try:
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
@@ -693,6 +708,7 @@ def _run_job(conn, fds, header, payload):
         sys.argv = [header["script"]]
         watcher.start()
         job = pickle.loads(payload)
+        threaded = getattr(job, "threads", 1) > 1
         runpy.run_path(header["script"], init_globals={"snakemake": job}, run_name="__main__")
         code = 0
     except SystemExit as exc:
@@ -745,8 +761,10 @@ def _run_job(conn, fds, header, payload):
         # kernel time, mostly first-touch page faults of fresh arrays
         "sys_s": sum(u.ru_stime for u in after) - sum(u.ru_stime for u in before),
         "max_rss_mb": peak if peak is not None else after[0].ru_maxrss / 1024,  # kB on Linux
-        "dirty": threading.active_count() > saved["threads"],
+        # a multi-threaded job leaves memory in its threads' malloc arenas
+        "dirty": threaded or threading.active_count() > saved["threads"],
         "worker": os.getpid(),
+        "start_rss_mb": start_rss,
     }
 
 
