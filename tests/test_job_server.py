@@ -35,6 +35,7 @@ onerror:
 rule job:
     output: "{{name}}.txt"
     log: "{{name}}.log"
+    resources: mem_mb=lambda wildcards: 3000 if wildcards.name == "big" else 100
     script: "job.py"
 """
 
@@ -115,10 +116,13 @@ def test_job_runs_forked_from_the_server(mini_workflow):
 
 def test_jobs_in_one_worker_do_not_see_each_other(mini_workflow):
     # one core: the jobs run one after the other, in the same worker
-    proc = _snakemake(mini_workflow, "a.txt", "b.txt", "c.txt", cores=1)
+    proc = _snakemake(mini_workflow, "a.txt", "b.txt", "c.txt", "big.txt", cores=1)
     assert proc.returncode == 0, proc.stderr
     ids = [(mini_workflow / f"{n}.txt").read_text().split("\n")[0].split() for n in "abc"]
     assert len({pid for pid, *_ in ids}) == 1, "the worker was not reused"
+    # a job declaring much memory gets a fresh fork of its own
+    big = (mini_workflow / "big.txt").read_text().split()
+    assert big[0] != ids[0][0] and big[1] == ids[0][1]
     for (_, _, _, cwd, left), name in zip(ids, "abc"):
         assert cwd == str(mini_workflow) and left == "None"
         log = (mini_workflow / f"{name}.log").read_text()
