@@ -13,10 +13,11 @@ them.  The job process waits, forwards signals to the worker, and exits
 with the job's status.  A worker runs one job at a time and, after it,
 puts back what a job changes in the process (folder, environment,
 ``sys.path``, logging handlers, warning filters, streams) and waits for
-the next; it keeps the memory the job freed, so the next job does not
-pay the page faults of fresh memory again.  A worker whose job failed,
-left threads running, or that holds much memory exits instead, and the
-next job gets a fresh fork (`_WorkerPool`).
+the next; it keeps the memory the job freed (up to `_WORKER_KEEP_MB`),
+so the next job pays fewer page faults of fresh memory.  A worker whose
+job failed, ran several threads or left threads running exits instead,
+and a job that declares much memory gets a fresh fork of its own
+(`_WorkerPool`).
 
 Where no server answers (a cluster job on another node, ``--use-conda``
 with another interpreter, ``job_server: false``), the script simply runs
@@ -430,11 +431,13 @@ class _WorkerPool:
 
     A worker that has run a job keeps the memory it freed, so the next job
     reuses pages already mapped instead of faulting in new ones (on the
-    virtual machines the benchmarks run on, first-touch page faults made up
-    a quarter of the jobs' CPU time).  Jobs never run at the same time in
-    one worker, and a worker puts back the process state a job changes
-    (`_run_job`); one that may be left in a doubtful state, or holds much
-    memory, exits after its job instead (`_worker_should_retire`).
+    virtual machines the benchmarks run on, first-touch page faults were up
+    to a quarter of the jobs' CPU time); above `_WORKER_KEEP_MB` it gives
+    the free memory back.  Jobs never run at the same time in one worker,
+    and a worker puts back the process state a job changes (`_run_job`);
+    one that may be left in a doubtful state exits after its job, and a job
+    declaring `_FRESH_FORK_MB` or more runs in a fresh fork of its own
+    (`_worker_should_retire`, `_runs_alone`).
     """
 
     def __init__(self, selector, close_server_fds):
