@@ -28,8 +28,8 @@ include: "rules/tiles.smk"
 write_campaign_manifest()
 
 
-# Local runs fork each job from one process that has imported the science
-# libraries once (calimage3/job_server.py; config job_server).
+# Local runs run each job in a worker forked from one process that has
+# imported the science libraries once (calimage3/job_server.py; config job_server).
 onstart:
     activate_job_server_if_wanted()
 

@@ -68,7 +68,7 @@ def run_workflow(asn, out, cores, extra=(), nice=0, pin=False):
 
 
 def read_job_usage(out):
-    """Every job's usage line from the logs under ``out`` (jobs forked by the job server), as dicts."""
+    """Every job's usage line from the logs under ``out`` (jobs run by the job server's workers), as dicts."""
     from calimage3.job_server import parse_usage_line
 
     jobs = []
@@ -83,7 +83,7 @@ def read_job_usage(out):
 def read_benchmarks(out):
     """Per rule: job count, summed seconds, largest max_rss (MB), summed CPU seconds.
 
-    Jobs forked by the job server report their own wall, CPU and peak
+    Jobs run by the job server's workers report their own wall, CPU and peak
     memory in their logs (Snakemake's benchmark measures the process that
     waits for them); Snakemake's ``benchmark:`` files are read otherwise.
     """
@@ -448,7 +448,7 @@ def main(argv=None):
           f"Machine: {os.cpu_count()} cores. Data: `calimage3.simulate`, "
           + ("JWST-like diffraction PSF (F150W) with saturated stars" if args.psf == "jwst" else "Gaussian PSF")
           + ". Times in seconds; QA figures off. Job seconds, CPU seconds and memory are the jobs' own "
-          "(forked by the job server, from their logs; Snakemake's benchmark files when it is off); "
+          "(run by the job server's workers, from their logs; Snakemake's benchmark files when it is off); "
           "memory is the largest job's peak RSS (MB), shared library pages included."
           + (f" Extra config: `{' '.join(args.config)}`." if args.config else "")
           + (" Each run confined to its first N CPUs (`taskset`), Snakemake and the job server included."

@@ -527,7 +527,14 @@ def parse_s_region(value):
 
 def read_bounding_box_range(path):
     """Pixel range ``(xmin, xmax, ymin, ymax)`` inside the bounding box of a file's WCS
-    (`calimage3.pixmap.input_range`); reads headers and the WCS tree, no data.
+    (`calimage3.pixmap.input_range`); reads headers and the WCS tree, no data
+    (`_bounding_box_range_in`)."""
+    with _open_fits(path, check_data=False) as hdul:
+        return _bounding_box_range_in(hdul, path)
+
+
+def _bounding_box_range_in(hdul, path):
+    """`read_bounding_box_range` of an open file.
 
     The box is read from the ASDF extension's YAML as plain data when it
     can be (`_bounding_box_edges_from_asdf`), which needs no gwcs: the
@@ -536,13 +543,12 @@ def read_bounding_box_range(path):
     """
     from .pixmap import input_range
 
-    with _open_fits(path, check_data=False) as hdul:
-        sci = hdul["SCI"].header
-        shape = (int(sci.get("NAXIS2", 0)), int(sci.get("NAXIS1", 0)))
-        edges = _bounding_box_edges_from_asdf(_asdf_extension_bytes(hdul)) if "ASDF" in hdul else None
+    sci = hdul["SCI"].header
+    shape = (int(sci.get("NAXIS2", 0)), int(sci.get("NAXIS1", 0)))
+    edges = _bounding_box_edges_from_asdf(_asdf_extension_bytes(hdul)) if "ASDF" in hdul else None
     if edges is not None and sci.get("NAXIS") == 2:
         return input_range(shape, None, edges=edges)
-    wcs, shape, _ = read_exposure_wcs(path)
+    wcs, _ = _read_wcs(hdul, path, shape)
     return input_range(shape, wcs)
 
 
@@ -590,7 +596,7 @@ def _read_meta(hdul):
     return meta
 
 
-def read_exposure(path, arrays=None, *, with_wcs=True, verify_checksums=False):
+def read_exposure(path, arrays=None, *, with_wcs=True, with_input_range=False, verify_checksums=False):
     """Read a JWST ``_cal`` (or ``_crf``) image file into an `Exposure`.
 
     Parameters
@@ -604,10 +610,17 @@ def read_exposure(path, arrays=None, *, with_wcs=True, verify_checksums=False):
         Read the WCS (the default).  False leaves ``wcs`` None and skips
         deserializing the gwcs, for jobs that work from a precomputed
         pixel map or need no coordinates.
+    with_input_range : bool
+        Also return the pixel range inside the WCS's bounding box
+        (`read_bounding_box_range`), from the file already open.
     verify_checksums : bool
         Check the ``DATASUM`` and ``CHECKSUM`` of every HDU that carries
         them (MAST files do) against the bytes on disk; this reads every
         HDU's data, also of arrays not asked for.  HDUs without them pass.
+
+    Returns
+    -------
+    Exposure, or ``(Exposure, (xmin, xmax, ymin, ymax))`` with ``with_input_range``
 
     Raises
     ------
@@ -641,7 +654,9 @@ def read_exposure(path, arrays=None, *, with_wcs=True, verify_checksums=False):
             loaded["dq"] = np.zeros(shape, np.uint32)
         wcs, source = _read_wcs(hdul, path, shape) if with_wcs else (None, None)
         meta = _read_meta(hdul)
-    return Exposure(wcs=wcs, meta=meta, name=Path(path).name, wcs_source=source, **loaded)
+        used = _bounding_box_range_in(hdul, path) if with_input_range else None
+    exposure = Exposure(wcs=wcs, meta=meta, name=Path(path).name, wcs_source=source, **loaded)
+    return (exposure, used) if with_input_range else exposure
 
 
 def read_aligned_exposure(cal_path, wcs_path, sky_path, *, arrays=None, verify_checksums=False):

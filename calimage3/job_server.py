@@ -57,7 +57,7 @@ __all__ = [
 # The environment variable naming the server's socket; set by
 # `JobServer.activate` in the Snakemake process, inherited by its jobs.
 ENV_VAR = "CALIMAGE3_JOB_SERVER"
-# Start of the line a job's log gets with the forked child's resource use.
+# Start of the line a job's log gets with the job's resource use in its worker.
 USAGE_TAG = "calimage3 job server usage:"
 # What the scripts import, at module level or inside the functions they
 # call, in the order the DAG first needs it: jobs that arrive while the
@@ -163,7 +163,7 @@ def run_in_job_server(script_globals):
     Notes
     -----
     Returns without doing anything outside a Snakemake job, inside the
-    server's own children, when no server is set or answering, or when the
+    server's own workers, when no server is set or answering, or when the
     server runs another Python interpreter; the script then goes on in
     this process.  Once the server has started the job it does not return:
     the process exits with the job's status.
@@ -192,11 +192,11 @@ def run_in_job_server(script_globals):
     if not reply or "pid" not in reply:
         sock.close()
         return
-    child = reply["pid"]
+    worker = reply["pid"]
 
     def forward(signum, _frame):
         try:
-            os.kill(child, signum)
+            os.kill(worker, signum)
         except ProcessLookupError:
             pass
 
@@ -204,14 +204,14 @@ def run_in_job_server(script_globals):
         signal.signal(signum, forward)
     result = _receive_message(sock)
     if result is None:
-        print(f"calimage3: the job server lost job {child} (rule {job.rule})", file=sys.stderr)
+        print(f"calimage3: the job server lost the job in worker {worker} (rule {job.rule})", file=sys.stderr)
         sys.exit(1)
     _record_usage(job, result)
     sys.exit(result["status"])
 
 
 def _record_usage(job, result):
-    """Append the child's resource use to the job's log (stderr when it has none)."""
+    """Append the job's resource use in its worker to the job's log (stderr when it has none)."""
     wildcards = ",".join(f"{k}={v}" for k, v in job.wildcards.items())
     line = (f"{USAGE_TAG} rule={job.rule} wildcards={wildcards} wall_s={result['wall_s']:.3f} "
             f"cpu_s={result['cpu_s']:.3f} sys_s={result.get('sys_s', 0.0):.3f} max_rss_mb={result['max_rss_mb']:.1f} "
@@ -260,7 +260,7 @@ class JobServer:
         self.folder = tempfile.mkdtemp(prefix="calimage3-jobs-", dir=socket_dir)
         self.path = os.path.join(self.folder, "jobs.sock")
         # Not the terminal's or a pipe's streams: a pipe reader (`snakemake ... | tee`)
-        # would wait for the server to exit too.  Its children get each job's own.
+        # would wait for the server to exit too.  Its workers get each job's own.
         self.log = os.path.join(self.folder, "server.log")
         with open(self.log, "w") as log:
             self.process = subprocess.Popen(
@@ -277,7 +277,7 @@ class JobServer:
         return self
 
     def stop(self):
-        """Stop the server and remove its socket (jobs still running are its children's: they stay)."""
+        """Stop the server and remove its socket (a worker running a job finishes it, then exits)."""
         if os.environ.get(ENV_VAR) == self.path:
             del os.environ[ENV_VAR]
         if self.process.poll() is None:
@@ -382,16 +382,20 @@ def _remove_folder(folder):
         pass
 
 
-def _exit_with_parent():
-    """Ask Linux to send SIGTERM when the launching process dies (the 1 s poll of
-    the parent is the fallback elsewhere)."""
+def _call_libc(name, *args):
+    """Call a C library function where it exists (Linux, glibc); elsewhere do nothing."""
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        getattr(ctypes.CDLL(None), name)(*args)
     except (OSError, AttributeError):
         pass
+
+
+def _exit_with_parent():
+    """Ask Linux to send SIGTERM when the launching process dies (the 1 s poll of
+    the parent is the fallback elsewhere)."""
+    _call_libc("prctl", 1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _read_request(conn):
@@ -590,14 +594,8 @@ _MMAP_THRESHOLD = 32 << 20
 
 def _tune_malloc():
     """Let a worker's heap keep freed memory between jobs (glibc only; elsewhere nothing)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        libc.mallopt(-1, _TRIM_THRESHOLD)  # M_TRIM_THRESHOLD
-        libc.mallopt(-3, _MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
+    _call_libc("mallopt", -1, _TRIM_THRESHOLD)  # M_TRIM_THRESHOLD
+    _call_libc("mallopt", -3, _MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
 
 
 def _worker_main(control, conn, fds, header, payload):
@@ -648,12 +646,7 @@ def _worker_should_retire(result, jobs, header):
 
 def _release_free_memory():
     """Give the heap's free pages back to the system (glibc ``malloc_trim``)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    _call_libc("malloc_trim", 0)
 
 
 def _watch_job_process(conn, stop_r):

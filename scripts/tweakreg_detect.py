@@ -31,9 +31,8 @@ def tweakreg_detect(cal_path, sources_path, *, verify_checksums=False, **params)
     ``verify_checksums`` checks the _cal's FITS checksums first (`calimage3.io.read_exposure`).
     """
     # Only the bounding box of the WCS is needed here, read without gwcs.
-    exposure = io.read_exposure(cal_path, arrays=("data", "err", "dq"), with_wcs=False,
-                                verify_checksums=verify_checksums)
-    input_range = io.read_bounding_box_range(cal_path)
+    exposure, input_range = io.read_exposure(cal_path, arrays=("data", "err", "dq"), with_wcs=False,
+                                             with_input_range=True, verify_checksums=verify_checksums)
     mask = ~usable_pixel_mask(exposure.dq, input_range=input_range) | ~np.isfinite(exposure.data)
     kwargs = {k: params[k] for k in DETECTION_PARAMETERS if k in params}
     sources = detect_sources(exposure.data, exposure.err, mask, **kwargs)
