@@ -361,6 +361,7 @@ def serve(path, parent_pid, preload=PRELOAD, first_needed=_FIRST_NEEDED):
                 pass  # the job imports it (and reports it) if it needs it
             if i + 1 >= first_needed:
                 serve_once(0)
+        pool.preload_done()
         while os.getppid() == parent_pid:
             serve_once(1.0)
     finally:
@@ -422,9 +423,11 @@ def _read_request(conn):
 class _Worker:
     """The server's record of one worker: its control socket and the job it runs."""
 
-    def __init__(self, pid, control):
+    def __init__(self, pid, control, preloaded):
         self.pid = pid
         self.control = control
+        # forked after the server's imports were all in (not: its jobs import the rest themselves)
+        self.preloaded = preloaded
         self.conn = None  # the running job's connection to its job process
         self.start = 0.0
         self.server_rss = 0.0
@@ -449,6 +452,25 @@ class _WorkerPool:
         self.close_server_fds = close_server_fds
         self.workers = {}  # pid -> _Worker
         self.idle = []  # pids, most recently used last
+        self.preloaded = False  # the server has imported everything it preloads
+
+    def preload_done(self):
+        """The server's imports are all in: idle workers forked before then exit.
+
+        They would import what their next jobs need, and load asdf's
+        extensions, each for itself; a worker forked from the server now
+        has it all.
+        """
+        self.preloaded = True
+        for pid in list(self.idle):
+            self._retire_if_early(self.workers.get(pid))
+
+    def _retire_if_early(self, worker):
+        """Let ``worker`` go (closing its control socket ends it) when it was forked before the imports were in."""
+        if worker is None or worker.preloaded or not self.preloaded:
+            return False
+        self._forget(worker)
+        return True
 
     def dispatch(self, conn, fds, header, payload, *, server_rss):
         """Hand a job to an idle worker, or to a new one; tell the job process the worker's pid."""
@@ -456,6 +478,8 @@ class _WorkerPool:
         # a large job gets a fresh fork, as its memory peak would in a fresh process
         while self.idle and worker is None and not _runs_alone(header):
             candidate = self.workers.get(self.idle.pop())
+            if self._retire_if_early(candidate):
+                continue
             try:
                 if candidate is not None:
                     _send_job(candidate.control, conn, fds, header, payload)
@@ -486,7 +510,7 @@ class _WorkerPool:
                     other.conn.close()
             _worker_main(child_end, conn, fds, header, payload)  # never returns
         child_end.close()
-        worker = _Worker(pid, control)
+        worker = _Worker(pid, control, self.preloaded)
         self.workers[pid] = worker
         self.selector.register(control, selectors.EVENT_READ, pid)
         return worker

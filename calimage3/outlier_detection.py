@@ -130,7 +130,7 @@ def compute_weight_threshold(weight, maskpt):
 
 
 def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256, typical_weights=None,
-                       with_count=False, origins=None, shape=None, threads=1):
+                       with_count=False, origins=None, shape=None, threads=1, offsets=None):
     """Median of single-drizzled images, computed a block of rows at a time.
 
     Parameters
@@ -165,6 +165,11 @@ def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256, ty
         Bands computed at once (numpy's sort releases the GIL); the
         singles are read one band at a time.  Memory grows by one band's
         stack per thread.
+    offsets : sequence of float or None
+        A value subtracted from each single before the median: its sky
+        level, when the singles were drizzled with the sky still in
+        (drizzling is linear, so that equals drizzling the sky-subtracted
+        exposure, and the singles need not wait for skymatch).  None: 0.
 
     Returns
     -------
@@ -221,6 +226,11 @@ def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256, ty
         if len(typical_weights) != len(singles):
             raise ValueError(f"typical_weights: {len(typical_weights)} values for {len(singles)} singles")
         thresholds = [float(t) * maskpt for t in typical_weights]
+    if offsets is None:
+        offsets = [0.0] * len(singles)
+    elif len(offsets) != len(singles):
+        raise ValueError(f"offsets: {len(offsets)} values for {len(singles)} singles")
+    offsets = [np.float32(v) for v in offsets]
 
     ny, nx = shape
     median = np.full(shape, np.nan, dtype=np.float32)
@@ -234,13 +244,13 @@ def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256, ty
         r1 = min(ny, r0 + rows_per_section)
         stack = np.full((n, r1 - r0, nx), np.nan, dtype=np.float32)
         with reading:
-            for k, (sci, wht, thr, (y0, x0)) in enumerate(zip(singles, weights, thresholds, origins)):
+            for k, (sci, wht, thr, (y0, x0), offset) in enumerate(zip(singles, weights, thresholds, origins, offsets)):
                 # the rows of this band the single covers, in its own rows
                 a, b = max(r0, y0) - y0, min(r1, y0 + np.shape(sci)[0]) - y0
                 if a >= b:
                     continue
                 part = stack[k, a + y0 - r0:b + y0 - r0, x0:x0 + np.shape(sci)[1]]
-                part[:] = sci[a:b]
+                np.subtract(sci[a:b], offset, out=part)
                 w = np.asarray(wht[a:b])
                 part[~(w >= thr) | (w == 0)] = np.nan
         median[r0:r1] = nanmedian_first_axis(stack)

@@ -25,6 +25,19 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
+# The warm job server (calimage3/job_server.py) is launched here, as early
+# as it can be (once the environment its workers inherit is set), so that its
+# imports overlap the rest of the parsing and the DAG's planning; whether this
+# run uses it (local, not --use-conda) is known only when the jobs start
+# (onstart).  A dry run or a finished output never starts jobs: the server
+# then exits with this process.
+if config.get("job_server", True) and workflow.is_main_process:
+    from calimage3.job_server import JobServer
+
+    JOB_SERVER = JobServer(tempfile.gettempdir())
+else:
+    JOB_SERVER = None
+
 from calimage3 import io as _io
 from calimage3.campaign import MANIFEST, manifest_entry, select_shard
 from calimage3.preflight import check_campaign, check_inputs, resolve_asn_paths
@@ -366,18 +379,6 @@ def job_server_wanted():
 
     return (bool(config.get("job_server", True)) and workflow.local_exec and workflow.is_main_process
             and DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method)
-
-
-# Launched now, so that its imports overlap the DAG's planning; whether this
-# run uses it (local, not --use-conda) is known only when the jobs start
-# (onstart).  A dry run or a finished output never starts jobs: the server
-# then exits with this process.
-if config.get("job_server", True) and workflow.is_main_process:
-    from calimage3.job_server import JobServer
-
-    JOB_SERVER = JobServer(tempfile.gettempdir())
-else:
-    JOB_SERVER = None
 
 
 def activate_job_server_if_wanted():

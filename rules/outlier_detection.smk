@@ -1,7 +1,8 @@
 # outlier_detection: the common grid, each exposure's pixel map onto it and
 # each exposure's WCS rendered for its _crf (one job, one folder), drizzle
-# each exposure alone onto the grid (one job each), take the median of those
-# in sections (one job), then blot the median back and flag outliers in each
+# each exposure alone onto the grid, its sky still in (one job each, not
+# waiting for skymatch), take the median of those less their sky levels in
+# sections (one job), then blot the median back and flag outliers in each
 # exposure (one job each), writing the _crf.
 
 OUTLIER_DRIZZLE = ("weight_type", "pixfrac", "kernel", "fillval", "good_bits", "resample_data")
@@ -53,7 +54,6 @@ rule outlier_grid:
 rule outlier_single:
     input:
         cal=cal_path,
-        sky=RULE.skymatch(),
         grid=RULE.outlier_grid_dir(),
     output:
         single=temp(RULE.outlier_single("{root}")),
@@ -81,6 +81,8 @@ rule outlier_median:
     input:
         singles=outlier_singles,
         grid=RULE.outlier_grid_dir(),
+        # the singles are drizzled with the sky in: the median subtracts each one's level
+        sky=RULE.skymatch(),
     output:
         median=RULE.outlier_median(),
     params:

@@ -244,7 +244,6 @@ rule outlier_tile_grid:
 rule outlier_tile_single:
     input:
         cal=cal_path,
-        sky=RULE.skymatch(),
         grid=RULE.outlier_tile_grid_dir("{tile}"),
     output:
         single=temp(RULE.outlier_tile_single("{tile}", "{root}")),
@@ -272,6 +271,8 @@ rule outlier_tile_median:
     input:
         singles=outlier_tile_singles,
         grid=RULE.outlier_tile_grid_dir("{tile}"),
+        # the singles are drizzled with the sky in: the median subtracts each one's level
+        sky=RULE.skymatch(),
     output:
         median=RULE.outlier_tile_median("{tile}"),
     params:

@@ -55,6 +55,8 @@ if name == "sleep":
     with open("sleep.pid", "w") as fh:
         fh.write(str(os.getpid()))
     time.sleep(120)
+if name == "first":  # long enough for the server to have imported everything meanwhile
+    time.sleep(3)
 import logging
 logging.getLogger("job").info("job %s ran", name)
 with open(snakemake.output[0], "w") as fh:
@@ -115,11 +117,15 @@ def test_job_runs_forked_from_the_server(mini_workflow):
 
 
 def test_jobs_in_one_worker_do_not_see_each_other(mini_workflow):
-    # one core: the jobs run one after the other, in the same worker
-    proc = _snakemake(mini_workflow, "a.txt", "b.txt", "c.txt", "big.txt", cores=1)
+    # one core: the jobs run one after the other, in the same worker; the first one runs
+    # while the server still imports, so its worker is let go and the others share the next
+    proc = _snakemake(mini_workflow, "first.txt", "a.txt", "b.txt", "c.txt", "big.txt", "--prioritize", "first.txt",
+                      cores=1)
     assert proc.returncode == 0, proc.stderr
     ids = [(mini_workflow / f"{n}.txt").read_text().split("\n")[0].split() for n in "abc"]
     assert len({pid for pid, *_ in ids}) == 1, "the worker was not reused"
+    first = (mini_workflow / "first.txt").read_text().split()
+    assert first[0] != ids[0][0] and first[1] == ids[0][1]
     # a job declaring much memory gets a fresh fork of its own
     big = (mini_workflow / "big.txt").read_text().split()
     assert big[0] != ids[0][0] and big[1] == ids[0][1]
@@ -198,3 +204,33 @@ def test_dry_and_no_op_runs_leave_no_socket_folder(mini_workflow):
     while list((mini_workflow / "sockets").iterdir()) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not list((mini_workflow / "sockets").iterdir())
+
+
+def test_workers_forked_before_the_imports_were_in_are_let_go():
+    """A worker forked while the server was still importing exits once the imports are in (its
+    next jobs would import them, and load asdf's extensions, each for itself); one forked after
+    them takes the next job."""
+    import selectors
+    import socket
+
+    from calimage3.job_server import _receive_message, _Worker, _WorkerPool
+
+    selector = selectors.DefaultSelector()
+    pool = _WorkerPool(selector, lambda: None)
+
+    def idle_worker(pid):
+        control, worker_end = socket.socketpair()
+        pool.workers[pid] = _Worker(pid, control, pool.preloaded)
+        selector.register(control, selectors.EVENT_READ, pid)
+        pool.idle.append(pid)
+        return worker_end
+
+    early = idle_worker(101)
+    pool.preload_done()
+    assert pool.idle == []
+    assert early.recv(1) == b""  # its control socket is closed: the worker's wait for a job ends, and it exits
+    late = idle_worker(102)
+    job, job_end = socket.socketpair()
+    pool.dispatch(job, [], {"mem_mb": 100}, b"payload", server_rss=0.0)
+    assert _receive_message(job_end) == {"pid": 102}
+    assert late.recv(4096)  # the job went down the late worker's control socket

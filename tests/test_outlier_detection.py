@@ -131,6 +131,24 @@ def test_median_count_is_the_number_of_singles_used():
     assert median[0, 0] == 3.0 and median[1, 2] == 2.5
 
 
+def test_median_subtracts_each_singles_offset():
+    """offsets (the sky levels of singles drizzled with their sky in) come off each single before the median,
+    as if the exposures had been sky-subtracted before drizzling."""
+    rng = np.random.default_rng(3)
+    shape, levels = (40, 30), [0.3, -0.1, 0.7, 0.25]
+    scene = rng.normal(1.0, 0.2, shape).astype(np.float32)
+    singles = [scene + np.float32(level) + rng.normal(0, 0.01, shape).astype(np.float32) for level in levels]
+    weights = [rng.uniform(0.5, 1.5, shape).astype(np.float32) for _ in levels]
+    weights[2][:5] = 0.0  # not covered: the offset does not matter there
+    subtracted = [s - np.float32(level) for s, level in zip(singles, levels)]
+    expected = median_in_sections(subtracted, weights, rows_per_section=7)
+    got = median_in_sections(singles, weights, rows_per_section=7, offsets=levels)
+    np.testing.assert_array_equal(got, expected)
+    assert abs(np.nanmedian(got - scene)) < 0.01  # the scene, not scene plus a mean sky
+    with pytest.raises(ValueError, match="offsets"):
+        median_in_sections(singles, weights, offsets=levels[:2])
+
+
 def test_median_nan_where_nothing_contributes():
     """Pixels with no usable single are NaN."""
     singles = [np.ones((3, 3), np.float32), np.full((3, 3), 3.0, np.float32)]

@@ -56,12 +56,16 @@ def test_median_of_inputs_flags_only_the_cosmic_ray(tmp_path, same_grid_exposure
     single, median, flag = _script("outlier_single"), _script("outlier_median"), _script("outlier_flag")
     singles = [tmp_path / f"single{k}.fits" for k in range(3)]
     for c, s in zip(cal, singles):
-        single.outlier_single(c, sky, None, s, resample_data=False)
+        single.outlier_single(c, None, s, resample_data=False)
     with io.open_image_sections(singles[0], ("SCI",)) as views:
         first = np.asarray(views["SCI"])
-    assert first.shape == SHAPE  # the exposure's own grid
-    np.testing.assert_allclose(first, io.read_exposure(cal[0]).data - SKY, atol=1e-6)
-    median.outlier_median(singles, tmp_path / "median.fits")
+    assert first.shape == SHAPE  # the exposure's own grid, the sky still in
+    np.testing.assert_allclose(first, io.read_exposure(cal[0]).data, atol=1e-6)
+    median.outlier_median(singles, tmp_path / "median.fits", sky)
+    with io.open_image_sections(tmp_path / "median.fits", ("SCI",)) as views:
+        # the sky levels are taken out in the median: here the sky-free scene
+        expected = np.median([io.read_exposure(c).data - SKY for c in cal], axis=0)
+        np.testing.assert_allclose(np.asarray(views["SCI"])[:, :10], expected[:, :10], atol=1e-6)
     crf = [tmp_path / f"crf{k}.fits" for k in range(3)]
     for c, w, out in zip(cal, wcs_files, crf):
         flag.outlier_flag(c, w, sky, tmp_path / "median.fits", None, out, resample_data=False)
@@ -75,7 +79,7 @@ def test_inputs_on_different_grids_are_rejected(tmp_path, same_grid_exposures):
     """resample_data=False with an exposure of another shape is a clear error naming the file."""
     cal, wcs_files, sky = same_grid_exposures
     single, flag = _script("outlier_single"), _script("outlier_flag")
-    single.outlier_single(cal[0], sky, None, tmp_path / "s0.fits", resample_data=False)
+    single.outlier_single(cal[0], None, tmp_path / "s0.fits", resample_data=False)
     with io.open_image_sections(tmp_path / "s0.fits", ("SCI",)) as views:
         io.write_image(tmp_path / "median.fits", {"SCI": np.asarray(views["SCI"])[:50]})
     with pytest.raises(io.InputFileError, match=cal[1].name):
