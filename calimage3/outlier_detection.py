@@ -343,33 +343,41 @@ def nanmedian_first_axis(stack):
     return median
 
 
-def abs_derivative(array):
+def abs_derivative(array, dtype=None):
     """Largest absolute difference between each pixel and its 4 neighbours.
 
     Parameters
     ----------
     array : ndarray, shape (ny, nx)
+    dtype : numpy float dtype or None
+        Precision of the differences and of the result; None: that of
+        ``array`` (float64 for an integer array).  float32 values given
+        with ``dtype=np.float64`` give exactly what their float64 copy
+        would, without the copy.
 
     Returns
     -------
-    ndarray, same shape and float dtype as ``array``
+    ndarray, same shape, of ``dtype``
         ``max(|a[j, i] - a[j +- 1, i]|, |a[j, i] - a[j, i +- 1]|)`` over
         the neighbours that exist and are finite; 0 where none is; NaN
         where ``array`` is NaN (as ``stcal``'s ``_abs_deriv``).
     """
     array = np.asarray(array)
-    if not np.issubdtype(array.dtype, np.floating):
-        array = array.astype(np.float64)
-    out = np.zeros_like(array)
-    with np.errstate(invalid="ignore"):
-        dy = np.abs(np.diff(array, axis=0))
-        dx = np.abs(np.diff(array, axis=1))
-    dy = np.where(np.isfinite(dy), dy, 0)
-    dx = np.where(np.isfinite(dx), dx, 0)
-    np.maximum(out[1:], dy, out=out[1:])
-    np.maximum(out[:-1], dy, out=out[:-1])
-    np.maximum(out[:, 1:], dx, out=out[:, 1:])
-    np.maximum(out[:, :-1], dx, out=out[:, :-1])
+    if dtype is None:
+        dtype = array.dtype if np.issubdtype(array.dtype, np.floating) else np.float64
+    out = np.zeros(array.shape, dtype=dtype)
+    # one difference array at a time, made finite in place: the temporaries
+    # of a 2048 x 2048 exposure are 32 MB each
+    for axis in (0, 1):
+        lead = (slice(None),) * axis
+        upper, lower = lead + (slice(1, None),), lead + (slice(None, -1),)
+        with np.errstate(invalid="ignore"):
+            step = np.subtract(array[upper], array[lower], dtype=dtype)
+        np.abs(step, out=step)
+        step[~np.isfinite(step)] = 0
+        np.maximum(out[upper], step, out=out[upper])
+        np.maximum(out[lower], step, out=out[lower])
+        del step
     out[np.isnan(array)] = np.nan
     return out
 
@@ -459,9 +467,9 @@ def flag_outliers(sci, err, blot, *, snr="5.0 4.0", scale="1.2 0.7", backg=0.0, 
     """
     snr1, snr2 = parse_pair(snr, "snr")
     scale1, scale2 = parse_pair(scale, "scale")
-    sci = np.asarray(sci, dtype=np.float64)
-    err = np.asarray(err, dtype=np.float64)
-    blot = np.asarray(blot, dtype=np.float64)
+    # Arithmetic in float64, as on float64 copies of the inputs, but without
+    # making them: float32 values enter each float64 operation exactly.
+    sci, err, blot = (_as_float(a) for a in (sci, err, blot))
     if sci.ndim != 2:
         raise ValueError(f"sci: must be 2-D, got shape {sci.shape}")
     for name, arr in (("err", err), ("blot", blot)):
@@ -480,21 +488,41 @@ def flag_outliers(sci, err, blot, *, snr="5.0 4.0", scale="1.2 0.7", backg=0.0, 
     if not (np.isfinite(flux_tolerance) and flux_tolerance >= 0):
         raise ValueError(f"flux_tolerance: must be a non-negative number, got {flux_tolerance!r}")
     usable = _usable(usable, sci.shape)
-    err = np.nan_to_num(err, nan=0.0, posinf=0.0, neginf=0.0)
-    deriv = abs_derivative(blot)
+    err = np.nan_to_num(err, nan=0.0, posinf=0.0, neginf=0.0)  # a copy, in the input's precision
+    deriv = abs_derivative(blot, dtype=np.float64)
     with np.errstate(invalid="ignore"):
-        diff = sci - blot - backg
+        diff = np.subtract(sci, blot, dtype=np.float64)
+        diff -= backg
     if backg_boxsize:
         diff -= residual_background(diff, backg_boxsize, usable=usable)
-    with np.errstate(invalid="ignore"):
-        adiff = np.abs(diff)
-        mask1 = (adiff > scale1 * deriv + snr1 * err) & usable
-        mask2 = adiff > scale2 * deriv + snr2 * err
+    # The two tests, a band of rows at a time: their thresholds and |diff|
+    # would otherwise be three more full-size float64 arrays.
+    mask1 = np.empty(sci.shape, dtype=bool)
+    mask2 = np.empty(sci.shape, dtype=bool)
+    for r0 in range(0, sci.shape[0], _ROWS_PER_BAND):
+        rows = slice(r0, r0 + _ROWS_PER_BAND)
+        adiff = np.abs(diff[rows])
+        for mask, scale_k, snr_k in ((mask1, scale1, snr1), (mask2, scale2, snr2)):
+            threshold = deriv[rows] * scale_k
+            threshold += np.multiply(err[rows], snr_k, dtype=np.float64)
+            with np.errstate(invalid="ignore"):
+                np.greater(adiff, threshold, out=mask[rows])
+    mask1 &= usable
     mask = _dilate_3x3(mask1) & mask2 & usable
     if flux_box and mask.any():
         tested = mask if blot_count is None else mask & (np.asarray(blot_count) >= 2.5)
         mask &= _flux_test(tested, diff, err, blot, usable, flux_box, snr1, flux_tolerance)
     return mask
+
+
+# Rows per band of the thresholds in `flag_outliers`.
+_ROWS_PER_BAND = 256
+
+
+def _as_float(array):
+    """``array`` as it is when float32 or float64, else a float64 copy."""
+    array = np.asarray(array)
+    return array if array.dtype in (np.float32, np.float64) else array.astype(np.float64)
 
 
 def _check_box(value, name, odd=False):
@@ -550,7 +578,8 @@ def _flux_test(mask, diff, err, blot, usable, size, snr1, tolerance):
         xx = xs[:, None, None] + off[None, None, :]
         inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
         yy, xx = np.clip(yy, 0, ny - 1), np.clip(xx, 0, nx - 1)
-        return np.where(inside & good[yy, xx], array[yy, xx] if np.ndim(array) else array, fill)
+        values = np.asarray(array[yy, xx], dtype=np.float64) if np.ndim(array) else array
+        return np.where(inside & good[yy, xx], values, fill)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN boxes: no sky, no peak

@@ -304,7 +304,7 @@ def _drizzle_inputs(exposure, output_wcs, *, sky_level, pixmap, grid_step, weigh
         var_rnoise=exposure.var_rnoise,
         input_range=input_range,
     )
-    sci = data.astype(np.float32) - np.float32(sky_level)
+    sci = np.subtract(data, np.float32(sky_level), dtype=np.float32)
     unusable = (weight == 0) | ~np.isfinite(sci)
     weight[unusable] = 0.0
     sci[unusable] = 0.0
@@ -361,18 +361,23 @@ def _output_bbox(pixmap, input_range, output_shape, pixel_scale_ratio):
     return (y0, y1, x0, x1)
 
 
-def _onto_cutout(kwargs, output_shape):
+def _onto_cutout(kwargs, output_shape, in_place=False):
     """The output box ``(y0, y1, x0, x1)`` an exposure's drizzle reaches (`_output_bbox`), and its
     ``add_image`` keywords with the pixel map shifted onto that box (unchanged when the box is empty).
 
     Drizzling onto the box is the drizzle onto the whole grid, cut: the same
-    values to float rounding (the shifted coordinates can differ in the last bit).
+    values to float rounding (the shifted coordinates can differ in the last
+    bit).  ``in_place`` shifts the caller's pixel map itself instead of a copy.
     """
     used = tuple(kwargs[k] for k in ("xmin", "xmax", "ymin", "ymax"))
     bbox = _output_bbox(kwargs["pixmap"], used, output_shape, kwargs["pixel_scale_ratio"])
     y0, y1, x0, x1 = bbox
     if y0 < y1 and x0 < x1:
-        kwargs = dict(kwargs, pixmap=kwargs["pixmap"] - np.array([x0, y0], dtype=np.float64))
+        origin = np.array([x0, y0], dtype=np.float64)
+        if in_place:
+            kwargs["pixmap"] -= origin
+        else:
+            kwargs = dict(kwargs, pixmap=kwargs["pixmap"] - origin)
     return bbox, kwargs
 
 
@@ -477,6 +482,7 @@ def drizzle_exposure(
     grid_step=16,
     iscale=1.0,
     input_range=None,
+    overwrite_pixmap=False,
 ):
     """Drizzle one exposure, with its variances, onto the output pixels it reaches.
 
@@ -504,6 +510,10 @@ def drizzle_exposure(
         ``(xmin, xmax, ymin, ymax)`` input pixels drizzle may use (with a
         precomputed ``pixmap``, `calimage3.pixmap.CoarsePixelMap.input_range`);
         None takes it from the bounding box of ``exposure.wcs``.
+    overwrite_pixmap : bool
+        Let the drizzle shift a float64 ``pixmap`` onto the output box in
+        place instead of in a copy (64 MB for a 2048 x 2048 exposure), for
+        a caller that is done with it.
 
     Returns
     -------
@@ -536,9 +546,12 @@ def drizzle_exposure(
         iscale=iscale,
         input_range=input_range,
     )
-    variances = {n: _clean_variance(getattr(exposure, n), sci.shape, weight) for n in _VAR_NAMES}
-    variances = {n: v for n, v in variances.items() if v is not None}
-    bbox, kwargs = _onto_cutout(kwargs, output_shape)
+    # Cleaned (`_clean_variance`) only when drizzled, one at a time: each is a
+    # full-size copy.
+    variances = {n: getattr(exposure, n) for n in _VAR_NAMES if getattr(exposure, n) is not None}
+    for var in variances.values():
+        _check_variance_shape(var, sci.shape)
+    bbox, kwargs = _onto_cutout(kwargs, output_shape, in_place=overwrite_pixmap)
     y0, y1, x0, x1 = bbox
     shape = (y1 - y0, x1 - x0)
     settings = dict(bbox=bbox, exptime=kwargs["exptime"], weight_type=weight_type, variance_method=variance_method)
@@ -554,17 +567,24 @@ def drizzle_exposure(
         if variance_method == "squared_weights" and names:
             driz = Drizzle(kernel=kernel, fillval="NAN", out_shape=shape,
                            out_img2=[None] * len(names), fillval2="NAN")
-            driz.add_image(sci, data2=[variances[n] for n in names], **kwargs)
+            driz.add_image(sci, data2=[_clean_variance(variances[n], sci.shape, weight) for n in names], **kwargs)
             for name, arr in zip(names, driz.out_img2):
                 resampled[name] = np.asarray(arr, dtype=np.float32)
         else:
             driz = Drizzle(kernel=kernel, fillval="NAN", out_shape=shape)
             driz.add_image(sci, **kwargs)
+            # the variances' drizzles only need their images: one weight array serves them all
+            discarded_wht = np.empty(shape, np.float32)
             for name in names if variance_method == "jwst" else ():
-                single = Drizzle(kernel=kernel, fillval="NAN", out_shape=shape, disable_ctx=True)
+                root_var = _clean_variance(variances[name], sci.shape, weight)
                 with np.errstate(invalid="ignore"):
-                    single.add_image(np.sqrt(variances[name]), **kwargs)
+                    np.sqrt(root_var, out=root_var)
+                discarded_wht.fill(0)
+                single = Drizzle(kernel=kernel, fillval="NAN", out_shape=shape, out_wht=discarded_wht,
+                                 disable_ctx=True)
+                single.add_image(root_var, **kwargs)
                 resampled[name] = np.asarray(single.out_img, dtype=np.float32)
+                del root_var
     return ExposureContribution(data=np.asarray(driz.out_img, dtype=np.float32),
                                 wht=np.asarray(driz.out_wht, dtype=np.float32),
                                 con=np.asarray(driz.out_ctx[0]) != 0, variances=resampled, **settings)
@@ -938,13 +958,17 @@ class ResampledImage:
         return self._combiner.finalize()
 
 
+def _check_variance_shape(var, shape):
+    if np.shape(var) != tuple(shape):
+        raise ValueError(f"variance array: shape {np.shape(var)} differs from data shape {tuple(shape)}")
+
+
 def _clean_variance(var, shape, weight):
-    """Float32 variance with zeros where the weight is zero; None if absent."""
+    """Float32 variance (a new array) with zeros where the weight is zero; None if absent."""
     if var is None:
         return None
     var = np.asarray(var, dtype=np.float32)
-    if var.shape != shape:
-        raise ValueError(f"variance array: shape {var.shape} differs from data shape {shape}")
+    _check_variance_shape(var, shape)
     return np.where(weight > 0, var, np.float32(0))
 
 
@@ -966,6 +990,7 @@ def drizzle_single(
     grid_step=16,
     input_range=None,
     cutout=False,
+    overwrite_pixmap=False,
 ):
     """Drizzle one exposure on its own (the outlier-detection "single").
 
@@ -996,6 +1021,8 @@ def drizzle_single(
         box on the grid, as `drizzle_exposure` finds it) and return the
         box too: on a large grid of many detectors each single is then a
         fraction of the grid, to compute, write and read.
+    overwrite_pixmap : bool
+        As for `drizzle_exposure` (with ``cutout``).
 
     Returns
     -------
@@ -1023,7 +1050,7 @@ def drizzle_single(
     )
     bbox = (0, output_shape[0], 0, output_shape[1])
     if cutout:
-        bbox, kwargs = _onto_cutout(kwargs, output_shape)
+        bbox, kwargs = _onto_cutout(kwargs, output_shape, in_place=overwrite_pixmap)
         if bbox[0] == bbox[1] or bbox[2] == bbox[3]:  # off the grid
             return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), bbox
     y0, y1, x0, x1 = bbox

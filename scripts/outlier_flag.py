@@ -68,6 +68,8 @@ def outlier_flag(cal_path, wcs_path, sky_path, median_path, pixmap_path, crf_pat
     del median
     count = _median_count(median_path)
     blot_count = None if count is None else blot(count, None, None, exposure.shape, pixmap=pixmap)
+    # the pixel map (16 bytes a pixel) and the grid-sized arrays are done with: not held through the test
+    del pixmap, count
     mask = flag_outliers(
         exposure.data - np.float32(sky_level), exposure.err, blotted,
         snr=parse_pair(params.get("snr", "5.0 4.0")), scale=parse_pair(params.get("scale", "1.2 0.7")),

@@ -61,7 +61,7 @@ def outlier_single(cal_path, pixmap_path, single_path, *, resample_data=True, ve
         pixfrac=params.get("pixfrac", 1.0), kernel=params.get("kernel", "square"),
         fillval=params.get("fillval", "INDEF"), weight_type=params.get("weight_type", "ivm"),
         good_bits=params.get("good_bits", "~DO_NOT_USE"),
-        pixmap=expand_pixel_map(coarse), input_range=coarse.input_range, cutout=True,
+        pixmap=expand_pixel_map(coarse), input_range=coarse.input_range, cutout=True, overwrite_pixmap=True,
     )
     write_single(single_path, data, wht, coarse.output_shape, root, (y0, x0))
     ny, nx = coarse.output_shape

@@ -56,7 +56,7 @@ def resample_exposure(exposure_path, pixmap_path, contribution_path, *, verify_c
         exposure, None, out_shape, sky_level=sky_level, pixmap=pixmap, input_range=coarse.input_range,
         pixfrac=params.get("pixfrac", 1.0), kernel=params.get("kernel", "square"),
         weight_type=params.get("weight_type", "ivm"),
-        good_bits=params.get("good_bits", "~DO_NOT_USE+NON_SCIENCE"),
+        good_bits=params.get("good_bits", "~DO_NOT_USE+NON_SCIENCE"), overwrite_pixmap=True,
     )
     del pixmap
     arrays, keywords = contribution.to_arrays()

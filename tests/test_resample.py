@@ -434,6 +434,12 @@ def test_contribution_is_cut_to_the_exposure():
     assert edge.bbox == (0, 21, 0, 13)
     off = drizzle_exposure(exp, wcs, (64, 200), pixmap=_identity(16, 16, dx=500.0))
     assert off.bbox == (0, 0, 0, 0) and off.data.shape == (0, 0)
+    # the pixel map is the caller's unless it hands it over: then it is shifted in place, same result
+    assert np.array_equal(pixmap, _identity(16, 16, dx=100.0, dy=20.0))
+    handed_over = drizzle_exposure(exp, wcs, (64, 200), pixmap=pixmap.copy(), overwrite_pixmap=True)
+    assert handed_over.bbox == small.bbox
+    for name in ("data", "wht", "con"):
+        np.testing.assert_array_equal(getattr(handed_over, name), getattr(small, name))
 
 
 def test_contribution_round_trips_through_arrays(noisy_set):
