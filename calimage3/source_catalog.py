@@ -358,16 +358,22 @@ def smooth(data, fwhm, mask=None):
     if mask is not None:
         bad |= mask
 
-    def separable(image, outside):
+    def separable(image, outside, scratch=None):
+        # the second pass writes into ``scratch`` (the first pass's input, no longer needed), not a new image
         rows = ndimage.correlate1d(image, profile, axis=0, mode="constant", cval=outside)
-        return ndimage.correlate1d(rows, profile, axis=1, mode="constant", cval=outside)
+        return ndimage.correlate1d(rows, profile, axis=1, output=scratch, mode="constant", cval=outside)
 
     if not bad.any():
         return separable(data, 0.0)
-    total = separable(np.where(bad, 0.0, data), 0.0)
-    weight = separable((~bad).astype(float), 1.0)  # beyond the edges counts as usable
+    masked = np.where(bad, 0.0, data)
+    total = separable(masked, 0.0, scratch=masked)
+    usable = (~bad).astype(float)
+    weight = separable(usable, 1.0, scratch=usable)  # beyond the edges counts as usable
+    covered = weight > 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(weight > 0, total / weight, np.nan)
+        np.divide(total, weight, out=total, where=covered)
+    total[~covered] = np.nan
+    return total
 
 
 def _multi_peak_labels(image, segm, min_area):
@@ -1665,13 +1671,17 @@ def make_source_catalog(
     bkg = _background(filled, box, coverage)
     # Both full-size images from one pair of axis operators (calimage3.background).
     bkg_image, bkg_rms = background_images(bkg)
-    sub = filled - bkg_image
+    # In place, and each full-size image dropped once used: on a large mosaic
+    # each is hundreds of MB.
+    sub = np.subtract(filled, bkg_image, out=filled)
+    del bkg_image, filled, data
     sub[coverage] = 0.0
     threshold = snr_threshold * bkg_rms
     segm, convolved = detect_segments(
         sub, threshold, kernel_fwhm=kernel_fwhm, npixels=npixels, deblend=deblend,
         mask=coverage,
     )
+    del threshold
     if segm is None:
         log.warning("No sources were found; the source catalog is empty")
         return _assemble(None, aperture_ee, meta), empty_segm
@@ -1684,8 +1694,9 @@ def make_source_catalog(
     if err_jy is not None:
         err_jy[coverage | ~np.isfinite(err_jy)] = 0.0
         err_jy *= to_jy
+    convolved *= to_jy
     scat = SourceCatalog(
-        data_jy << u.Jy, segm, convolved_data=(convolved * to_jy) << u.Jy,
+        data_jy << u.Jy, segm, convolved_data=convolved << u.Jy,
         error=None if err_jy is None else err_jy << u.Jy, mask=coverage, wcs=wcs,
     )
     labels = np.asarray(scat.label, dtype=np.int64)
