@@ -62,23 +62,34 @@ USAGE_TAG = "calimage3 job server usage:"
 # What the scripts import, at module level or inside the functions they
 # call, in the order the DAG first needs it: jobs that arrive while the
 # server is still importing are forked as soon as the modules of the early
-# steps are in (they import the rest themselves).  matplotlib (QA figures
-# only) is left out: it is large and the figures are off the critical path.
+# steps are in (they import the rest themselves).  skimage, matplotlib and
+# bottleneck are imported at top level only: photutils imports them in
+# every detection and catalog, to record their versions in its tables (in
+# a fresh worker, 0.1 s and 50 MB of page faults); matplotlib's plotting
+# modules (QA figures only) are left out.
 PRELOAD = (
     "numpy",
     "astropy.io.fits",
     "astropy.table",
     "snakemake.iocontainers",
     "snakemake.logging",
+    "snakemake.io",
+    "astropy.io.misc.yaml",
     "calimage3.io",
+    "calimage3.logs",
+    "calimage3.layout",
     "calimage3.usable",
     "photutils.background",
     "photutils.detection",
+    "skimage",
+    "matplotlib",
+    "bottleneck",
     "calimage3.source_detection",
     "asdf",
     "asdf_astropy",
     "gwcs",
     "tweakwcs",
+    "spherical_geometry.graph",
     "calimage3.tweakreg",
     "calimage3.assign_mtwcs",
     "calimage3.skymatch",
