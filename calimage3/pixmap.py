@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["CoarsePixelMap", "bounding_box_edges", "coarse_pixel_map", "expand_pixel_map", "full_pixel_map", "input_range",
-           "pixel_map"]
+           "pixel_map", "pixel_map_footprint"]
 
 
 @dataclass
@@ -242,3 +242,41 @@ def pixel_map(wcs_from, wcs_to, shape, grid_step=None):
     if grid_step is None or grid_step <= 1 or min(shape) < 4:
         return full_pixel_map(wcs_from, wcs_to, shape)
     return expand_pixel_map(coarse_pixel_map(wcs_from, wcs_to, shape, grid_step))
+
+
+def pixel_map_footprint(pixmap, shape, margin=8):
+    """The box of an output image that a pixel map's finite positions fall on, grown by ``margin``.
+
+    Parameters
+    ----------
+    pixmap : ndarray, shape (ny_in, nx_in, 2)
+        Output ``(x, y)`` pixel positions of the input pixels.
+    shape : tuple of int
+        ``(ny, nx)`` of the output image.
+    margin : int
+        Pixels added on every side (an interpolation's reach).
+
+    Returns
+    -------
+    tuple of int
+        ``(y0, y1, x0, x1)``, clipped to the image: a blot or drizzle through
+        ``pixmap`` reads only ``image[y0:y1, x0:x1]``.  The whole image when
+        no position is finite or all fall off the image on one side.  Every finite position is at least ``margin``
+        pixels inside the box, or on the image's own edge side, so positions
+        shifted by ``(x0, y0)`` are exact (an integer no larger than the
+        position is subtracted) and none reaches past an edge of the box
+        that is not the image's.
+    """
+    ny, nx = (int(v) for v in shape)
+    boxes = []
+    for axis, size in ((1, ny), (0, nx)):
+        values = pixmap[..., axis]
+        finite = values[np.isfinite(values)]
+        if finite.size == 0:
+            return 0, ny, 0, nx
+        low = int(np.clip(np.floor(finite.min()) - margin, 0, size))
+        high = int(np.clip(np.ceil(finite.max()) + margin + 1, low, size))
+        if low == high:  # entirely off the image
+            return 0, ny, 0, nx
+        boxes.extend((low, high))
+    return tuple(boxes)

@@ -1064,7 +1064,7 @@ def drizzle_single(
 
 
 def blot(median, median_wcs, target_wcs, target_shape, *, fillval=0.0, interp="linear",
-         grid_step=16, pixmap=None):
+         grid_step=16, pixmap=None, overwrite_pixmap=False):
     """Interpolate a resampled image back onto an exposure's pixel grid.
 
     Parameters
@@ -1088,6 +1088,11 @@ def blot(median, median_wcs, target_wcs, target_shape, *, fillval=0.0, interp="l
         Precomputed map from target pixels to ``median`` pixels (the same
         map that drizzles the exposure onto the median's grid); the WCSs
         are not used when it is given.
+    overwrite_pixmap : bool
+        Let the edits below (edge positions, undefined ones) be made in a
+        float64 ``pixmap`` itself instead of a copy, for a caller that is
+        done with it or blots several images through it (the edits do not
+        change an edited map).
 
     Returns
     -------
@@ -1120,7 +1125,8 @@ def blot(median, median_wcs, target_wcs, target_shape, *, fillval=0.0, interp="l
     if pixmap is None:
         pixmap = pixel_map(target_wcs, median_wcs, target_shape, grid_step)
     else:
-        pixmap = np.array(pixmap, dtype=np.float64)  # edited below: never the caller's
+        # edited below: the caller's only when handed over
+        pixmap = np.asarray(pixmap, dtype=np.float64) if overwrite_pixmap else np.array(pixmap, dtype=np.float64)
         if pixmap.shape != target_shape + (2,):
             raise ValueError(f"pixmap: shape {pixmap.shape} does not match target_shape {target_shape} + (2,)")
     # tblot interpolates up to half a pixel beyond the last row/column but

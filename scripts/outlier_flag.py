@@ -13,7 +13,7 @@ import numpy as np
 from calimage3 import io, layout
 from calimage3.logs import configure_logging
 from calimage3.outlier_detection import apply_outlier_flags, flag_outliers, flag_outliers_unresampled, parse_pair
-from calimage3.pixmap import expand_pixel_map
+from calimage3.pixmap import expand_pixel_map, pixel_map_footprint
 from calimage3.provenance import provenance_keywords
 from calimage3.resample import blot
 from calimage3.usable import usable_pixel_mask
@@ -47,14 +47,14 @@ def outlier_flag(cal_path, wcs_path, sky_path, median_path, pixmap_path, crf_pat
         io.write_exposure(crf_path, exposure, rendered_wcs=rendered)
         log.info("outlier_detection: skipped by configuration; %s written unflagged", crf_path)
         return
-    with io.open_image_sections(median_path, ("SCI",)) as views:
-        median = np.asarray(views["SCI"], dtype=np.float32)
     coarse = io.read_pixel_map(pixmap_path) if pixmap_path else None
     # Outside the WCS bounding box (from the pixel map, else the _cal's WCS),
     # NON_SCIENCE and DO_NOT_USE: never flagged.
     input_range = coarse.input_range if coarse is not None else io.read_bounding_box_range(cal_path)
     usable = usable_pixel_mask(exposure.dq, good_bits="~DO_NOT_USE", input_range=input_range)
     if not resample_data:
+        with io.open_image_sections(median_path, ("SCI",)) as views:
+            median = np.asarray(views["SCI"], dtype=np.float32)
         if median.shape != exposure.shape:
             raise io.InputFileError(cal_path, f"resample_data=False needs every exposure on one pixel grid: "
                                               f"shape {exposure.shape} differs from the median's {median.shape}")
@@ -63,12 +63,20 @@ def outlier_flag(cal_path, wcs_path, sky_path, median_path, pixmap_path, crf_pat
                                          backg_boxsize=params.get("backg_boxsize", 0), usable=usable)
         _write_flagged(exposure, mask, usable, crf_path, rendered)
         return
+    # Only the part of the median the exposure falls on is read (on a mosaic
+    # of several detectors, a fraction of it), and the pixel map is shifted
+    # onto that part in place.
     pixmap = expand_pixel_map(coarse)
-    blotted = blot(median, None, None, exposure.shape, pixmap=pixmap)
+    with io.open_image_sections(median_path, ("SCI",)) as views:
+        y0, y1, x0, x1 = pixel_map_footprint(pixmap, views["SCI"].shape)
+        median = np.asarray(views["SCI"][y0:y1, x0:x1], dtype=np.float32)
+    pixmap -= np.array([x0, y0], dtype=np.float64)
+    blotted = blot(median, None, None, exposure.shape, pixmap=pixmap, overwrite_pixmap=True)
     del median
-    count = _median_count(median_path)
-    blot_count = None if count is None else blot(count, None, None, exposure.shape, pixmap=pixmap)
-    # the pixel map (16 bytes a pixel) and the grid-sized arrays are done with: not held through the test
+    count = _median_count(median_path, (y0, y1, x0, x1))
+    blot_count = None if count is None else blot(count, None, None, exposure.shape, pixmap=pixmap,
+                                                 overwrite_pixmap=True)
+    # the pixel map (16 bytes a pixel) is done with: not held through the test
     del pixmap, count
     mask = flag_outliers(
         exposure.data - np.float32(sky_level), exposure.err, blotted,
@@ -80,12 +88,14 @@ def outlier_flag(cal_path, wcs_path, sky_path, median_path, pixmap_path, crf_pat
     _write_flagged(exposure, mask, usable, crf_path, rendered)
 
 
-def _median_count(median_path):
-    """The median's NCOMB (singles per pixel) as float32, or None for a median written without it."""
+def _median_count(median_path, box):
+    """The median's NCOMB (singles per pixel) in ``box`` ``(y0, y1, x0, x1)`` as float32, or None
+    for a median written without it."""
     if "ncomb" not in io.read_image_meta(median_path)[1]:
         return None
+    y0, y1, x0, x1 = box
     with io.open_image_sections(median_path, ("NCOMB",)) as views:
-        return np.asarray(views["NCOMB"], dtype=np.float32)
+        return np.asarray(views["NCOMB"][y0:y1, x0:x1], dtype=np.float32)
 
 
 def _write_flagged(exposure, mask, usable, crf_path, rendered):

@@ -5,8 +5,8 @@ import pytest
 
 from calimage3 import io
 from calimage3.exposure import Exposure
-from calimage3.pixmap import coarse_pixel_map, expand_pixel_map, full_pixel_map, input_range
-from calimage3.resample import drizzle_single
+from calimage3.pixmap import coarse_pixel_map, expand_pixel_map, full_pixel_map, input_range, pixel_map_footprint
+from calimage3.resample import blot, drizzle_single
 from calimage3.wcs_tools import distortion_model, imaging_wcs, output_wcs
 
 SHAPE = (1000, 1100)  # not a multiple of the grid step: the last interval is short
@@ -141,3 +141,30 @@ def test_drizzle_from_stored_map_equals_drizzle_from_wcs(tmp_path):
     np.testing.assert_array_equal(np.isnan(from_map), np.isnan(from_wcs))
     np.testing.assert_allclose(from_map, from_wcs, rtol=1e-5, equal_nan=True)
     np.testing.assert_allclose(wht_map, wht_wcs, rtol=1e-5)
+
+
+def test_blot_of_the_footprint_equals_blot_of_the_whole_image():
+    """Blotting only the part of a large image a distorted exposure falls on, through the pixel map shifted
+    onto that part, gives the blot of the whole image (the shift is exact; drizzle's blot rounds the
+    positions to float32, so the values agree to that precision)."""
+    rng = np.random.default_rng(5)
+    exposure_wcs = _distorted_wcs((64, 80))
+    grid_wcs = imaging_wcs((300, 260), (53.1, -27.8), 0.031, 10.0)
+    image = rng.normal(1.0, 0.3, (300, 260)).astype(np.float32)
+    pixmap = full_pixel_map(exposure_wcs, grid_wcs, (64, 80))
+    pixmap[3, 4] = np.nan  # an undefined position stays undefined
+    y0, y1, x0, x1 = pixel_map_footprint(pixmap, image.shape)
+    assert 0 < y0 and y1 < 300 and 0 < x0 and x1 < 260  # a part of the image, not all of it
+    inside = pixmap[np.isfinite(pixmap[..., 0])]
+    assert inside[:, 0].min() - x0 >= 8 and x1 - inside[:, 0].max() >= 8
+    whole = blot(image, None, None, (64, 80), pixmap=pixmap)
+    shifted = pixmap - np.array([x0, y0], dtype=np.float64)
+    part = blot(image[y0:y1, x0:x1], None, None, (64, 80), pixmap=shifted, overwrite_pixmap=True)
+    np.testing.assert_allclose(part, whole, rtol=1e-4, atol=0)
+    assert np.array_equal(np.isnan(part), np.isnan(whole)) and np.array_equal(part == 0, whole == 0)
+    assert (shifted[3, 4] == -1.0).all()  # the handed-over map was edited in place
+    # off the image entirely, or nothing defined: the whole image
+    assert pixel_map_footprint(pixmap + 1000.0, image.shape) == (0, 300, 0, 260)
+    assert pixel_map_footprint(np.full((4, 4, 2), np.nan), image.shape) == (0, 300, 0, 260)
+    # near an edge the box is clipped to the image
+    assert pixel_map_footprint(pixmap - pixmap[..., :1].min(), image.shape)[2] == 0
