@@ -765,8 +765,10 @@ class MosaicCombiner:
         self._finalized = True
         wht = self._wht
         covered = wht != 0
+        # Divisions in float64 rounded to float32, written where defined only
+        # (a masked ufunc: boolean-index copies of a large mosaic are slow).
         data = np.full(self.output_shape, self._fill, np.float32)
-        data[covered] = self._wsum[covered] / wht[covered]
+        np.divide(self._wsum, wht, out=data, where=covered, casting="same_kind")
         self._wsum = None
         out = {"data": data, "wht": wht, "con": self._con}
         for name in _VAR_NAMES:
@@ -774,19 +776,21 @@ class MosaicCombiner:
                 out[name] = np.full(self.output_shape, np.nan, np.float32)
                 continue
             vsum = self._var_sum.pop(name)
-            if self.variance_method == "jwst":
-                vwht = self._var_wht.pop(name).astype(np.float64)
-                ok = vwht > 0
-            else:
-                vwht = wht.astype(np.float64)
-                ok = wht > 0
+            vwht = self._var_wht.pop(name) if self.variance_method == "jwst" else wht
+            ok = vwht > 0
             var = np.full(self.output_shape, np.nan, np.float32)
-            var[ok] = vsum[ok] / (vwht[ok] * vwht[ok])
+            np.divide(vsum, np.square(vwht, dtype=np.float64), out=var, where=ok, casting="same_kind")
             out[name] = var
             del vsum, vwht
-        stack = np.stack([out[n] for n in _VAR_NAMES])
-        all_nan = np.all(np.isnan(stack), axis=0)
-        err = np.sqrt(np.nansum(stack, axis=0)).astype(np.float32)
+        # err = sqrt of the NaN-skipping sum of the variances, summed in place
+        # in their order (as a nansum over a stack of them, without the stack)
+        total = np.zeros(self.output_shape, np.float32)
+        all_nan = np.ones(self.output_shape, bool)
+        for name in _VAR_NAMES:
+            missing = np.isnan(out[name])
+            total += np.where(missing, np.float32(0), out[name])
+            all_nan &= missing
+        err = np.sqrt(total, out=total)
         err[all_nan] = np.nan
         out["err"] = err
         return out
