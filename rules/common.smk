@@ -11,11 +11,6 @@ from snakemake.logging import logger
 from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
-from calimage3.config import coerce_types
-
-with open(Path(workflow.basedir) / "config" / "schema.yaml") as _fh:
-    coerce_types(config, yaml.safe_load(_fh))
-validate(config, "../config/schema.yaml")
 
 # Scripts import the package from this checkout, also inside --use-conda envs.
 os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -26,17 +21,24 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 # The warm job server (calimage3/job_server.py) is launched here, as early
-# as it can be (once the environment its workers inherit is set), so that its
-# imports overlap the rest of the parsing and the DAG's planning; whether this
-# run uses it (local, not --use-conda) is known only when the jobs start
-# (onstart).  A dry run or a finished output never starts jobs: the server
-# then exits with this process.
+# as it can be (once the environment its workers inherit is set; before the
+# configuration check, whose `job_server` value `job_server_wanted` reads
+# again), so that its imports overlap the rest of the parsing and the DAG's
+# planning; whether this run uses it (local, not --use-conda) is known only
+# when the jobs start (onstart).  A dry run, a finished output or a parse
+# error never starts jobs: the server then exits with this process.
 if config.get("job_server", True) and workflow.is_main_process:
     from calimage3.job_server import JobServer
 
     JOB_SERVER = JobServer(tempfile.gettempdir())
 else:
     JOB_SERVER = None
+
+from calimage3.config import coerce_types
+
+with open(Path(workflow.basedir) / "config" / "schema.yaml") as _fh:
+    coerce_types(config, yaml.safe_load(_fh))
+validate(config, "../config/schema.yaml")
 
 from calimage3 import io as _io
 from calimage3.campaign import MANIFEST, manifest_entry, select_shard
