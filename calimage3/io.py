@@ -186,8 +186,16 @@ def atomic_path(path, *, unique=False):
         raise
 
 
+# Keywords that describe the bytes of the file a header came from (MAST's
+# _cal files carry them): copied into a product they would not match it.
+_CHECKSUM_KEYWORDS = ("CHECKSUM", "DATASUM")
+
+
 def _write_hdus(path, hdus):
-    """Write HDUs as one FITS file, atomically."""
+    """Write HDUs as one FITS file, atomically, without checksum keywords copied from an input."""
+    for hdu in hdus:
+        for key in _CHECKSUM_KEYWORDS:
+            hdu.header.remove(key, ignore_missing=True, remove_all=True)
     with atomic_path(path) as tmp:
         fits.HDUList(hdus).writeto(tmp, overwrite=True)
 

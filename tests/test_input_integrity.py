@@ -370,6 +370,24 @@ def test_checksum_mismatch_named_by_reader(dither_copy):
     assert io.read_exposure(cals[0], verify_checksums=False).data.shape == (256, 256)
 
 
+def test_members_with_checksums_run_to_the_end(tmp_path, dither_copy):
+    """Intact members carrying CHECKSUM/DATASUM, as MAST serves them, give every product: the _crf,
+    contributions and mosaic made from them do not carry the inputs' checksums (which would not match
+    them and stopped the resample jobs that verify the _crf)."""
+    asn, cals = dither_copy
+    for cal in cals:
+        _with_checksums(cal)
+    out = tmp_path / "out"
+    proc = _run(f"asn={asn}", out, "qa_figures=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    products = [*out.glob("*_crf.fits"), *out.glob("*_i2d.fits"), *out.glob("*_segm.fits")]
+    assert len(list(out.glob("*_crf.fits"))) == len(cals) and len(products) == len(cals) + 2
+    for path in products:
+        with fits.open(path) as hdul:
+            for hdu in hdul:
+                assert "CHECKSUM" not in hdu.header and "DATASUM" not in hdu.header, (path.name, hdu.name)
+
+
 def test_checksum_mismatch_stops_first_job(tmp_path, dither_copy):
     """A damaged member with checksums stops the run in the first job that reads it; no product is made."""
     asn, cals = dither_copy
