@@ -470,8 +470,9 @@ def _open_fits(path, check_data=True, verify_checksums=False):
     except Exception as exc:
         raise InputFileError(path, f"not a readable FITS file ({exc})") from None
     try:
-        if verify_checksums:
+        if verify_checksums and not _checksums_on_record(path, verify_checksums):
             verify_fits_checksums(hdul, path)
+            _record_checksums(path, verify_checksums)
         if "SCI" not in hdul or (hdul["SCI"].header.get("NAXIS", 0) != 2 if not check_data
                                  else hdul["SCI"].data is None):
             raise InputFileError(path, "no 2-D SCI image extension")
@@ -621,10 +622,14 @@ def read_exposure(path, arrays=None, *, with_wcs=True, with_input_range=False, v
     with_input_range : bool
         Also return the pixel range inside the WCS's bounding box
         (`read_bounding_box_range`), from the file already open.
-    verify_checksums : bool
+    verify_checksums : bool or str or Path
         Check the ``DATASUM`` and ``CHECKSUM`` of every HDU that carries
         them (MAST files do) against the bytes on disk; this reads every
         HDU's data, also of arrays not asked for.  HDUs without them pass.
+        A folder: the same, unless a record there says that the file, with
+        its present size and modification time, passed in an earlier job;
+        a file that passes is recorded there (`layout.checksum_records`:
+        each member is then verified by the first job that reads it).
 
     Returns
     -------
@@ -682,7 +687,7 @@ def read_aligned_exposure(cal_path, wcs_path, sky_path, *, arrays=None, verify_c
         The skymatch JSON of the association.
     arrays : iterable of str or None
         Arrays to read (see `read_exposure`); all by default.
-    verify_checksums : bool
+    verify_checksums : bool or str or Path
         Verify the file's FITS checksums (see `read_exposure`).
 
     Returns
@@ -869,6 +874,33 @@ def verify_fits_checksums(hdul, path):
             if "CHECKSUM" in hdu.header and hdu.verify_checksum() == 0:
                 raise InputFileError(path, f"{name}: its header and data do not match CHECKSUM: the file is "
                                            f"damaged (set verify_checksums: false to read it anyway)")
+
+
+def _checksum_record(path, records):
+    """The file in folder ``records`` that says ``path`` passed its checksums (None: no folder)."""
+    if isinstance(records, bool) or records is None:
+        return None
+    return Path(records) / f"{Path(path).name}.json"
+
+
+def _checksums_on_record(path, records):
+    """Whether ``path``, as it is now (`file_identity`), passed its checksums in an earlier job of the run."""
+    record = _checksum_record(path, records)
+    if record is None:
+        return False
+    try:
+        return json.loads(record.read_text()) == list(file_identity(path) or ())
+    except (OSError, ValueError):
+        return False
+
+
+def _record_checksums(path, records):
+    """Note in folder ``records`` that ``path``, as it is now, passed its checksums."""
+    record = _checksum_record(path, records)
+    identity = file_identity(path)
+    if record is not None and identity is not None:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        write_json(record, list(identity))
 
 
 def file_identity(path, resolved_folders=None):

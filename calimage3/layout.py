@@ -17,6 +17,7 @@ __all__ = [
     "rendered_wcs",
     "member_files",
     "files_or_folder",
+    "checksum_records",
 ]
 
 # The grid's own WCS file in a grid folder (outlier detection: an ASDF gwcs;
@@ -68,3 +69,16 @@ def files_or_folder(paths, name_of, roots):
     if len(paths) == 1 and os.path.isdir(paths[0]):
         return member_files(name_of, paths[0], roots)
     return paths
+
+
+def checksum_records(config):
+    """How a job verifies the FITS checksums of the members it reads (`calimage3.io.read_exposure`).
+
+    The folder ``output_dir/work/checksums`` (shared by a campaign's
+    products), where each member that passed is recorded with its size and
+    modification time, so that only the first job to read it verifies it;
+    False when ``verify_checksums`` is off.
+    """
+    if not config.get("verify_checksums", True):
+        return False
+    return os.path.join(str(config["output_dir"]), "work", "checksums")

@@ -116,4 +116,4 @@ if "snakemake" in globals():
     median = snakemake.input.get("median")
     outlier_flag(snakemake.input.cal, layout.rendered_wcs(grid, root), snakemake.input.sky,
                  median, layout.pixel_map(grid, root) if median else None, snakemake.output.crf,
-                 verify_checksums=snakemake.config.get("verify_checksums", True), **params)
+                 verify_checksums=layout.checksum_records(snakemake.config), **params)

@@ -73,4 +73,4 @@ if "snakemake" in globals():
     configure_logging(snakemake.log[0])
     pixmap = layout.pixel_map(snakemake.input.grid, snakemake.wildcards.root)
     outlier_single(snakemake.input.cal, pixmap, snakemake.output.single,
-                   verify_checksums=snakemake.config.get("verify_checksums", True), **snakemake.params.step)
+                   verify_checksums=layout.checksum_records(snakemake.config), **snakemake.params.step)

@@ -72,4 +72,4 @@ if "snakemake" in globals():
     configure_logging(snakemake.log[0])
     pixmap = layout.pixel_map(snakemake.input.grid, snakemake.wildcards.root)
     resample_exposure(snakemake.input.exposure, pixmap, snakemake.output.contribution,
-                      verify_checksums=snakemake.config.get("verify_checksums", True), **snakemake.params.step)
+                      verify_checksums=layout.checksum_records(snakemake.config), **snakemake.params.step)

@@ -77,4 +77,4 @@ if "snakemake" in globals():
     # verify_checksums is read from the config, not a param: it changes no output, so it reruns nothing.
     wcs_paths = layout.member_files(layout.aligned_wcs, snakemake.input.wcs, snakemake.params.roots)
     skymatch(snakemake.input.cal, wcs_paths, snakemake.output.levels,
-             verify_checksums=snakemake.config.get("verify_checksums", True), **snakemake.params.step)
+             verify_checksums=layout.checksum_records(snakemake.config), **snakemake.params.step)

@@ -97,4 +97,4 @@ if "snakemake" in globals():
                       list(snakemake.input.medians),
                       [layout.pixel_map(g, root) for g in snakemake.input.tile_grids], snakemake.output.crf,
                       margin=snakemake.params.margin,
-                      verify_checksums=snakemake.config.get("verify_checksums", True), **snakemake.params.step)
+                      verify_checksums=layout.checksum_records(snakemake.config), **snakemake.params.step)

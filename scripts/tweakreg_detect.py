@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 
-from calimage3 import io
+from calimage3 import io, layout
 from calimage3.logs import configure_logging
 from calimage3.source_detection import detect_sources
 from calimage3.usable import usable_pixel_mask
@@ -45,4 +45,4 @@ if "snakemake" in globals():
     configure_logging(snakemake.log[0])
     # verify_checksums is read from the config, not a param: it changes no output, so it reruns nothing.
     tweakreg_detect(snakemake.input.cal, snakemake.output.sources,
-                    verify_checksums=snakemake.config.get("verify_checksums", True), **snakemake.params.step)
+                    verify_checksums=layout.checksum_records(snakemake.config), **snakemake.params.step)

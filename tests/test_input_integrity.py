@@ -370,6 +370,27 @@ def test_checksum_mismatch_named_by_reader(dither_copy):
     assert io.read_exposure(cals[0], verify_checksums=False).data.shape == (256, 256)
 
 
+def test_checksums_verified_once_per_file_as_it_is(tmp_path, dither_copy):
+    """With a records folder, a member that passes its checksums is recorded, and later reads of the same
+    file (same size and modification time) skip the verification; a file changed since is verified again."""
+    _, cals = dither_copy
+    _with_checksums(cals[0])
+    records = tmp_path / "records"
+    io.read_exposure(cals[0], verify_checksums=records)
+    (record,) = records.iterdir()
+    assert record.name == f"{cals[0].name}.json"
+    assert json.loads(record.read_text())[1:] == [cals[0].stat().st_size, cals[0].stat().st_mtime_ns]
+    # damage that keeps size and time is on record as verified: not read again (the first job saw the file)
+    stat = cals[0].stat()
+    _flip_sci_byte(cals[0])
+    os.utime(cals[0], ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    io.read_exposure(cals[0], arrays=("data",), with_wcs=False, verify_checksums=records)
+    # a file written since is verified again
+    os.utime(cals[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    with pytest.raises(io.InputFileError, match="its data do not match DATASUM"):
+        io.read_exposure(cals[0], arrays=("data",), with_wcs=False, verify_checksums=records)
+
+
 def test_members_with_checksums_run_to_the_end(tmp_path, dither_copy):
     """Intact members carrying CHECKSUM/DATASUM, as MAST serves them, give every product: the _crf,
     contributions and mosaic made from them do not carry the inputs' checksums (which would not match
@@ -386,6 +407,9 @@ def test_members_with_checksums_run_to_the_end(tmp_path, dither_copy):
         with fits.open(path) as hdul:
             for hdu in hdul:
                 assert "CHECKSUM" not in hdu.header and "DATASUM" not in hdu.header, (path.name, hdu.name)
+    # each member verified by its first reader and recorded, the later jobs trusting the record
+    recorded = {p.name for p in (out / "work" / "checksums").iterdir()}
+    assert {f"{c.name}.json" for c in cals} <= recorded
 
 
 def test_checksum_mismatch_stops_first_job(tmp_path, dither_copy):
