@@ -363,6 +363,20 @@ def simulate_set(data, n, size, detectors, psf):
     if psf == "jwst":
         kwargs.update(psf="jwst", psf_filter="F150W", saturation=3000.0, n_saturated=4 * detectors)
     simulate_dither(data, **kwargs)
+    add_mast_checksums(data)
+
+
+def add_mast_checksums(data):
+    """Give every _cal in ``data`` the CHECKSUM/DATASUM keywords MAST's files carry (the workflow verifies
+    them); files that have them are left alone, so data simulated by an earlier run gets them once."""
+    from astropy.io import fits
+
+    for path in sorted(data.glob("*_cal.fits")):
+        with fits.open(path) as hdul:
+            if "DATASUM" in hdul[1].header:
+                continue
+            hdul.writeto(path.with_suffix(".tmp"), checksum=True)
+        os.replace(path.with_suffix(".tmp"), path)
 
 
 def main(argv=None):
@@ -411,6 +425,7 @@ def main(argv=None):
         if not data.exists():
             print(f"simulating {label} ...", flush=True)
             simulate_set(data, n, size, detectors, args.psf)
+        add_mast_checksums(data)
         asn = next(data.glob("*_asn.json"))
         line = {"set": label, "n_exposures": n * detectors, "size": size, "detectors": detectors}
         for cores in args.cores:
@@ -447,7 +462,7 @@ def main(argv=None):
     md = ["# calimage3 benchmark", "",
           f"Machine: {os.cpu_count()} cores. Data: `calimage3.simulate`, "
           + ("JWST-like diffraction PSF (F150W) with saturated stars" if args.psf == "jwst" else "Gaussian PSF")
-          + ". Times in seconds; QA figures off. Job seconds, CPU seconds and memory are the jobs' own "
+          + ", the _cal files with FITS checksums as MAST serves them. Times in seconds; QA figures off. Job seconds, CPU seconds and memory are the jobs' own "
           "(run by the job server's workers, from their logs; Snakemake's benchmark files when it is off); "
           "memory is the largest job's peak RSS (MB), shared library pages included."
           + (f" Extra config: `{' '.join(args.config)}`." if args.config else "")
