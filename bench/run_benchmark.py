@@ -462,7 +462,8 @@ def main(argv=None):
     md = ["# calimage3 benchmark", "",
           f"Machine: {os.cpu_count()} cores. Data: `calimage3.simulate`, "
           + ("JWST-like diffraction PSF (F150W) with saturated stars" if args.psf == "jwst" else "Gaussian PSF")
-          + ", the _cal files with FITS checksums as MAST serves them. Times in seconds; QA figures off. Job seconds, CPU seconds and memory are the jobs' own "
+          + ", the _cal files with FITS checksums as MAST serves them. Times in seconds; QA figures off. "
+          "Job seconds, CPU seconds and memory are the jobs' own "
           "(run by the job server's workers, from their logs; Snakemake's benchmark files when it is off); "
           "memory is the largest job's peak RSS (MB), shared library pages included."
           + (f" Extra config: `{' '.join(args.config)}`." if args.config else "")

@@ -244,7 +244,8 @@ def median_in_sections(singles, weights, *, maskpt=0.7, rows_per_section=256, ty
         r1 = min(ny, r0 + rows_per_section)
         stack = np.full((n, r1 - r0, nx), np.nan, dtype=np.float32)
         with reading:
-            for k, (sci, wht, thr, (y0, x0), offset) in enumerate(zip(singles, weights, thresholds, origins, offsets)):
+            for k, (sci, wht, thr, (y0, x0), offset) in enumerate(
+                    zip(singles, weights, thresholds, origins, offsets)):
                 # the rows of this band the single covers, in its own rows
                 a, b = max(r0, y0) - y0, min(r1, y0 + np.shape(sci)[0]) - y0
                 if a >= b:

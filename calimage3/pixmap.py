@@ -261,11 +261,11 @@ def pixel_map_footprint(pixmap, shape, margin=8):
     tuple of int
         ``(y0, y1, x0, x1)``, clipped to the image: a blot or drizzle through
         ``pixmap`` reads only ``image[y0:y1, x0:x1]``.  The whole image when
-        no position is finite or all fall off the image on one side.  Every finite position is at least ``margin``
-        pixels inside the box, or on the image's own edge side, so positions
-        shifted by ``(x0, y0)`` are exact (an integer no larger than the
-        position is subtracted) and none reaches past an edge of the box
-        that is not the image's.
+        no position is finite or all fall off the image on one side.  Every
+        finite position is at least ``margin`` pixels inside the box, or on
+        the image's own edge side, so positions shifted by ``(x0, y0)`` are
+        exact (an integer no larger than the position is subtracted) and
+        none reaches past an edge of the box that is not the image's.
     """
     ny, nx = (int(v) for v in shape)
     boxes = []

@@ -54,5 +54,5 @@ def outlier_median(single_paths, median_path, sky_path=None, *, maskpt=0.7, rows
 
 if "snakemake" in globals():
     configure_logging(snakemake.log[0])
-    outlier_median(snakemake.input.singles, snakemake.output.median, snakemake.input.sky, maskpt=snakemake.params.maskpt,
-                   threads=snakemake.threads)
+    outlier_median(snakemake.input.singles, snakemake.output.median, snakemake.input.sky,
+                   maskpt=snakemake.params.maskpt, threads=snakemake.threads)
