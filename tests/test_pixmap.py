@@ -167,4 +167,6 @@ def test_blot_of_the_footprint_equals_blot_of_the_whole_image():
     assert pixel_map_footprint(pixmap + 1000.0, image.shape) == (0, 300, 0, 260)
     assert pixel_map_footprint(np.full((4, 4, 2), np.nan), image.shape) == (0, 300, 0, 260)
     # near an edge the box is clipped to the image
-    assert pixel_map_footprint(pixmap - pixmap[..., :1].min(), image.shape)[2] == 0
+    at_left_edge = pixmap - np.array([np.nanmin(pixmap[..., 0]), 0.0])
+    width = np.nanmax(at_left_edge[..., 0])
+    assert pixel_map_footprint(at_left_edge, image.shape)[2:] == (0, int(np.ceil(width)) + 8 + 1)
