@@ -26,7 +26,8 @@ Step 2 is what costs (opening every member); with ``cache_dir`` its
 findings are kept in ``cache_dir/.calimage3/preflight.json``, keyed by the
 file's resolved path, size, modification time and `CHECK_VERSION`, so a
 later start reads only files that changed.  The FITS checksums of MAST
-files are verified by the jobs that read the data (`calimage3.io.read_exposure`).
+files are verified by the first job that reads the data
+(`calimage3.io.read_exposure`, `calimage3.layout.checksum_records`).
 """
 
 import glob
