@@ -37,6 +37,13 @@ rule job:
     log: "{{name}}.log"
     resources: mem_mb=lambda wildcards: 3000 if wildcards.name == "big" else 100
     script: "job.py"
+
+# jobs in workers forked once the server's imports are in (first.txt's job outlasts them)
+rule later:
+    input: "first.txt"
+    output: "{{name}}.later"
+    log: "{{name}}.later.log"
+    script: "job.py"
 """
 
 MINI_SCRIPT = """
@@ -57,6 +64,23 @@ if name == "sleep":
     time.sleep(120)
 if name == "first":  # long enough for the server to have imported everything meanwhile
     time.sleep(3)
+if name == "alloc":  # 400 MB in arrays above glibc's largest mmap threshold, then freed
+    import numpy as np
+    arrays = [np.ones((2048, 2048)) for _ in range(12)]
+    del arrays
+if name == "watch":  # the resident memory of the worker that ran "alloc", once it is done
+    import re
+    while not os.path.exists("alloc.later"):
+        time.sleep(0.02)
+    worker = int(open("alloc.later").read().split()[0])
+    def resident_mb():
+        text = open(f"/proc/{worker}/status").read()
+        return int(re.search(r"VmRSS:\\s+(\\d+)", text).group(1)) / 1024
+    time.sleep(0.3)
+    kept = resident_mb()
+    time.sleep(2.5)
+    with open("watch.rss", "w") as fh:
+        fh.write(f"{kept} {resident_mb()}")
 import logging
 logging.getLogger("job").info("job %s ran", name)
 with open(snakemake.output[0], "w") as fh:
@@ -134,6 +158,15 @@ def test_jobs_in_one_worker_do_not_see_each_other(mini_workflow):
         # each job's log holds its own lines only
         assert f"job {name} ran" in log and sum("ran" in line for line in log.splitlines()) == 1
         assert _usage(mini_workflow / f"{name}.log")[0]["worker"] == ids["abc".index(name)][0]
+
+
+def test_worker_keeps_freed_memory_for_the_next_job_and_gives_it_back_when_idle(mini_workflow):
+    """Freed arrays stay in the worker's heap (the next job reuses the pages instead of
+    faulting in fresh ones) until no job has come for a second; then they go back."""
+    proc = _snakemake(mini_workflow, "alloc.later", "watch.later")
+    assert proc.returncode == 0, proc.stderr
+    kept, idle = (float(v) for v in (mini_workflow / "watch.rss").read_text().split())
+    assert kept > idle + 300, (kept, idle)
 
 
 def test_failing_job_fails_with_its_traceback_in_log_and_terminal(mini_workflow):
