@@ -659,18 +659,19 @@ def _worker_main(control, conn, fds, header, payload):
         jobs += 1
         retire = _worker_should_retire(result, jobs, header)
         try:
-            _send_message(control, {"result": result})
-            if not retire:
-                import gc
-
-                gc.collect()
-                if _resident_mb() > _WORKER_KEEP_MB:
-                    _release_free_memory()
-                _send_message(control, {"ready": True})
+            # ready at once: a job sent meanwhile waits for the clean-up below in
+            # the socket, where it would otherwise get a fresh fork (with one core,
+            # the next job's request could come before this worker's turn to run)
+            _send_message(control, {"result": result, "ready": not retire})
         except OSError:
             retire = True
         if retire:
             os._exit(0)
+        import gc
+
+        gc.collect()
+        if _resident_mb() > _WORKER_KEEP_MB:
+            _release_free_memory()
         if not _readable(control, _IDLE_KEEP_S):
             _release_free_memory()
         job = _receive_job(control)
