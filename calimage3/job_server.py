@@ -62,10 +62,12 @@ USAGE_TAG = "calimage3 job server usage:"
 # What the scripts import, at module level or inside the functions they
 # call, in the order the DAG first needs it: jobs that arrive while the
 # server is still importing are forked as soon as the modules of the early
-# steps are in (they import the rest themselves).  skimage, matplotlib and
-# bottleneck are imported at top level only: photutils imports them in
-# every detection and catalog, to record their versions in its tables (in
-# a fresh worker, 0.1 s and 50 MB of page faults); matplotlib's plotting
+# steps are in (they import the rest themselves).  skimage, matplotlib,
+# gwcs and bottleneck are imported at top level only, before the first
+# step's modules: photutils imports them in every detection and catalog, to
+# record their versions in its tables (in a fresh worker, 0.1 s and 50 MB
+# of page faults for the first three; gwcs alone is 170 modules); asdf's
+# extensions are loaded later (`_AFTER_IMPORT`), and matplotlib's plotting
 # modules (QA figures only) are left out.
 PRELOAD = (
     "numpy",
@@ -84,10 +86,10 @@ PRELOAD = (
     "skimage",
     "matplotlib",
     "bottleneck",
+    "gwcs",
     "calimage3.source_detection",
     "asdf",
     "asdf_astropy",
-    "gwcs",
     "tweakwcs",
     "spherical_geometry.graph",
     "calimage3.tweakreg",
@@ -119,8 +121,9 @@ def _load_asdf_extensions():
     asdf.get_config().extensions
 
 
-# First calls that cost more than the import, made right after it.
-_AFTER_IMPORT = {"gwcs": _load_asdf_extensions}
+# First calls that cost more than the import, made right after it (gwcs has
+# imported asdf by then: its extensions wait until the first step's modules are in).
+_AFTER_IMPORT = {"asdf": _load_asdf_extensions}
 # Seconds a connecting job may take to send its request.
 _REQUEST_TIMEOUT = 30.0
 
