@@ -32,16 +32,19 @@ write_campaign_manifest()
 # imported the science libraries once (calimage3/job_server.py; config job_server).
 onstart:
     activate_job_server_if_wanted()
+    freeze_live_objects()
 
 
 onsuccess:
     stop_job_server()
     cancel_idle_timers()
+    freeze_live_objects()
 
 
 onerror:
     stop_job_server()
     cancel_idle_timers()
+    freeze_live_objects()
 
 
 rule all:
