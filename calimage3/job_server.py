@@ -196,6 +196,7 @@ def run_in_job_server(script_globals):
             "executable": sys.executable,
             "sys_path": sys.path,
             "mem_mb": _declared_mem_mb(job),
+            "threads": int(getattr(job, "threads", 1) or 1),
         }).encode()
         payload = pickle.dumps(job, protocol=4)
         socket.send_fds(sock, [struct.pack("!II", len(header), len(payload))], [0, 1, 2])
@@ -760,6 +761,10 @@ def _run_job(conn, fds, header, payload):
              "handlers": list(logging.getLogger().handlers), "level": logging.getLogger().level,
              "streams": (sys.stdin, sys.stdout, sys.stderr),
              "numpy_err": sys.modules["numpy"].geterr() if "numpy" in sys.modules else None}
+    if header.get("threads", 1) > 1:
+        # its threads allocate in arenas of their own, which cannot reuse the
+        # memory the worker kept in its main heap: that would only add to its peak
+        _release_free_memory()
     before = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     start_rss = _resident_mb()
     _reset_peak_rss()
