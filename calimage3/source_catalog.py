@@ -328,7 +328,7 @@ def _gaussian_profile(fwhm):
     return profile / profile.sum()
 
 
-def smooth(data, fwhm, mask=None):
+def smooth(data, fwhm, mask=None, *, threads=1):
     """``data`` convolved with a normalised Gaussian, masked pixels interpolated over.
 
     The result of ``astropy.convolution.convolve(data, kernel, mask=mask,
@@ -346,6 +346,9 @@ def smooth(data, fwhm, mask=None):
         FWHM of the Gaussian, pixels.
     mask : ndarray of bool or None
         True where a pixel must be left out.
+    threads : int
+        With 2 or more, the data's and the weights' convolutions run at
+        once (scipy.ndimage releases the GIL); the result is the same.
 
     Returns
     -------
@@ -366,9 +369,18 @@ def smooth(data, fwhm, mask=None):
     if not bad.any():
         return separable(data, 0.0)
     masked = np.where(bad, 0.0, data)
-    total = separable(masked, 0.0, scratch=masked)
     usable = (~bad).astype(float)
-    weight = separable(usable, 1.0, scratch=usable)  # beyond the edges counts as usable
+    del bad
+    if threads > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:
+            weighing = pool.submit(separable, usable, 1.0, scratch=usable)
+            total = separable(masked, 0.0, scratch=masked)
+            weight = weighing.result()
+    else:
+        total = separable(masked, 0.0, scratch=masked)
+        weight = separable(usable, 1.0, scratch=usable)  # beyond the edges counts as usable
     covered = weight > 0
     with np.errstate(divide="ignore", invalid="ignore"):
         np.divide(total, weight, out=total, where=covered)
@@ -422,7 +434,7 @@ def _deblend(convolved, segm, n_pixels):
     )
 
 
-def detect_segments(data, threshold, *, kernel_fwhm=2.0, npixels=5, deblend=False, mask=None):
+def detect_segments(data, threshold, *, kernel_fwhm=2.0, npixels=5, deblend=False, mask=None, threads=1):
     """Convolve, threshold and (optionally) deblend a background-subtracted image.
 
     Parameters
@@ -441,6 +453,8 @@ def detect_segments(data, threshold, *, kernel_fwhm=2.0, npixels=5, deblend=Fals
         Deblend overlapping sources (32 exponential levels, contrast 0.001).
     mask : ndarray of bool or None
         True where a pixel has no coverage; such pixels join no source.
+    threads : int
+        Threads for the convolution (`smooth`).
 
     Returns
     -------
@@ -453,7 +467,7 @@ def detect_segments(data, threshold, *, kernel_fwhm=2.0, npixels=5, deblend=Fals
     _check_positive("kernel_fwhm", kernel_fwhm)
     _check_positive("npixels", npixels, integer=True)
     npixels = int(npixels)
-    convolved = smooth(data, kernel_fwhm, mask)
+    convolved = smooth(data, kernel_fwhm, mask, threads=threads)
     if mask is not None:
         convolved[mask] = 0.0
     convolved = np.nan_to_num(convolved, nan=0.0, copy=False)
@@ -1544,7 +1558,7 @@ def make_source_catalog(
     data, err, wcs, *, wht=None, pixar_sr, bkg_boxsize=1000, kernel_fwhm=2.0,
     snr_threshold=3.0, npixels=5, deblend=False, aperture_ee1=30, aperture_ee2=50,
     aperture_ee3=70, ci1_star_threshold=2.0, ci2_star_threshold=1.8, abvega_offset=None,
-    psf_fwhm=None, apcorr_table=None, pixel_scale_ratio=1.0, apcorr_source=None, min_psf_stars=5,
+    psf_fwhm=None, apcorr_table=None, pixel_scale_ratio=1.0, apcorr_source=None, min_psf_stars=5, threads=1,
 ):
     """Detect sources on a mosaic and measure the JWST source-catalog columns.
 
@@ -1600,6 +1614,9 @@ def make_source_catalog(
         Minimum number of stars for the measured encircled-energy curve;
         with fewer, ``aper_total_*`` are NaN and
         ``meta['aperture_params']['method']`` is ``'refused'``.
+    threads : int
+        Threads for the detection image's convolution (`smooth`); the
+        catalog does not depend on it.
 
     Returns
     -------
@@ -1679,7 +1696,7 @@ def make_source_catalog(
     threshold = snr_threshold * bkg_rms
     segm, convolved = detect_segments(
         sub, threshold, kernel_fwhm=kernel_fwhm, npixels=npixels, deblend=deblend,
-        mask=coverage,
+        mask=coverage, threads=threads,
     )
     del threshold
     if segm is None:

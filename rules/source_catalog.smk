@@ -20,7 +20,9 @@ rule source_catalog:
         f"{RULE.logs}/source_catalog.log",
     benchmark:
         f"{RULE.bench}/source_catalog.tsv"
-    threads: 1
+    # the last job, alone on the machine: its convolutions and the input's
+    # checksum run in two threads (Snakemake lowers this to --cores when fewer are given)
+    threads: 2
     resources:
         mem_mb=mem_mb_group,
         runtime=runtime_minutes,

@@ -7,6 +7,7 @@ from calimage3.job_server import run_in_job_server
 run_in_job_server(globals())
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ log = logging.getLogger("source_catalog")
 
 
 def source_catalog(i2d_path, cat_path, segm_path, *, override_apcorr="", override_abvegaoffset="", tile=None,
-                   **params):
+                   threads=1, **params):
     """Detect and measure sources in the _i2d; write _cat.ecsv and _segm.fits.
 
     ``override_apcorr``/``override_abvegaoffset``: APCORR and ABVEGAOFFSET
@@ -30,7 +31,9 @@ def source_catalog(i2d_path, cat_path, segm_path, *, override_apcorr="", overrid
     ``CRDS_PATH`` names one, else none).  ``tile``: for a sky tile's _i2d,
     ``{"tile": id, "pixel_scale": ..., "tile_size": ...}``; only the sources
     whose centroid the tile's core owns are kept, in the catalog and in the
-    segmentation map (the others are measured by their own tile).
+    segmentation map (the others are measured by their own tile).  With
+    ``threads`` > 1 the detection image's convolutions run at once, and the
+    inputs' checksums (provenance) are computed beside the catalog.
     """
     arrays, rendered, meta = io.read_i2d_rendered(i2d_path, arrays=("err", "wht"))
     # Files the user did not give come from a local CRDS cache, when there is one (offline).
@@ -58,13 +61,17 @@ def source_catalog(i2d_path, cat_path, segm_path, *, override_apcorr="", overrid
         wcs, _, _ = io.read_exposure_wcs(i2d_path)
     else:
         log.info("source_catalog: sky coordinates from the exact TAN WCS of the SCI header")
-    table, segm = make_source_catalog(arrays["data"], arrays["err"], wcs, wht=arrays.get("wht"),
-                                      pixar_sr=float(meta["PIXAR_SR"]), **{**params, **refs})
+    inputs = [i2d_path, *(p for p in (override_apcorr, override_abvegaoffset) if p)]
+    with ThreadPoolExecutor(1) as hasher:
+        # file reads and hashing release the GIL: with threads, beside the catalog
+        pending = hasher.submit(io.input_checksums, inputs) if threads > 1 else None
+        table, segm = make_source_catalog(arrays["data"], arrays["err"], wcs, wht=arrays.get("wht"),
+                                          pixar_sr=float(meta["PIXAR_SR"]), threads=threads, **{**params, **refs})
+        checksums = pending.result() if pending else io.input_checksums(inputs)
     if tile is not None:
         table, segm = _owned_part(table, segm, **tile)
-    ref_files = [p for p in (override_apcorr, override_abvegaoffset) if p]
     step_params = {**params, "override_apcorr": override_apcorr, "override_abvegaoffset": override_abvegaoffset}
-    provenance = provenance_keywords("source_catalog", step_params, io.input_checksums([i2d_path, *ref_files]))
+    provenance = provenance_keywords("source_catalog", step_params, checksums)
     table.meta.update({"product": str(i2d_path).rsplit("/", 1)[-1], "filter": meta.get("FILTER", ""),
                        "apcorr_source": refs.get("apcorr_source", "psf_stars (no APCORR file)"),
                        "abvega_source": abvega_source, "provenance": provenance})
@@ -95,4 +102,4 @@ if "snakemake" in globals():
     owner = ({"tile": snakemake.wildcards.tile, **snakemake.params.owner} if hasattr(snakemake.params, "owner")
              else None)
     source_catalog(snakemake.input.i2d, snakemake.output.cat, snakemake.output.segm, tile=owner,
-                   **snakemake.params.step)
+                   threads=snakemake.threads, **snakemake.params.step)

@@ -501,3 +501,6 @@ def test_smooth_equals_astropy_convolve(fwhm):
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-13, equal_nan=True)
     clean = rng.normal(size=(50, 40))
     np.testing.assert_allclose(smooth(clean, fwhm), convolve(clean, kernel, normalize_kernel=True), rtol=0, atol=1e-13)
+    # the data's and the weights' passes in two threads: the same numbers
+    for m in (None, mask):
+        np.testing.assert_array_equal(smooth(data, fwhm, m, threads=2), smooth(data, fwhm, m))
