@@ -356,31 +356,31 @@ def smooth(data, fwhm, mask=None, *, threads=1):
         NaN where no usable pixel is within the kernel.
     """
     profile = _gaussian_profile(fwhm)
-    data = np.asarray(data, dtype=float)
-    bad = ~np.isfinite(data)
+    image = np.array(data, dtype=float)  # a copy, convolved in place
+    bad = ~np.isfinite(image)
     if mask is not None:
         bad |= mask
 
-    def separable(image, outside, scratch=None):
-        # the second pass writes into ``scratch`` (the first pass's input, no longer needed), not a new image
-        rows = ndimage.correlate1d(image, profile, axis=0, mode="constant", cval=outside)
-        return ndimage.correlate1d(rows, profile, axis=1, output=scratch, mode="constant", cval=outside)
+    def separable(values, outside):
+        # in place: scipy reads each line into a buffer before it writes the line back
+        ndimage.correlate1d(values, profile, axis=0, output=values, mode="constant", cval=outside)
+        return ndimage.correlate1d(values, profile, axis=1, output=values, mode="constant", cval=outside)
 
     if not bad.any():
-        return separable(data, 0.0)
-    masked = np.where(bad, 0.0, data)
+        return separable(image, 0.0)
+    image[bad] = 0.0
     usable = (~bad).astype(float)
     del bad
     if threads > 1:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(1) as pool:
-            weighing = pool.submit(separable, usable, 1.0, scratch=usable)
-            total = separable(masked, 0.0, scratch=masked)
+            weighing = pool.submit(separable, usable, 1.0)
+            total = separable(image, 0.0)
             weight = weighing.result()
     else:
-        total = separable(masked, 0.0, scratch=masked)
-        weight = separable(usable, 1.0, scratch=usable)  # beyond the edges counts as usable
+        total = separable(image, 0.0)
+        weight = separable(usable, 1.0)  # beyond the edges counts as usable
     covered = weight > 0
     with np.errstate(divide="ignore", invalid="ignore"):
         np.divide(total, weight, out=total, where=covered)
