@@ -470,8 +470,9 @@ def _open_fits(path, check_data=True, verify_checksums=False):
     except Exception as exc:
         raise InputFileError(path, f"not a readable FITS file ({exc})") from None
     try:
-        if verify_checksums and not _checksums_on_record(path, verify_checksums):
-            verify_fits_checksums(hdul, path)
+        # recorded only when there was something to verify: not the _crf the workflow writes itself
+        if (verify_checksums and not _checksums_on_record(path, verify_checksums)
+                and verify_fits_checksums(hdul, path)):
             _record_checksums(path, verify_checksums)
         if "SCI" not in hdul or (hdul["SCI"].header.get("NAXIS", 0) != 2 if not check_data
                                  else hdul["SCI"].data is None):
@@ -858,12 +859,18 @@ def verify_fits_checksums(hdul, path):
     path : str or Path
         For the message.
 
+    Returns
+    -------
+    bool
+        Whether any HDU carried a checksum (a file with none has nothing to record).
+
     Raises
     ------
     InputFileError
         Naming the HDU whose data or header differ from their checksum.
         HDUs that carry neither keyword pass.
     """
+    carried = False
     for index, hdu in enumerate(hdul):
         name = f"HDU {index}" + (f" ({hdu.name})" if hdu.name and hdu.name != "PRIMARY" else "")
         with warnings.catch_warnings():
@@ -874,6 +881,8 @@ def verify_fits_checksums(hdul, path):
             if "CHECKSUM" in hdu.header and hdu.verify_checksum() == 0:
                 raise InputFileError(path, f"{name}: its header and data do not match CHECKSUM: the file is "
                                            f"damaged (set verify_checksums: false to read it anyway)")
+        carried = carried or "DATASUM" in hdu.header or "CHECKSUM" in hdu.header
+    return carried
 
 
 def _checksum_record(path, records):
