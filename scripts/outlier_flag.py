@@ -67,13 +67,15 @@ def outlier_flag(cal_path, wcs_path, sky_path, median_path, pixmap_path, crf_pat
     # of several detectors, a fraction of it), and the pixel map is shifted
     # onto that part in place.
     pixmap = expand_pixel_map(coarse)
-    with io.open_image_sections(median_path, ("SCI",)) as views:
+    # NCOMB (singles per pixel) is there unless the median was written without it
+    names = ("SCI", "NCOMB") if "ncomb" in io.read_image_meta(median_path)[1] else ("SCI",)
+    with io.open_image_sections(median_path, names) as views:
         y0, y1, x0, x1 = pixel_map_footprint(pixmap, views["SCI"].shape)
         median = np.asarray(views["SCI"][y0:y1, x0:x1], dtype=np.float32)
-    pixmap -= np.array([x0, y0], dtype=np.float64)
-    blotted = blot(median, None, None, exposure.shape, pixmap=pixmap, overwrite_pixmap=True)
-    del median
-    count = _median_count(median_path, (y0, y1, x0, x1))
+        pixmap -= np.array([x0, y0], dtype=np.float64)
+        blotted = blot(median, None, None, exposure.shape, pixmap=pixmap, overwrite_pixmap=True)
+        del median
+        count = np.asarray(views["NCOMB"][y0:y1, x0:x1], dtype=np.float32) if "NCOMB" in views else None
     blot_count = None if count is None else blot(count, None, None, exposure.shape, pixmap=pixmap,
                                                  overwrite_pixmap=True)
     # the pixel map (16 bytes a pixel) is done with: not held through the test
@@ -86,16 +88,6 @@ def outlier_flag(cal_path, wcs_path, sky_path, median_path, pixmap_path, crf_pat
         blot_count=blot_count,
     )
     _write_flagged(exposure, mask, usable, crf_path, rendered)
-
-
-def _median_count(median_path, box):
-    """The median's NCOMB (singles per pixel) in ``box`` ``(y0, y1, x0, x1)`` as float32, or None
-    for a median written without it."""
-    if "ncomb" not in io.read_image_meta(median_path)[1]:
-        return None
-    y0, y1, x0, x1 = box
-    with io.open_image_sections(median_path, ("NCOMB",)) as views:
-        return np.asarray(views["NCOMB"][y0:y1, x0:x1], dtype=np.float32)
 
 
 def _write_flagged(exposure, mask, usable, crf_path, rendered):
