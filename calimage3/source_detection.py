@@ -19,6 +19,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 from photutils.background import Background2D
 from photutils.detection import DAOStarFinder, IRAFStarFinder
 from photutils.utils import NoDetectionsWarning
+from scipy.ndimage import convolve
 from scipy.special import erf
 
 from .background import background_images
@@ -31,6 +32,7 @@ STARFINDERS = {"iraf": "iraf", "irafstarfinder": "iraf", "dao": "dao", "daostarf
 
 _CATALOG_COLUMNS = ("x", "y", "flux")
 _RECENTER_CHUNK = 1024
+_PEAK_CHUNK = 8192  # candidate pixels per gather in `circular_peaks` (chunk x footprint float64s)
 
 
 # --------------------------------------------------------------------------
@@ -131,6 +133,93 @@ def _windowed_centroids(image, bad, x, y, fwhm, niter=30, tol=1e-4):
     usable = ok & ~truncated
     return np.where(usable, xc, x), np.where(usable, yc, y), usable
 
+
+def circular_peaks(data, threshold, radius, mask=None):
+    """The peaks photutils' star finders search for, found only among pixels above ``threshold``.
+
+    The same ``(x, y)``, in the same order, as
+    ``photutils.detection.find_peaks(data, threshold, min_separation=radius,
+    mask=mask)``.  photutils tests every pixel of the image and checks the
+    tens of thousands of noise maxima it finds against its circular
+    footprint one at a time in Python (0.3-0.6 s for a 2048 x 2048
+    exposure); only pixels above the threshold can be peaks, so only they
+    are tested here, all at once.
+
+    Parameters
+    ----------
+    data : ndarray, shape (ny, nx)
+        Image (the finder's convolved image).
+    threshold : float
+        Peaks must be strictly above it; positive.
+    radius : float
+        photutils ``min_separation``, pixels; positive.
+    mask : ndarray of bool or None
+        True where a pixel may not be a peak.
+
+    Returns
+    -------
+    ndarray of int, shape (n, 2)
+        ``(x, y)`` of each peak, in row-major order.
+
+    Notes
+    -----
+    photutils' rule, reproduced for a pixel of value ``v``: ``v`` is the
+    maximum of the box of ``size = len(np.arange(-radius, radius + 1))``
+    pixels around it, or both the maximum of a smaller box inscribed in
+    the circle and the maximum of the circular footprint (offsets ``k -
+    size // 2``, kept where ``np.arange(-radius, radius + 1)[k]`` lies
+    within ``radius`` of the origin); outside the image the values are 0.
+    For a radius under about 2 pixels the "inscribed" box is larger than
+    the footprint and photutils' rule differs from a plain circular
+    maximum filter; it is photutils' rule that the finders use.  NaNs
+    are replaced by the smallest value and may not be peaks; a constant
+    image has none.
+    """
+    data = np.asarray(data, dtype=float)
+    if not threshold > 0 or not radius > 0:
+        raise ValueError(f"circular_peaks: threshold and radius must be positive, got {threshold}, {radius}")
+    none = np.empty((0, 2), dtype=np.intp)
+    if data.size == 0 or np.all(data == data.flat[0]):
+        return none
+    nan = np.isnan(data)
+    if nan.any():
+        data = np.where(nan, np.nanmin(data), data)
+    above = data > threshold
+    above &= ~nan
+    if mask is not None:
+        above &= ~np.asarray(mask, dtype=bool)
+    ys, xs = np.nonzero(above)
+    if ys.size == 0:
+        return none
+
+    idx = np.arange(-radius, radius + 1)
+    size, half = idx.size, idx.size // 2
+    half_side = math.floor(radius / math.sqrt(2) - (0.5 if size % 2 == 0 else 0.0))
+    inscribed = max(2 * half_side + 1, 3) // 2
+    lo, hi = max(half, inscribed), max(size - 1 - half, inscribed)
+    offsets = np.arange(-lo, hi + 1)
+    oy, ox = (a.ravel() for a in np.meshgrid(offsets, offsets, indexing="ij"))
+    in_box = (oy >= -half) & (oy <= size - 1 - half) & (ox >= -half) & (ox <= size - 1 - half)
+    in_inscribed = (np.abs(oy) <= inscribed) & (np.abs(ox) <= inscribed)
+    in_footprint = np.zeros(oy.size, dtype=bool)
+    in_footprint[in_box] = (idx[oy[in_box] + half] ** 2 + idx[ox[in_box] + half] ** 2) <= radius**2
+
+    padded = np.pad(data, lo, constant_values=0.0)
+    ys, xs = ys + lo, xs + lo
+    values = padded[ys, xs]
+    # A peak is at least its immediate neighbours in both boxes: that rejects most pixels cheaply.
+    keep = np.ones(ys.size, dtype=bool)
+    for dy, dx in zip(oy[in_box & (np.abs(oy) <= 1) & (np.abs(ox) <= 1)], ox[in_box & (np.abs(oy) <= 1) & (np.abs(ox) <= 1)]):
+        keep &= padded[ys + dy, xs + dx] <= values
+    ys, xs, values = ys[keep], xs[keep], values[keep]
+    keep = np.empty(ys.size, dtype=bool)
+    for start in range(0, ys.size, _PEAK_CHUNK):
+        part = slice(start, start + _PEAK_CHUNK)
+        local = padded[ys[part, None] + oy, xs[part, None] + ox]
+        v = values[part]
+        keep[part] = (v == local[:, in_box].max(axis=1)) | (
+            (v == local[:, in_inscribed].max(axis=1)) & (v == local[:, in_footprint].max(axis=1, initial=-np.inf)))
+    return np.column_stack([xs[keep] - lo, ys[keep] - lo]) if keep.any() else none
 
 def _background(data, bad, bkg_boxsize):
     """Background map and its median RMS, ignoring ``bad`` pixels."""
@@ -263,13 +352,18 @@ def detect_sources(
     threshold = snr_threshold * rms
 
     finder_class = IRAFStarFinder if STARFINDERS[starfinder.lower()] == "iraf" else DAOStarFinder
-    finder = finder_class(
-        threshold,
-        kernel_fwhm,
-        peak_max=peakmax,
-        sharpness_range=(sharplo, sharphi),
-        roundness_range=(roundlo, roundhi),
-    )
+    settings = dict(peak_max=peakmax, sharpness_range=(sharplo, sharphi), roundness_range=(roundlo, roundhi))
+    finder = finder_class(threshold, kernel_fwhm, **settings)
+    # The finder's own peak search, done faster (`circular_peaks`): its
+    # threshold on the convolved image (DAOStarFinder scales it), its
+    # footprint, its convolution; the finder then measures those peaks.
+    convolved = convolve(work, finder.kernel.data, mode="constant", cval=0.0)
+    peaks = circular_peaks(convolved, getattr(finder, "threshold_eff", finder.threshold),
+                           finder.min_separation, mask=bad)
+    del convolved
+    if len(peaks) == 0:
+        return _empty_catalog()
+    finder = finder_class(threshold, kernel_fwhm, xycoords=peaks, **settings)
     with warnings.catch_warnings():
         # "No sources were found" is an ordinary outcome here.
         warnings.simplefilter("ignore", NoDetectionsWarning)

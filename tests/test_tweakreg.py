@@ -9,7 +9,8 @@ from calimage3 import io
 from calimage3 import tweakreg
 from calimage3.dqflags import good_pixel_mask
 from calimage3.simulate import simulate_dither
-from calimage3.source_detection import detect_sources
+from calimage3 import source_detection
+from calimage3.source_detection import circular_peaks, detect_sources
 from calimage3.tweakreg import (
     AlignmentResult,
     TangentPlaneCorrector,
@@ -162,6 +163,80 @@ def test_detect_sources_drops_stars_cut_by_the_edge():
     raw = detect_sources(image, recenter=False)
     assert len(raw) == 2 and raw["x"].min() < 2.0
 
+
+
+def _photutils_peaks(data, threshold, radius, mask=None):
+    """(x, y) of photutils' own ``find_peaks`` search (the star finders' peaks)."""
+    import warnings
+
+    from photutils.detection import find_peaks
+    from photutils.utils import NoDetectionsWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoDetectionsWarning)
+        table = find_peaks(data, threshold, min_separation=radius, mask=mask)
+    if table is None:
+        return np.empty((0, 2), dtype=int)
+    return np.transpose((table["x_peak"], table["y_peak"]))
+
+
+@pytest.mark.parametrize("radius", [1.0, 1.5, 2.0, 2.5, 3.0, 4.7, 5.5, 6.25, 12.0])
+def test_circular_peaks_are_photutils_peaks(radius):
+    """Same peaks, same order as photutils find_peaks, with ties, NaNs, masks and edges."""
+    rng = np.random.default_rng(int(radius * 100))
+    for trial in range(12):
+        shape = tuple(rng.integers(6, 160, 2))
+        data = rng.normal(0.0, 1.0, shape)
+        if trial % 3 == 0:
+            data = np.round(data, 1)  # plateaus of equal values
+        if trial % 4 == 1:
+            data[rng.random(shape) < 0.02] = np.nan
+        mask = rng.random(shape) < 0.05 if trial % 2 else None
+        threshold = rng.uniform(0.3, 2.0)
+        expected = _photutils_peaks(data, threshold, radius, mask)
+        assert np.array_equal(circular_peaks(data, threshold, radius, mask=mask), expected), trial
+
+
+def test_circular_peaks_on_a_star_field_with_saturated_stars(tmp_path):
+    """On a JWST-PSF exposure (saturated cores masked), convolved as the finder does: photutils' peaks."""
+    from photutils.detection import IRAFStarFinder
+    from scipy.ndimage import convolve
+
+    sim = simulate_dither(tmp_path, n_exposures=1, shape=(512, 512), psf="jwst", seed=5)
+    e = io.read_exposure(sim["cal"][0])
+    bad = ~good_pixel_mask(e.dq) | ~np.isfinite(e.data)
+    assert bad.sum() > 100  # saturated cores, hot pixels, the reference border
+    work = np.where(bad, 0.0, e.data - np.nanmedian(e.data[~bad]))
+    finder = IRAFStarFinder(1.0, 2.5)
+    convolved = convolve(work, finder.kernel.data, mode="constant", cval=0.0)
+    noise = 1.4826 * np.median(np.abs(convolved[~bad] - np.median(convolved[~bad])))
+    for nsigma in (3.0, 5.0, 10.0):
+        expected = _photutils_peaks(convolved, nsigma * noise, finder.min_separation, bad)
+        found = circular_peaks(convolved, nsigma * noise, finder.min_separation, mask=bad)
+        assert len(found) > 20
+        assert np.array_equal(found, expected), nsigma
+
+
+@pytest.mark.parametrize("starfinder", ["iraf", "dao"])
+def test_detect_sources_is_unchanged_by_the_fast_peak_search(tmp_path, monkeypatch, starfinder):
+    """detect_sources gives the same table whether the peaks come from circular_peaks or photutils."""
+    sim = simulate_dither(tmp_path, n_exposures=1, shape=(512, 512), psf="jwst", seed=6)
+    e = io.read_exposure(sim["cal"][0])
+    args = (e.data, e.err, ~good_pixel_mask(e.dq))
+    fast = detect_sources(*args, starfinder=starfinder, brightest=None)
+    monkeypatch.setattr(source_detection, "circular_peaks", _photutils_peaks)
+    reference = detect_sources(*args, starfinder=starfinder, brightest=None)
+    assert len(fast) > 20
+    for name in ("x", "y", "flux"):
+        assert np.array_equal(fast[name], reference[name])
+
+
+def test_circular_peaks_rejects_bad_parameters():
+    with pytest.raises(ValueError, match="positive"):
+        circular_peaks(np.ones((8, 8)), 0.0, 2.0)
+    with pytest.raises(ValueError, match="positive"):
+        circular_peaks(np.ones((8, 8)), 1.0, 0.0)
+    assert circular_peaks(np.full((8, 8), 5.0), 1.0, 2.0).shape == (0, 2)  # constant: no peaks
 
 @pytest.mark.parametrize(
     "kwargs, match",
