@@ -1393,6 +1393,21 @@ def read_image_meta(path):
     return meta, extensions
 
 
+_SECTION_BAND_ROWS = 128  # rows per read in ImageSection when it reads whole rows
+
+
+def _column_range(key, shape):
+    """The column range of a 2-D ``[rows, columns]`` key of unit-step slices narrower than ``shape``, else None."""
+    if len(shape) != 2 or not isinstance(key, tuple) or len(key) != 2:
+        return None
+    if not all(isinstance(k, slice) and k.step in (None, 1) for k in key):
+        return None
+    c0, c1, _ = key[1].indices(shape[1])
+    if c1 <= c0 or (c0, c1) == (0, shape[1]):
+        return None
+    return slice(c0, c1)
+
+
 class ImageSection:
     """An image extension read from disk only as far as it is sliced.
 
@@ -1423,7 +1438,18 @@ class ImageSection:
         return self.shape[0]
 
     def __getitem__(self, key):
-        return np.asarray(self._hdu.section[key], dtype=self.dtype)
+        columns = _column_range(key, self.shape)
+        if columns is None:
+            return np.asarray(self._hdu.section[key], dtype=self.dtype)
+        # astropy reads a section narrower than the image one row at a time
+        # (a 2048-row footprint: 2048 reads); whole rows, a band at a time, are
+        # one read each.
+        r0, r1, _ = key[0].indices(self.shape[0])
+        out = np.empty((max(r1 - r0, 0), columns.stop - columns.start), dtype=self.dtype)
+        for start in range(r0, r1, _SECTION_BAND_ROWS):
+            stop = min(start + _SECTION_BAND_ROWS, r1)
+            out[start - r0:stop - r0] = self._hdu.section[start:stop][:, columns]
+        return out
 
     def __array__(self, dtype=None, copy=None):
         return np.asarray(self[...], dtype=dtype or self.dtype)

@@ -252,3 +252,27 @@ def test_image_sections_read_rows_on_demand(tmp_path):
         np.testing.assert_array_equal(band, data[10:20])
         np.testing.assert_array_equal(np.asarray(views["WHT"]), 1.0)
         assert np.shape(sci) == (60, 7)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int16, np.int32])
+def test_image_sections_read_column_ranges_whole_rows_at_a_time(tmp_path, monkeypatch, dtype):
+    """A [rows, columns] section narrower than the image: the same values, read in bands of whole rows."""
+    data = (np.arange(300 * 41) % 977).astype(dtype).reshape(300, 41)
+    io.write_image(tmp_path / "img.fits", {"SCI": data})
+    monkeypatch.setattr(io, "_SECTION_BAND_ROWS", 64)
+    with io.open_image_sections(tmp_path / "img.fits", ("SCI",)) as views:
+        sci = views["SCI"]
+        reads = []
+        real = type(sci._hdu.section).__getitem__
+        monkeypatch.setattr(type(sci._hdu.section), "__getitem__",
+                            lambda self, key: reads.append(key) or real(self, key))
+        for key in [np.s_[10:290, 3:30], np.s_[:, 5:6], np.s_[0:300, 0:40], np.s_[-50:, -7:],
+                    np.s_[100:100, 2:9], np.s_[250:400, 30:50]]:
+            reads.clear()
+            part = sci[key]
+            assert part.dtype == np.dtype(dtype) and part.dtype.isnative and part.flags.c_contiguous
+            np.testing.assert_array_equal(part, data[key])
+            rows = len(range(*key[0].indices(300)))
+            assert len(reads) == -(-rows // 64)  # one read per band of 64 rows, not one per row
+        np.testing.assert_array_equal(sci[np.s_[5:9, 0:41]], data[5:9])  # full width: astropy's own read
+        np.testing.assert_array_equal(sci[np.s_[5:9:2, 1:4]], data[5:9:2, 1:4])  # steps: astropy's own read
