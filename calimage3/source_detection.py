@@ -208,8 +208,9 @@ def circular_peaks(data, threshold, radius, mask=None):
     ys, xs = ys + lo, xs + lo
     values = padded[ys, xs]
     # A peak is at least its immediate neighbours in both boxes: that rejects most pixels cheaply.
+    near = in_box & (np.abs(oy) <= 1) & (np.abs(ox) <= 1)
     keep = np.ones(ys.size, dtype=bool)
-    for dy, dx in zip(oy[in_box & (np.abs(oy) <= 1) & (np.abs(ox) <= 1)], ox[in_box & (np.abs(oy) <= 1) & (np.abs(ox) <= 1)]):
+    for dy, dx in zip(oy[near], ox[near]):
         keep &= padded[ys + dy, xs + dx] <= values
     ys, xs, values = ys[keep], xs[keep], values[keep]
     keep = np.empty(ys.size, dtype=bool)
@@ -220,6 +221,7 @@ def circular_peaks(data, threshold, radius, mask=None):
         keep[part] = (v == local[:, in_box].max(axis=1)) | (
             (v == local[:, in_inscribed].max(axis=1)) & (v == local[:, in_footprint].max(axis=1, initial=-np.inf)))
     return np.column_stack([xs[keep] - lo, ys[keep] - lo]) if keep.any() else none
+
 
 def _background(data, bad, bkg_boxsize):
     """Background map and its median RMS, ignoring ``bad`` pixels."""
