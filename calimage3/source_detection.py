@@ -204,23 +204,28 @@ def circular_peaks(data, threshold, radius, mask=None):
     in_footprint = np.zeros(oy.size, dtype=bool)
     in_footprint[in_box] = (idx[oy[in_box] + half] ** 2 + idx[ox[in_box] + half] ** 2) <= radius**2
 
-    padded = np.pad(data, lo, constant_values=0.0)
-    ys, xs = ys + lo, xs + lo
-    values = padded[ys, xs]
+    ny, nx = data.shape
+
+    def around(y, x):
+        # Values at (y, x), 0 outside the image (photutils' cval), without a padded copy of the image.
+        inside = (y >= 0) & (y < ny) & (x >= 0) & (x < nx)
+        return np.where(inside, data[np.clip(y, 0, ny - 1), np.clip(x, 0, nx - 1)], 0.0)
+
+    values = data[ys, xs]
     # A peak is at least its immediate neighbours in both boxes: that rejects most pixels cheaply.
     near = in_box & (np.abs(oy) <= 1) & (np.abs(ox) <= 1)
     keep = np.ones(ys.size, dtype=bool)
     for dy, dx in zip(oy[near], ox[near]):
-        keep &= padded[ys + dy, xs + dx] <= values
+        keep &= around(ys + dy, xs + dx) <= values
     ys, xs, values = ys[keep], xs[keep], values[keep]
     keep = np.empty(ys.size, dtype=bool)
     for start in range(0, ys.size, _PEAK_CHUNK):
         part = slice(start, start + _PEAK_CHUNK)
-        local = padded[ys[part, None] + oy, xs[part, None] + ox]
+        local = around(ys[part, None] + oy, xs[part, None] + ox)
         v = values[part]
         keep[part] = (v == local[:, in_box].max(axis=1)) | (
             (v == local[:, in_inscribed].max(axis=1)) & (v == local[:, in_footprint].max(axis=1, initial=-np.inf)))
-    return np.column_stack([xs[keep] - lo, ys[keep] - lo]) if keep.any() else none
+    return np.column_stack([xs[keep], ys[keep]]) if keep.any() else none
 
 
 def _background(data, bad, bkg_boxsize):
