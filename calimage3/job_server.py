@@ -10,11 +10,13 @@ its ``snakemake`` object, working folder, environment and its standard
 streams to the server, which hands them to a worker: a process forked
 from the server, with every library loaded, that runs the script with
 them.  The job process waits, forwards signals to the worker, and exits
-with the job's status.  A worker runs one job at a time and, after it,
-puts back what a job changes in the process (folder, environment,
-``sys.path``, logging handlers, warning filters, streams) and waits for
-the next; it keeps the memory the job freed (up to `_WORKER_KEEP_MB`, and
-for `_IDLE_KEEP_S` when no job follows), so the next job pays fewer page
+with the job's status, which the worker sends it directly (the server may
+be in the middle of an import; it reports only a worker that died
+mid-job).  A worker runs one job at a time and, after it, puts back what
+a job changes in the process (folder, environment, ``sys.path``, logging
+handlers, warning filters, streams) and waits for the next; it keeps
+the memory the job freed (up to `_WORKER_KEEP_MB`, and for
+`_IDLE_KEEP_S` when no job follows), so the next job pays fewer page
 faults of fresh memory.  A worker whose job failed, ran several threads or
 left threads running exits instead, and a job that declares much memory
 gets a fresh fork of its own (`_WorkerPool`).
@@ -33,6 +35,7 @@ interpreter's would, and the memory the worker kept from earlier jobs.
 This module imports only the standard library: a job imports it first.
 """
 
+import functools
 import json
 import os
 import pickle
@@ -104,6 +107,11 @@ PRELOAD = (
     "calimage3.mosaic_metadata",
     "calimage3.provenance",
     "calimage3.fits_wcs",
+    # photutils.segmentation's imports, in parts (0.45 s in all here),
+    # between which the server starts waiting jobs
+    "scipy.interpolate",
+    "scipy.stats",
+    "scipy.signal",
     "photutils.segmentation",
     "photutils.aperture",
     "calimage3.reference_data",
@@ -114,11 +122,25 @@ _FIRST_NEEDED = PRELOAD.index("calimage3.source_detection") + 1
 
 
 def _load_asdf_extensions():
-    """Load asdf's extension registry: entry points of every installed ASDF
-    extension, over a second, paid on the first read of any gwcs."""
-    import asdf
+    """Load asdf's extension registry, paid otherwise on the first read of any gwcs.
 
-    asdf.get_config().extensions
+    It parses the manifests of every installed ASDF extension (44 YAML
+    documents) with PyYAML's pure-Python parser: 0.8 s here, during which
+    the server starts no job.  libyaml's parser, where PyYAML was built
+    with it, takes 0.05 s of that; the same safe constructor then builds
+    the same objects from its events (`yaml.CSafeLoader`).  Only this
+    call, in the server, uses it; the server runs one thread.
+    """
+    import asdf
+    import yaml
+
+    safe_load = yaml.safe_load
+    if getattr(yaml, "__with_libyaml__", False):
+        yaml.safe_load = functools.partial(yaml.load, Loader=yaml.CSafeLoader)
+    try:
+        asdf.get_config().extensions
+    finally:
+        yaml.safe_load = safe_load
 
 
 # First calls that cost more than the import, made right after it (gwcs has
@@ -204,23 +226,27 @@ def run_in_job_server(script_globals):
         reply = _receive_message(sock)
     except OSError:
         return
-    if not reply or "pid" not in reply:
+    if not reply or not ("pid" in reply or "status" in reply):
         sock.close()
         return
-    worker = reply["pid"]
-
-    def forward(signum, _frame):
-        try:
-            os.kill(worker, signum)
-        except ProcessLookupError:
-            pass
-
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, forward)
-    result = _receive_message(sock)
+    # The server names the worker, and the worker sends the result when its
+    # job is done: a very short job's result can come first.
+    result = reply if "status" in reply else None
     if result is None:
-        print(f"calimage3: the job server lost the job in worker {worker} (rule {job.rule})", file=sys.stderr)
-        sys.exit(1)
+        worker = reply["pid"]
+
+        def forward(signum, _frame):
+            try:
+                os.kill(worker, signum)
+            except ProcessLookupError:
+                pass
+
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, forward)
+        result = _receive_message(sock)
+        if result is None:
+            print(f"calimage3: the job server lost the job in worker {worker} (rule {job.rule})", file=sys.stderr)
+            sys.exit(1)
     _record_usage(job, result)
     # At once: the worker did the job, and this interpreter has nothing to
     # clean up (its finalization, with Snakemake imported, took 10-20 ms a job).
@@ -337,6 +363,7 @@ def serve(path, parent_pid, preload=PRELOAD, first_needed=_FIRST_NEEDED):
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(256)
+    listener.setblocking(False)  # accept() until the queue is empty
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
@@ -354,38 +381,53 @@ def serve(path, parent_pid, preload=PRELOAD, first_needed=_FIRST_NEEDED):
     pool = _WorkerPool(selector, close_server_fds)
 
     def serve_once(timeout):
-        for key, _ in selector.select(timeout=timeout):
-            if key.fileobj is listener:
-                conn, _ = listener.accept()
-                request = _read_request(conn)
-                if request is not None:
-                    pool.dispatch(conn, *request, server_rss=_resident_mb())
-            elif key.fileobj == wake_r:
+        events = selector.select(timeout=timeout)
+        # The workers' news first: a worker that is ready again takes a job
+        # waiting in the queue rather than a fresh fork.
+        for key, _ in events:
+            if key.fileobj == wake_r:
                 try:
                     os.read(wake_r, 4096)
                 except BlockingIOError:
                     pass
-            else:
+            elif key.fileobj is not listener:
                 pool.on_control(key.data)
         pool.reap()
+        if any(key.fileobj is listener for key, _ in events):
+            for conn in _waiting_connections(listener):
+                request = _read_request(conn)
+                if request is not None:
+                    pool.dispatch(conn, *request, server_rss=_resident_mb())
 
     try:
         if os.getppid() != parent_pid:  # the parent ended before the handler was set
             return
         for i, name in enumerate(preload):
+            started = time.perf_counter()
             try:
                 importlib.import_module(name)
                 _AFTER_IMPORT.get(name, lambda: None)()
             except ImportError:
                 pass  # the job imports it (and reports it) if it needs it
+            pool.imported(time.perf_counter() - started)
             if i + 1 >= first_needed:
                 serve_once(0)
-        pool.preload_done()
         while os.getppid() == parent_pid:
             serve_once(1.0)
     finally:
         listener.close()
         _remove_folder(os.path.dirname(path))
+
+
+def _waiting_connections(listener):
+    """Accept every connection in a non-blocking listener's queue (while the
+    server imports, several jobs queue up)."""
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return
+        yield conn
 
 
 def _remove_folder(folder):
@@ -442,11 +484,12 @@ def _read_request(conn):
 class _Worker:
     """The server's record of one worker: its control socket and the job it runs."""
 
-    def __init__(self, pid, control, preloaded):
+    def __init__(self, pid, control, import_s):
         self.pid = pid
         self.control = control
-        # forked after the server's imports were all in (not: its jobs import the rest themselves)
-        self.preloaded = preloaded
+        # the seconds the server had spent importing when it forked this worker
+        # (what the server imported after, its jobs import themselves)
+        self.import_s = import_s
         self.conn = None  # the running job's connection to its job process
         self.start = 0.0
         self.server_rss = 0.0
@@ -472,33 +515,34 @@ class _WorkerPool:
         self.close_server_fds = close_server_fds
         self.workers = {}  # pid -> _Worker
         self.idle = []  # pids, most recently used last
-        self.preloaded = False  # the server has imported everything it preloads
+        self.import_s = 0.0  # seconds the server has spent importing
 
-    def preload_done(self):
-        """The server's imports are all in: idle workers forked before then exit.
+    def imported(self, seconds):
+        """The server has imported for ``seconds`` more: idle workers now `_BEHIND_S` behind it exit.
 
-        They would import what their next jobs need, and load asdf's
-        extensions, each for itself; a worker forked from the server now
-        has it all.
+        Their next jobs would import those modules (asdf's extensions,
+        tweakwcs, drizzle...) each for itself; a worker forked from the
+        server now has them.
         """
-        self.preloaded = True
+        self.import_s += seconds
         for pid in list(self.idle):
-            self._retire_if_early(self.workers.get(pid))
+            self._retire_if_behind(self.workers.get(pid))
 
-    def _retire_if_early(self, worker):
-        """Let ``worker`` go (closing its control socket ends it) when it was forked before the imports were in."""
-        if worker is None or worker.preloaded or not self.preloaded:
+    def _retire_if_behind(self, worker):
+        """Let ``worker`` go (closing its control socket ends it) when it lacks more than `_BEHIND_S` of the server's imports."""
+        if worker is None or self.import_s - worker.import_s <= _BEHIND_S:
             return False
         self._forget(worker)
         return True
 
     def dispatch(self, conn, fds, header, payload, *, server_rss):
-        """Hand a job to an idle worker, or to a new one; tell the job process the worker's pid."""
+        """Hand a job to an idle worker, or to a new one; tell the job process the worker's pid (the worker sends it the result)."""
         worker = None
+        header = {**header, "server_rss_mb": server_rss}  # for the job's usage line
         # a large job gets a fresh fork, as its memory peak would in a fresh process
         while self.idle and worker is None and not _runs_alone(header):
             candidate = self.workers.get(self.idle.pop())
-            if self._retire_if_early(candidate):
+            if self._retire_if_behind(candidate):
                 continue
             try:
                 if candidate is not None:
@@ -530,13 +574,13 @@ class _WorkerPool:
                     other.conn.close()
             _worker_main(child_end, conn, fds, header, payload)  # never returns
         child_end.close()
-        worker = _Worker(pid, control, self.preloaded)
+        worker = _Worker(pid, control, self.import_s)
         self.workers[pid] = worker
         self.selector.register(control, selectors.EVENT_READ, pid)
         return worker
 
     def on_control(self, pid, worker=None):
-        """A worker's message: a job's result (passed on to its job process), or that it is ready again."""
+        """A worker's message: its job is done (it sends the result to the job process itself), and whether it is ready again."""
         worker = worker or self.workers.get(pid)
         if worker is None:
             return
@@ -544,12 +588,14 @@ class _WorkerPool:
         if message is None:  # it exited: reap() reports its job, if any
             self._forget(worker)
             return
-        if "result" in message:
-            self._finish(worker, message["result"])
+        if message.get("done") and worker.conn is not None:
+            worker.conn.close()
+            worker.conn = None
         if message.get("ready") and pid in self.workers:
             self.idle.append(pid)
 
     def _finish(self, worker, result):
+        """Send the job process of a worker that died mid-job its result."""
         result = {**result, "wall_s": time.time() - worker.start, "start": worker.start,
                   "server_rss_mb": worker.server_rss}
         if worker.conn is not None:
@@ -620,6 +666,10 @@ def _receive_job(control):
     return conn, fds[:3], json.loads(data[:n_header]), data[n_header:]
 
 
+# An idle worker forked before the server had spent this many more seconds
+# importing is let go rather than given a job: the job would import those
+# modules itself, which costs more than a fresh fork's first-touch page faults.
+_BEHIND_S = 0.1
 # Worker limits: jobs one worker runs before it exits and a fresh one is
 # forked; resident memory above which a worker gives its free memory back
 # after a job (below it, the next job reuses those pages: with the heap
@@ -663,16 +713,24 @@ def _worker_main(control, conn, fds, header, payload):
     os.close(devnull)
     jobs = 0
     while True:
+        start = time.time()
         result = _run_job(conn, fds, header, payload)
+        result.update(wall_s=time.time() - start, start=start, server_rss_mb=header.get("server_rss_mb", 0.0))
         jobs += 1
         retire = _worker_should_retire(result, jobs, header)
         try:
-            # ready at once: a job sent meanwhile waits for the clean-up below in
-            # the socket, where it would otherwise get a fresh fork (with one core,
-            # the next job's request could come before this worker's turn to run)
-            _send_message(control, {"result": result, "ready": not retire})
+            # ready before the job process hears of it, and so before Snakemake
+            # sends the next job, which otherwise could get a fresh fork; a job
+            # sent meanwhile waits in the socket for the clean-up below
+            _send_message(control, {"done": True, "ready": not retire})
         except OSError:
             retire = True
+        try:
+            # straight to the job process: the server may be busy importing
+            _send_message(conn, result)
+        except OSError:
+            pass  # the job process is gone
+        conn.close()
         if retire:
             os._exit(0)
         import gc
@@ -829,7 +887,6 @@ def _run_job(conn, fds, header, payload):
     for target in (0, 1, 2):
         os.dup2(devnull, target)
     os.close(devnull)
-    conn.close()
     cpu = sum(u.ru_utime + u.ru_stime for u in after) - sum(u.ru_utime + u.ru_stime for u in before)
     return {
         "status": code,

@@ -239,26 +239,28 @@ def test_dry_and_no_op_runs_leave_no_socket_folder(mini_workflow):
 
 
 def test_workers_forked_before_the_imports_were_in_are_let_go():
-    """A worker forked while the server was still importing exits once the imports are in (its
-    next jobs would import them, and load asdf's extensions, each for itself); one forked after
-    them takes the next job."""
+    """A worker forked while the server was still importing exits once the server has imported
+    more than `_BEHIND_S` seconds' worth since (its next jobs would import those modules, and load
+    asdf's extensions, each for itself); one forked after them takes the next job."""
     import selectors
     import socket
 
-    from calimage3.job_server import _receive_message, _Worker, _WorkerPool
+    from calimage3.job_server import _BEHIND_S, _receive_message, _Worker, _WorkerPool
 
     selector = selectors.DefaultSelector()
     pool = _WorkerPool(selector, lambda: None)
 
     def idle_worker(pid):
         control, worker_end = socket.socketpair()
-        pool.workers[pid] = _Worker(pid, control, pool.preloaded)
+        pool.workers[pid] = _Worker(pid, control, pool.import_s)
         selector.register(control, selectors.EVENT_READ, pid)
         pool.idle.append(pid)
         return worker_end
 
     early = idle_worker(101)
-    pool.preload_done()
+    pool.imported(0.6 * _BEHIND_S)  # a small module: the job would import it in less than a fresh fork costs
+    assert pool.idle == [101]
+    pool.imported(0.6 * _BEHIND_S)
     assert pool.idle == []
     assert early.recv(1) == b""  # its control socket is closed: the worker's wait for a job ends, and it exits
     late = idle_worker(102)
@@ -266,3 +268,94 @@ def test_workers_forked_before_the_imports_were_in_are_let_go():
     pool.dispatch(job, [], {"mem_mb": 100}, b"payload", server_rss=0.0)
     assert _receive_message(job_end) == {"pid": 102}
     assert late.recv(4096)  # the job went down the late worker's control socket
+
+
+FAKE_JOB = """
+class Resources(dict):
+    pass
+
+
+class Job:
+    # what a job script and `run_in_job_server` read of Snakemake's object
+    def __init__(self, folder):
+        self.rule = "quick"
+        self.wildcards = {"name": "quick"}
+        self.log = [folder + "/quick.log"]
+        self.output = [folder + "/quick.txt"]
+        self.threads = 1
+        self.resources = Resources(mem_mb=100)
+"""
+
+QUICK_SCRIPT = """
+from calimage3.job_server import run_in_job_server
+
+run_in_job_server(globals())
+
+import os, sys
+with open(snakemake.output[0], "w") as fh:
+    fh.write(str("slow" in sys.modules))
+"""
+
+JOB_CLIENT = """
+import sys
+import fake_job
+from calimage3.job_server import run_in_job_server
+
+run_in_job_server({"snakemake": fake_job.Job(sys.argv[1]), "__file__": sys.argv[2]})
+sys.exit(99)  # not served
+"""
+
+
+def test_job_gets_its_result_while_the_server_is_still_importing(tmp_path):
+    """The worker sends its job process the result itself: a job started between the server's
+    imports finishes while the server is still in the next one (here a 6 s import)."""
+    (tmp_path / "fake_job.py").write_text(FAKE_JOB)
+    (tmp_path / "quick.py").write_text(QUICK_SCRIPT)
+    (tmp_path / "client.py").write_text(JOB_CLIENT)
+    # the job connects during "gate" and is started before "slow", which takes 6 s
+    (tmp_path / "gate.py").write_text("import time\ntime.sleep(3)\n")
+    (tmp_path / "slow.py").write_text("import time\ntime.sleep(6)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    path = str(tmp_path / "jobs.sock")
+    server = subprocess.Popen([sys.executable, "-c", "import sys; from calimage3.job_server import serve; "
+                               f"serve({path!r}, {os.getpid()}, preload=('gate', 'slow'), first_needed=1)"],
+                              env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        started = time.monotonic()
+        client = subprocess.run([sys.executable, str(tmp_path / "client.py"), str(tmp_path), str(tmp_path / "quick.py")],
+                                env={**env, "CALIMAGE3_JOB_SERVER": path}, cwd=tmp_path, timeout=60)
+        took = time.monotonic() - started
+        assert client.returncode == 0
+        # forked before "slow" was imported, and done well before its 6 s are over
+        assert (tmp_path / "quick.txt").read_text() == "False"
+        assert took < 3 + 4, took
+        usage = _usage(tmp_path / "quick.log")
+        assert len(usage) == 1 and usage[0]["status"] == 0 and usage[0]["rule"] == "quick"
+        assert server.poll() is None
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_asdf_manifests_read_the_same_with_libyaml():
+    """The server parses asdf's extension manifests with libyaml's parser: every installed
+    manifest gives the same objects as PyYAML's own parser, and ``yaml.safe_load`` is put back."""
+    import asdf
+    import yaml
+
+    from calimage3.job_server import _load_asdf_extensions
+
+    if not yaml.__with_libyaml__:
+        pytest.skip("PyYAML without libyaml: the server uses the pure-Python parser")
+    resources = asdf.get_config().resource_manager
+    manifests = [uri for uri in resources if "/manifests/" in uri]
+    assert len(manifests) > 10
+    for uri in manifests:
+        assert yaml.load(resources[uri], Loader=yaml.CSafeLoader) == yaml.safe_load(resources[uri]), uri
+    safe_load = yaml.safe_load
+    _load_asdf_extensions()
+    assert yaml.safe_load is safe_load
+    assert any("astropy" in ext.extension_uri for ext in asdf.get_config().extensions if ext.extension_uri)
