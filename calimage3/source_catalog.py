@@ -1141,12 +1141,15 @@ def _star_curves(data, mask, xy, grid, core_radius):
     its share of the ring.  A star is invalid (NaN row) when a masked pixel
     lies within ``core_radius`` (a saturated or bad core) or when more than
     half of any ring is masked.
+
+    Each radius' exact overlaps are computed on its own box only; a ring's
+    area, unmasked area and flux are differences of the enclosed sums.
     """
     n = xy.shape[0]
     ny, nx = data.shape
     out = np.full((n, grid.size), np.nan)
-    big = grid[-1]
-    half = int(np.ceil(big)) + 2
+    half = int(np.ceil(grid[-1])) + 2
+    box_half = np.minimum(np.ceil(grid).astype(int) + 1, half)
     for i, (x, y) in enumerate(xy):
         ix, iy = int(round(x)), int(round(y))
         ys = np.arange(iy - half, iy + half + 1)
@@ -1157,35 +1160,24 @@ def _star_curves(data, mask, xy, grid, core_radius):
         bad = ~inside | ~np.isfinite(cut)
         if mask is not None:
             bad |= mask[np.ix_(cy, cx)]
-        cut = np.where(bad, 0.0, cut)
-        good = (~bad).astype(float)
-        ex0, ex1 = xs[0] - 0.5 - x, xs[-1] + 0.5 - x
-        ey0, ey1 = ys[0] - 0.5 - y, ys[-1] + 0.5 - y
-        size = 2 * half + 1
-        prev = np.zeros((size, size))
+        # per pixel: 1, unmasked, flux (0 where masked)
+        planes = np.stack([np.ones(bad.shape), ~bad, np.where(bad, 0.0, cut)])
+        ex0, ey0 = xs[0] - 0.5 - x, ys[0] - 0.5 - y
+        enclosed_before = np.zeros(3)
         total = 0.0
-        ok = True
-        for k, r in enumerate(grid):
-            # Overlap fractions on the box of this radius only.
-            h = min(int(np.ceil(r)) + 1, half)
-            sl = slice(half - h, half + h + 1)
-            cur = np.zeros((size, size))
-            cur[sl, sl] = circular_overlap_grid(
-                ex0 + (half - h), ex0 + (half + h + 1), ey0 + (half - h), ey0 + (half + h + 1),
-                2 * h + 1, 2 * h + 1, float(r), 1, 1)
-            ring = cur - prev
-            prev = cur
-            area = ring.sum()
-            g_area = (ring * good).sum()
-            if r <= core_radius and g_area < area - 1e-9:
-                ok = False
+        for k, (r, h) in enumerate(zip(grid, box_half)):
+            lo, hi = half - h, half + h + 1
+            overlap = circular_overlap_grid(ex0 + lo, ex0 + hi, ey0 + lo, ey0 + hi, 2 * h + 1, 2 * h + 1,
+                                            float(r), 1, 1)
+            enclosed = np.einsum("kij,ij->k", planes[:, lo:hi, lo:hi], overlap)
+            area, g_area, flux = enclosed - enclosed_before
+            enclosed_before = enclosed
+            if (r <= core_radius and g_area < area - 1e-9) or g_area < 0.5 * area:
+                total = np.nan
                 break
-            if g_area < 0.5 * area:
-                ok = False
-                break
-            total += (ring * cut).sum() * (area / g_area if g_area > 0 else 0.0)
+            total += flux * (area / g_area if g_area > 0 else 0.0)
             out[i, k] = total
-        if not ok:
+        if not np.isfinite(total):
             out[i] = np.nan
     return out
 

@@ -21,6 +21,7 @@ from calimage3.source_catalog import (
     _encircled_energy,
     _multi_peak_labels,
     _radius_at,
+    _star_curves,
     encircled_energy_radii,
     flux_to_abmag,
     gaussian_ee_radii,
@@ -504,3 +505,29 @@ def test_smooth_equals_astropy_convolve(fwhm):
     # the data's and the weights' passes in two threads: the same numbers
     for m in (None, mask):
         np.testing.assert_array_equal(smooth(data, fwhm, m, threads=2), smooth(data, fwhm, m))
+
+
+def test_star_curves_are_exact_areas_and_fill_masked_pixels_per_ring():
+    """On a flat image every curve of growth is the aperture's exact area; a masked pixel outside
+    the core is filled by its ring's mean (no change), one inside the core or a ring mostly off the
+    image voids the star; a star's curve is photutils' exact aperture sums, up to its flux."""
+    grid = np.concatenate([np.arange(0.1, 6.0, 0.1), np.geomspace(6.0, 20.0, 12)])
+    flat = np.full((120, 120), 2.0)
+    xy = np.array([[60.3, 59.6], [40.0, 70.25], [2.0, 60.0]])  # the last: most of the outer rings off the image
+    mask = np.zeros(flat.shape, bool)
+    mask[59, 72] = True  # 11.7 px from the first star: outside its 6 px core
+    mask[70, 41] = True  # 1 px from the second star: in its core
+    curves = _star_curves(flat, mask, xy, grid, 6.0)
+    np.testing.assert_allclose(curves[0], 2.0 * np.pi * grid**2, rtol=1e-12)
+    assert np.all(np.isnan(curves[1:]))
+    np.testing.assert_allclose(_star_curves(flat, None, xy[1:2], grid, 6.0)[0], 2.0 * np.pi * grid**2, rtol=1e-12)
+
+    sigma, flux = 1.5, 1000.0
+    edges = np.arange(121) - 0.5
+    fx = np.diff(erf((edges - 60.3) / (np.sqrt(2) * sigma))) / 2  # pixel-integrated Gaussian
+    fy = np.diff(erf((edges - 59.6) / (np.sqrt(2) * sigma))) / 2
+    star = flux * np.outer(fy, fx)
+    curve = _star_curves(star, None, xy[:1], grid, 6.0)[0]
+    exact = [aperture_photometry(star, CircularAperture(xy[0], r), method="exact")["aperture_sum"][0] for r in grid]
+    np.testing.assert_allclose(curve, exact, rtol=1e-12)
+    np.testing.assert_allclose(curve[-1], flux, rtol=1e-9)
