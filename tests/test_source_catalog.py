@@ -509,11 +509,12 @@ def test_smooth_equals_astropy_convolve(fwhm):
 
 def test_star_curves_are_exact_areas_and_fill_masked_pixels_per_ring():
     """On a flat image every curve of growth is the aperture's exact area; a masked pixel outside
-    the core is filled by its ring's mean (no change), one inside the core or a ring mostly off the
-    image voids the star; a star's curve is photutils' exact aperture sums, up to its flux."""
+    the core is filled by its ring's mean (no change); one inside the core, the image's edge within
+    the core, or a ring more than half masked voids the star; a star's curve is photutils' exact
+    aperture sums, up to its flux."""
     grid = np.concatenate([np.arange(0.1, 6.0, 0.1), np.geomspace(6.0, 20.0, 12)])
     flat = np.full((120, 120), 2.0)
-    xy = np.array([[60.3, 59.6], [40.0, 70.25], [2.0, 60.0]])  # the last: most of the outer rings off the image
+    xy = np.array([[60.3, 59.6], [40.0, 70.25], [2.0, 60.0]])  # the last: the image's edge 2.5 px away
     mask = np.zeros(flat.shape, bool)
     mask[59, 72] = True  # 11.7 px from the first star: outside its 6 px core
     mask[70, 41] = True  # 1 px from the second star: in its core
@@ -521,6 +522,11 @@ def test_star_curves_are_exact_areas_and_fill_masked_pixels_per_ring():
     np.testing.assert_allclose(curves[0], 2.0 * np.pi * grid**2, rtol=1e-12)
     assert np.all(np.isnan(curves[1:]))
     np.testing.assert_allclose(_star_curves(flat, None, xy[1:2], grid, 6.0)[0], 2.0 * np.pi * grid**2, rtol=1e-12)
+    yy, xx = np.mgrid[0:120, 0:120]
+    ring = np.abs(np.hypot(xx - 60.3, yy - 59.6) - 10.0) < 1.5  # all of the rings near 10 px, none of the core
+    assert np.all(np.isnan(_star_curves(flat, ring, xy[:1], grid, 6.0)))
+    partly = ring & (xx < 60) & (yy < 70)  # under half of each of them: filled from the rest
+    np.testing.assert_allclose(_star_curves(flat, partly, xy[:1], grid, 6.0)[0], 2.0 * np.pi * grid**2, rtol=1e-12)
 
     sigma, flux = 1.5, 1000.0
     edges = np.arange(121) - 0.5
