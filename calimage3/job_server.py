@@ -529,14 +529,16 @@ class _WorkerPool:
             self._retire_if_behind(self.workers.get(pid))
 
     def _retire_if_behind(self, worker):
-        """Let ``worker`` go (closing its control socket ends it) when it lacks more than `_BEHIND_S` of the server's imports."""
+        """Let ``worker`` go (closing its control socket ends it) when it lacks
+        more than `_BEHIND_S` of the server's imports."""
         if worker is None or self.import_s - worker.import_s <= _BEHIND_S:
             return False
         self._forget(worker)
         return True
 
     def dispatch(self, conn, fds, header, payload, *, server_rss):
-        """Hand a job to an idle worker, or to a new one; tell the job process the worker's pid (the worker sends it the result)."""
+        """Hand a job to an idle worker, or to a new one; tell the job process
+        the worker's pid (the worker sends it the result)."""
         worker = None
         header = {**header, "server_rss_mb": server_rss}  # for the job's usage line
         # a large job gets a fresh fork, as its memory peak would in a fresh process
@@ -580,7 +582,8 @@ class _WorkerPool:
         return worker
 
     def on_control(self, pid, worker=None):
-        """A worker's message: its job is done (it sends the result to the job process itself), and whether it is ready again."""
+        """A worker's message: its job is done (it sends the result to the job
+        process itself), and whether it is ready again."""
         worker = worker or self.workers.get(pid)
         if worker is None:
             return

@@ -325,7 +325,8 @@ def test_job_gets_its_result_while_the_server_is_still_importing(tmp_path):
         while not os.path.exists(path) and time.monotonic() < deadline:
             time.sleep(0.01)
         started = time.monotonic()
-        client = subprocess.run([sys.executable, str(tmp_path / "client.py"), str(tmp_path), str(tmp_path / "quick.py")],
+        client = subprocess.run([sys.executable, str(tmp_path / "client.py"), str(tmp_path),
+                                 str(tmp_path / "quick.py")],
                                 env={**env, "CALIMAGE3_JOB_SERVER": path}, cwd=tmp_path, timeout=60)
         took = time.monotonic() - started
         assert client.returncode == 0
