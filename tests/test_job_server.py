@@ -142,8 +142,9 @@ def test_job_runs_forked_from_the_server(mini_workflow):
 
 def test_jobs_in_one_worker_do_not_see_each_other(mini_workflow):
     # one core: the jobs run one after the other, reusing a worker; the one that served jobs
-    # while the server was still importing is let go once the imports are in (which the
-    # first job's 3 s usually covers), so a, b and c share one worker, or at most two
+    # while the server was still importing is let go once the server has imported 0.1 s' worth
+    # more (the first job's 3 s usually covers all of it), so a, b and c share one worker, or at
+    # most two
     proc = _snakemake(mini_workflow, "first.txt", "a.txt", "b.txt", "c.txt", "big.txt", "--prioritize", "first.txt",
                       cores=1)
     assert proc.returncode == 0, proc.stderr
